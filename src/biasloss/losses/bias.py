@@ -1,0 +1,311 @@
+"""Bias Loss (Abrahamyan et al., "Bias Loss for Mobile Neural Networks", ICCV 2021, section 3).
+
+Cross-entropy re-weighted per sample by the variance of that sample's last feature map:
+
+1. ``v_i``: unbiased variance of sample i's flattened feature map (detached, float32);
+2. ``s_i = (v_i - min_j v_j) / (max_j v_j - min_j v_j)``: min-max scaling over the batch
+   (the authors' code scales the per-sample *variances*; we follow it);
+3. ``z_i = exp(alpha * s_i) - beta``, clamped to ``[0.5, 1.5]`` (section 5) unless ``clamp=None``;
+4. ``L = mean_i z_i * CE_i`` (eq. 4; a plain mean, not a weighted one).
+
+When every variance in the batch is equal (a batch of one, identical samples) the scaled
+variances are all 0 instead of the NaN of the authors' code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch import Tensor
+
+from ._validate import (
+    check_label_smoothing,
+    check_logits_target,
+    check_reduction,
+    per_sample_cross_entropy,
+    reduce,
+)
+
+__all__ = ["BiasLoss", "bias_loss", "bias_weights", "feature_variance", "scale_variance"]
+
+Clamp = tuple[float, float] | None
+Scaling = Literal["batch", "running_min"]
+_SCALINGS = ("batch", "running_min")
+#: The authors' initial value of the running minimum ("global" scaling).
+RUNNING_MIN_INIT = 1e5
+
+
+def feature_variance(features: Tensor) -> Tensor:
+    """Per-sample unbiased variance of a feature map (SPEC step 1).
+
+    Args:
+        features: ``(B, ...)`` with at least two values per sample, any dtype and memory
+            format (channels-last needs no copy: the reduction runs over all non-batch dims).
+
+    Returns:
+        ``(B,)`` float32, detached.
+    """
+    if not isinstance(features, Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if features.dim() < 2:
+        raise ValueError(
+            f"features must have a batch dim and at least one feature dim, e.g. (B, C, H, W); "
+            f"got shape {tuple(features.shape)}"
+        )
+    if not features.is_floating_point():
+        raise TypeError(f"features must be floating point, got {features.dtype}")
+    numel = math.prod(features.shape[1:])
+    if numel < 2:
+        raise ValueError(
+            f"features need at least 2 values per sample for an unbiased variance; "
+            f"got shape {tuple(features.shape)}"
+        )
+    features = features.detach()
+    dims = tuple(range(1, features.dim()))
+    if features.dtype == torch.float64 or features.device.type != "cpu":
+        return torch.var(features.float() if features.dtype != torch.float64 else features,
+                         dim=dims, correction=1).float()
+    return _cpu_variance(features.float(), dims, numel)
+
+
+# Rows whose mean^2 exceeds this multiple of their variance are recomputed with torch.var:
+# there the float32 sum-of-squares formula would lose more than ~1e-5 of relative precision.
+_CANCELLATION_LIMIT = 64.0
+
+
+def _cpu_variance(features: Tensor, dims: tuple[int, ...], n: int) -> Tensor:
+    """Unbiased variance from one sum and one norm (two fast vectorised reads; PyTorch's
+    Welford ``torch.var`` is about 17x slower on the CPU), falling back to ``torch.var`` for the
+    rows where the shortcut would cancel catastrophically (mean much larger than spread)."""
+    total = features.sum(dims)
+    sq = torch.linalg.vector_norm(features, dim=dims).square()
+    mean = total / n
+    var = ((sq - total * mean) / (n - 1)).clamp_min(0.0)
+    unstable = mean.square() > _CANCELLATION_LIMIT * var
+    if unstable.any():
+        var[unstable] = torch.var(features[unstable], dim=dims, correction=1)
+    return var
+
+
+def _check_args(alpha: float, beta: float, clamp: Clamp) -> Clamp:
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+    if clamp is None:
+        return None
+    if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
+        raise TypeError(f"clamp must be None or a (low, high) pair, got {clamp!r}")
+    low, high = float(clamp[0]), float(clamp[1])
+    if math.isnan(low) or math.isnan(high) or low > high:
+        raise ValueError(f"clamp must be (low, high) with low <= high, got {clamp!r}")
+    return low, high
+
+
+def _resolve_sync(sync: bool | Literal["auto"]) -> bool:
+    if sync == "auto":
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if not isinstance(sync, bool):
+        raise TypeError(f"sync must be True, False or 'auto', got {sync!r}")
+    if sync and not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("sync=True needs an initialised torch.distributed process group")
+    return sync
+
+
+def _batch_extrema(variance: Tensor, sync: bool, process_group) -> tuple[Tensor, Tensor]:
+    """Min and max of the variances, over all ranks when ``sync`` (one all-reduce)."""
+    if variance.numel() == 0:
+        raise ValueError("features hold an empty batch: the Bias Loss needs at least one sample")
+    extrema = torch.stack((-variance.min(), variance.max()))
+    if sync:
+        dist.all_reduce(extrema, op=dist.ReduceOp.MAX, group=process_group)
+    return -extrema[0], extrema[1]
+
+
+def _min_max_scale(variance: Tensor, low: Tensor, high: Tensor, minimum: Tensor) -> Tensor:
+    span = high - low
+    # max == min: every sample is alike; scaled variance 0 instead of the authors' 0/0.
+    safe_span = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, (variance - minimum) / safe_span, torch.zeros_like(variance))
+
+
+def scale_variance(
+    variance: Tensor, *, sync: bool | Literal["auto"] = False, process_group=None
+) -> Tensor:
+    """Min-max scale per-sample variances to [0, 1] over the batch (SPEC step 2).
+
+    Args:
+        variance: ``(B,)`` per-sample variances, ``B >= 1``.
+        sync: take the batch min/max over all ranks of ``process_group`` (one all-reduce),
+            so the result equals that of one process holding the global batch.
+
+    Returns:
+        ``(B,)`` scaled variances; all zeros when ``max == min``.
+    """
+    low, high = _batch_extrema(variance, _resolve_sync(sync), process_group)
+    return _min_max_scale(variance, low, high, low)
+
+
+def _weights_from_scaled(scaled: Tensor, alpha: float, beta: float, clamp: Clamp) -> Tensor:
+    weights = torch.exp(alpha * scaled) - beta  # eq. 3
+    if clamp is not None:
+        weights = weights.clamp(clamp[0], clamp[1])
+    return weights
+
+
+def bias_weights(
+    features: Tensor,
+    *,
+    alpha: float = 0.3,
+    beta: float = 0.3,
+    clamp: Clamp = (0.5, 1.5),
+    sync: bool = False,
+    process_group=None,
+) -> Tensor:
+    """Per-sample Bias Loss weights ``z(v)`` (eq. 3) with batch scaling, for logging and analysis.
+
+    Returns ``(B,)`` float32, detached.
+    """
+    clamp = _check_args(alpha, beta, clamp)
+    scaled = scale_variance(feature_variance(features), sync=sync, process_group=process_group)
+    return _weights_from_scaled(scaled, alpha, beta, clamp)
+
+
+def _weighted_loss(
+    logits: Tensor, target: Tensor, weights: Tensor, reduction: str, label_smoothing: float
+) -> Tensor:
+    ce = per_sample_cross_entropy(logits, target, label_smoothing=label_smoothing)
+    return reduce(weights * ce, reduction)  # eq. 4
+
+
+def _check_features(logits: Tensor, features: Tensor) -> None:
+    if not isinstance(features, Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if features.dim() < 2:
+        raise ValueError(
+            f"features must have a batch dim and at least one feature dim, e.g. (B, C, H, W); "
+            f"got shape {tuple(features.shape)}"
+        )
+    if features.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"features and logits must have the same batch size; got features "
+            f"{tuple(features.shape)} and logits {tuple(logits.shape)}"
+        )
+
+
+def bias_loss(
+    logits: Tensor,
+    target: Tensor,
+    features: Tensor,
+    *,
+    alpha: float = 0.3,
+    beta: float = 0.3,
+    clamp: Clamp = (0.5, 1.5),
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    sync: bool = False,
+    process_group=None,
+) -> Tensor:
+    """Bias Loss with per-batch min-max scaling (SPEC steps 1-4); stateless.
+
+    Args:
+        logits: ``(B, K)`` class scores.
+        target: ``(B,)`` class indices or ``(B, K)`` class probabilities (mixup, cutmix).
+        features: ``(B, C, H, W)`` (or any ``(B, ...)``) output of the last convolutional
+            layer before global pooling; no gradient flows through the weights.
+        alpha, beta: ``z(v) = exp(alpha * v) - beta`` (eq. 3).
+        clamp: ``(low, high)`` bounds on ``z`` (section 5); ``None`` is the authors' code.
+        reduction: ``"mean"`` (eq. 4), ``"sum"`` or ``"none"``.
+        label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
+        sync: scale over the global batch of all ranks (``torch.distributed``).
+
+    Returns:
+        float32 scalar, or ``(B,)`` with ``reduction="none"``.
+    """
+    check_logits_target(logits, target)
+    reduction = check_reduction(reduction)
+    clamp = _check_args(alpha, beta, clamp)
+    _check_features(logits, features)
+    scaled = scale_variance(feature_variance(features), sync=sync, process_group=process_group)
+    weights = _weights_from_scaled(scaled, alpha, beta, clamp)
+    return _weighted_loss(logits, target, weights, reduction, label_smoothing)
+
+
+class BiasLoss(nn.Module):
+    """Bias Loss as a module: ``criterion(logits, target, features)``.
+
+    Args:
+        alpha, beta, clamp, reduction, label_smoothing: see :func:`bias_loss`.
+        scaling: ``"batch"`` (the paper: min-max over the batch) or ``"running_min"`` (the
+            authors' code's "global" mode: the numerator subtracts the smallest variance seen
+            so far, kept in the ``running_min`` buffer, so it is saved with the state dict; the
+            denominator stays the batch's ``max - min``). The buffer is updated only in training
+            mode.
+        sync: reduce min/max (and the running minimum) across ranks; ``"auto"`` does so when a
+            ``torch.distributed`` process group with more than one rank is initialised.
+        process_group: the group to reduce over (default: the world).
+
+    After each call, ``last_weights`` holds the detached ``(B,)`` weights, for logging.
+    """
+
+    running_min: Tensor
+
+    def __init__(
+        self,
+        alpha: float = 0.3,
+        beta: float = 0.3,
+        clamp: Clamp = (0.5, 1.5),
+        scaling: Scaling = "batch",
+        *,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        sync: bool | Literal["auto"] = "auto",
+        process_group=None,
+    ) -> None:
+        super().__init__()
+        self.clamp = _check_args(alpha, beta, clamp)
+        if scaling not in _SCALINGS:
+            raise ValueError(f"scaling must be one of {_SCALINGS}, got {scaling!r}")
+        if sync != "auto" and not isinstance(sync, bool):
+            raise TypeError(f"sync must be True, False or 'auto', got {sync!r}")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.scaling = scaling
+        self.reduction = check_reduction(reduction)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        self.sync = sync
+        self.process_group = process_group
+        self.register_buffer("running_min", torch.tensor(RUNNING_MIN_INIT, dtype=torch.float32))
+        self.last_weights: Tensor | None = None
+
+    def weights(self, features: Tensor) -> Tensor:
+        """The ``(B,)`` weights ``z(v)`` for ``features``; in training mode with
+        ``scaling="running_min"`` this also updates the running minimum, as a forward does."""
+        variance = feature_variance(features)
+        low, high = _batch_extrema(variance, _resolve_sync(self.sync), self.process_group)
+        minimum = low
+        if self.scaling == "running_min":
+            minimum = torch.minimum(self.running_min.to(low.device), low)
+            if self.training:
+                self.running_min.copy_(minimum)
+        scaled = _min_max_scale(variance, low, high, minimum)
+        weights = _weights_from_scaled(scaled, self.alpha, self.beta, self.clamp)
+        self.last_weights = weights
+        return weights
+
+    def forward(self, logits: Tensor, target: Tensor, features: Tensor) -> Tensor:
+        check_logits_target(logits, target)
+        _check_features(logits, features)
+        weights = self.weights(features)
+        return _weighted_loss(logits, target, weights, self.reduction, self.label_smoothing)
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, beta={self.beta}, clamp={self.clamp}, scaling={self.scaling!r}, "
+            f"reduction={self.reduction!r}, sync={self.sync!r}"
+        )
