@@ -1,0 +1,158 @@
+"""Shared machinery of the CIFAR zoo: the timm model contract, weight init, builder, default cfg.
+
+Every model of the zoo is ``stem -> stages -> final -> head``:
+
+- ``stem``: a stride-1 3x3 convolution (32 px inputs are not downsampled at the start);
+- ``stages``: an ``nn.Sequential`` of stages, a stage that downsamples does it first (timm's layout);
+- ``final``: what follows the last stage before pooling (a head convolution, a last norm + act, or
+  ``nn.Identity``); its output is ``forward_features(x)``, the pre-pool map the Bias Loss reads;
+- ``head``: timm's ``ClassifierHead`` (global pool, dropout, linear).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from timm.layers import ClassifierHead
+from timm.models import build_model_with_cfg
+from torch import nn
+
+__all__ = ["CifarNet", "CIFAR100_MEAN", "CIFAR100_STD"]
+
+CIFAR100_MEAN = (0.507, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2761)
+
+
+class CifarNet(nn.Module):
+    """Base class: argument checks, the timm contract and weight init shared by the zoo.
+
+    Subclasses call ``super().__init__(...)``, build ``stem``, ``stages`` and ``final``, then call
+    ``self._init_head(num_features, feature_info)``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 100,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
+        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+            raise ValueError(f"in_chans must be an int >= 1, got {in_chans!r}")
+        if not 0.0 <= float(drop_rate) < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = float(drop_rate)
+        self.global_pool = global_pool
+        self.grad_checkpointing = False
+
+    def _init_head(self, num_features: int, feature_info: list[dict[str, Any]]) -> None:
+        self.num_features = self.head_hidden_size = num_features
+        self.feature_info = feature_info
+        self.head = ClassifierHead(
+            num_features, self.num_classes, pool_type=self.global_pool, drop_rate=self.drop_rate
+        )
+        self.apply(_init_weights)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if enable:
+            raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head.reset(num_classes, pool_type=global_pool)
+        if isinstance(self.head.fc, nn.Linear):
+            _init_weights(self.head.fc)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map before global pooling, ``(B, num_features, H, W)``."""
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.final(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    """He-normal (fan-out) convolutions, unit/zero norms, N(0, 0.01) classifier: torchvision's CIFAR-style init."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 0.01)
+        nn.init.zeros_(module.bias)
+
+
+def levels_info(taps: Sequence[tuple[str, int, int]]) -> list[dict[str, Any]]:
+    """timm ``feature_info`` from ``(module, num_chs, reduction)`` taps in forward order.
+
+    Keeps the last tap at each reduction, so there is one entry per resolution and the last entry is
+    the map ``forward_features`` returns.
+    """
+    info: list[dict[str, Any]] = []
+    for module, num_chs, reduction in taps:
+        entry = dict(num_chs=num_chs, reduction=reduction, module=module)
+        if info and info[-1]["reduction"] == reduction:
+            info[-1] = entry
+        else:
+            info.append(entry)
+    return info
+
+
+def create_cifar_model(model_cls: type[CifarNet], variant: str, pretrained: bool = False, **kwargs: Any) -> CifarNet:
+    """timm's ``build_model_with_cfg``; ``features_only=True`` taps ``feature_info`` with hooks."""
+    if pretrained:
+        raise ValueError(f"{variant}: no pretrained CIFAR weights are published for this model")
+    levels = kwargs.pop("num_levels")
+    return build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained,
+        feature_cfg=dict(feature_cls="hook", no_rewrite=True, out_indices=tuple(range(levels))),
+        **kwargs,
+    )
+
+
+def cifar_cfg(pool_size: tuple[int, int] = (4, 4), **kwargs: Any) -> dict[str, Any]:
+    """A pretrained_cfg without weights: CIFAR-100 input size, normalisation and classes."""
+    return {
+        "url": "",
+        "num_classes": 100,
+        "input_size": (3, 32, 32),
+        "pool_size": pool_size,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": CIFAR100_MEAN,
+        "std": CIFAR100_STD,
+        "first_conv": "stem.0",
+        "classifier": "head.fc",
+        **kwargs,
+    }
