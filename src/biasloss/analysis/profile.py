@@ -1,0 +1,664 @@
+"""``biasloss profile``: parameters, MACs, latency and throughput of any model (Tables 1 and 2).
+
+Paper: "Bias Loss for Mobile Neural Networks", Abrahamyan et al., ICCV 2021, Table 1 (MACs and
+parameters at 224 px, 1000 classes; the paper writes "FLOPs" for multiply-accumulates) and Table 2
+(latency on one phone core at batch 1).
+
+How each figure is obtained:
+
+- parameters: every parameter tensor's size, counted once (:func:`count_params`);
+- MACs: PyTorch's own ``torch.utils.flop_counter.FlopCounterMode``, total FLOPs / 2
+  (:func:`count_macs`). It counts convolutions and matrix multiplies (linear layers, attention)
+  and nothing else: batch norm, pooling, activations, squeeze-excite scaling and residual
+  additions are free. Counters that charge for those (fvcore, the paper's) give more: for
+  SkipblockNet-M, fvcore gives 247.8M and the paper 246M where this counter gives 236.6M;
+- latency: batch 1 on one CPU thread (``torch.set_num_threads(1)``, restored afterwards), eval mode
+  under ``torch.inference_mode``, channels-last memory format unless ``--no-channels-last`` (the
+  faster one on CPU, as in training), after warm-up; with several models the repetitions are
+  interleaved (one forward of each model per round, the order rotating), so that a change in the
+  machine's load or clock touches every model alike. Reported: median, min, max, quartiles
+  (:func:`measure_latency`);
+- throughput: images per second at a larger batch with all threads, from the median time of a
+  batch (:func:`measure_throughput`).
+
+The paper's latencies come from PyTorch 1.6 Mobile on Pixel phones: compare our models with each
+other on one machine, not with those milliseconds.
+
+Model names are those of :func:`biasloss.models.create_model`: ``skipblocknet_xs/s/m/l``, the
+``cifar_*`` zoo, any timm name, or ``torchvision.<name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import platform
+import statistics
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "MAC_COUNTER",
+    "PAPER_MODELS",
+    "PAPER_TABLE1",
+    "PAPER_TABLE2",
+    "PaperFigures",
+    "count_macs",
+    "count_params",
+    "format_compare_table",
+    "measure_latency",
+    "measure_throughput",
+    "paper_figures",
+    "profile_model",
+    "profile_models",
+    "register",
+]
+
+#: What :func:`count_macs` counts, printed beside every MAC figure.
+MAC_COUNTER = ("torch.utils.flop_counter: convolutions and linear layers (matrix multiplies) only; "
+               "batch norm, pooling, activations and elementwise ops are not counted")
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's figures (reference/paper_tables.md)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaperFigures:
+    """One model as the paper reports it. ``macs``/``params`` are counts (246M -> 246_000_000);
+    ``None`` where the paper gives no figure."""
+
+    name: str
+    macs: int | None = None
+    params: int | None = None
+    top1: float | None = None
+    top5: float | None = None
+    pixel4_ms: float | None = None
+    pixel3_ms: float | None = None
+
+
+def _m(x: float) -> int:
+    return round(x * 1e6)
+
+
+#: Table 1 (ImageNet, 224 px): name, MACs, params, top-1, top-5, in the paper's order.
+PAPER_TABLE1: tuple[PaperFigures, ...] = tuple(
+    PaperFigures(name, _m(macs), _m(params), top1, top5)
+    for name, macs, params, top1, top5 in (
+        ("MobileNetV2 0.5x", 97, 2.0, 65.4, 86.4),
+        ("MUXNet-xs", 66, 1.8, 66.7, 86.8),
+        ("MobileNetV3 Small 1.0x", 66, 2.9, 67.4, None),
+        ("SkipblockNet-XS", 81, 2.3, 69.9, 88.9),
+        ("ShuffleNetV2 1.0x", 146, 2.3, 69.4, 88.9),
+        ("MUXNet-s", 117, 2.4, 71.6, 90.3),
+        ("ChamNet-C", 212, 3.4, 71.6, None),
+        ("MobileNetV3 Large 0.75x", 155, 4.0, 73.3, None),
+        ("SkipblockNet-S", 152, 3.6, 73.8, 91.4),
+        ("FBNet-A", 249, 4.3, 73.0, None),
+        ("MobileNetV3 Large 1.0x", 219, 5.4, 75.2, None),
+        ("MUXNet-m", 218, 3.4, 75.3, 92.5),
+        ("GhostNet 1.3x", 226, 7.3, 75.7, 92.7),
+        ("MixNet-S", 256, 4.1, 75.8, 92.8),
+        ("SkipblockNet-M", 246, 5.5, 76.2, 92.8),
+        ("ProxylessNAS", 320, 4.1, 74.6, 92.2),
+        ("MnasNet-A2", 340, 4.8, 75.6, 92.7),
+        ("EfficientNet-B0", 390, 5.3, 76.3, 93.2),
+        ("MUXNet-l", 318, 4.0, 76.6, 93.2),
+        ("MobileNetV3 Large 1.25x", 356, 7.5, 76.6, None),
+        ("SkipblockNet-L", 364, 7.1, 77.1, 93.4),
+    )
+)
+
+#: Table 2: top-1 and latency (ms) on one core of a Pixel 4 / Pixel 3, batch 1, PyTorch 1.6 Mobile.
+PAPER_TABLE2: dict[str, tuple[float, float, float]] = {
+    "SkipblockNet-M": (76.2, 27, 42),
+    "GhostNet 1.3x": (75.7, 27, 41),
+    "MnasNet-A2": (75.6, 21, 39),
+    "MobileNetV3 Large 1.0x": (75.2, 26, 38),
+    "MobileNetV2 1.0x": (71.8, 27, 38),
+}
+
+#: Our model names (biasloss, timm, torchvision) -> the paper's name, where the mapping is clear.
+#: Not mapped: MUXNet, ChamNet, FBNet-A, ProxylessNAS (no implementation in timm/torchvision) and
+#: MnasNet-A2 (timm has A1 and B1, torchvision B1 only); MobileNetV3 Large 1.25x (not registered).
+PAPER_MODELS: dict[str, str] = {
+    "skipblocknet_xs": "SkipblockNet-XS",
+    "skipblocknet_s": "SkipblockNet-S",
+    "skipblocknet_m": "SkipblockNet-M",
+    "skipblocknet_l": "SkipblockNet-L",
+    "mobilenetv3_large_100": "MobileNetV3 Large 1.0x",
+    "tf_mobilenetv3_large_100": "MobileNetV3 Large 1.0x",
+    "torchvision.mobilenet_v3_large": "MobileNetV3 Large 1.0x",
+    "mobilenetv3_large_075": "MobileNetV3 Large 0.75x",
+    "tf_mobilenetv3_large_075": "MobileNetV3 Large 0.75x",
+    "mobilenetv3_small_100": "MobileNetV3 Small 1.0x",
+    "tf_mobilenetv3_small_100": "MobileNetV3 Small 1.0x",
+    "torchvision.mobilenet_v3_small": "MobileNetV3 Small 1.0x",
+    "mobilenetv2_050": "MobileNetV2 0.5x",
+    "mobilenetv2_100": "MobileNetV2 1.0x",
+    "torchvision.mobilenet_v2": "MobileNetV2 1.0x",
+    "torchvision.shufflenet_v2_x1_0": "ShuffleNetV2 1.0x",
+    "ghostnet_130": "GhostNet 1.3x",
+    "mixnet_s": "MixNet-S",
+    "tf_mixnet_s": "MixNet-S",
+    "efficientnet_b0": "EfficientNet-B0",
+    "tf_efficientnet_b0": "EfficientNet-B0",
+    "torchvision.efficientnet_b0": "EfficientNet-B0",
+}
+
+
+def paper_figures(model_name: str) -> PaperFigures | None:
+    """The paper's Table 1 / Table 2 figures for one of our model names, or ``None``."""
+    paper_name = PAPER_MODELS.get(model_name)
+    if paper_name is None:
+        return None
+    entry = next((e for e in PAPER_TABLE1 if e.name == paper_name), PaperFigures(paper_name))
+    if paper_name in PAPER_TABLE2:
+        top1, pixel4, pixel3 = PAPER_TABLE2[paper_name]
+        entry = PaperFigures(entry.name, entry.macs, entry.params, entry.top1 or top1, entry.top5,
+                             pixel4, pixel3)
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting
+# ---------------------------------------------------------------------------------------------
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (shared tensors counted once; buffers such as BN statistics not)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return sum(p.numel() for p in model.parameters())
+
+
+def _input_shape(input_size: int | Sequence[int], in_chans: int = 3) -> tuple[int, ...]:
+    if isinstance(input_size, bool):
+        raise TypeError("input_size must be an int or a shape tuple, got bool")
+    if isinstance(input_size, int):
+        shape: tuple[int, ...] = (1, in_chans, input_size, input_size)
+    elif isinstance(input_size, Sequence) and all(isinstance(s, int) and not isinstance(s, bool)
+                                                  for s in input_size):
+        dims = tuple(input_size)
+        if len(dims) == 2:
+            shape = (1, in_chans, *dims)
+        elif len(dims) == 3:
+            shape = (1, *dims)
+        elif len(dims) == 4:
+            shape = dims
+        else:
+            raise ValueError(f"input_size must be S, (H, W), (C, H, W) or (B, C, H, W); got {input_size!r}")
+    else:
+        raise TypeError(f"input_size must be an int or a tuple of ints, got {input_size!r}")
+    if any(s <= 0 for s in shape):
+        raise ValueError(f"input sizes must be positive, got {shape}")
+    return shape
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _eval_mode(models: Sequence[nn.Module]) -> Iterator[None]:
+    """Put modules in eval mode and give every submodule its own training flag back afterwards."""
+    saved = [[(m, m.training) for m in model.modules()] for model in models]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for flags in saved:
+            for module, training in flags:
+                module.training = training
+
+
+def count_macs(model: nn.Module, input_size: int | Sequence[int] | Tensor, *, in_chans: int = 3) -> int:
+    """Multiply-accumulates of one forward pass, counted by ``torch.utils.flop_counter``.
+
+    Only convolutions and matrix multiplies are counted (see :data:`MAC_COUNTER`); a convolution
+    ``k x k``, ``C_in -> C_out`` (groups ``g``) at output ``H x W`` is ``k*k*C_in/g*C_out*H*W`` MACs,
+    a linear layer ``in*out`` per sample; biases are not counted.
+
+    Args:
+        model: any module; run in eval mode under ``torch.no_grad`` (its modes are restored).
+        input_size: ``S`` (square, ``in_chans`` channels, batch 1), ``(H, W)``, ``(C, H, W)``,
+            ``(B, C, H, W)`` or an input tensor. The count is for the whole batch given.
+
+    Returns:
+        total FLOPs / 2, an int.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(input_size, Tensor):
+        x = input_size
+    else:
+        x = torch.zeros(_input_shape(input_size, in_chans), device=_model_device(model))
+    with _eval_mode([model]), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops()) // 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------
+
+
+def _summary_ms(samples_s: Sequence[float]) -> dict[str, float | int]:
+    ms = sorted(s * 1e3 for s in samples_s)
+    if len(ms) >= 2:
+        q1, median, q3 = statistics.quantiles(ms, n=4, method="inclusive")
+    else:
+        q1 = median = q3 = ms[0]
+    return {
+        "median": median, "mean": statistics.fmean(ms), "min": ms[0], "max": ms[-1],
+        "q1": q1, "q3": q3, "iqr": q3 - q1, "reps": len(ms),
+    }
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[int]:
+    previous = torch.get_num_threads()
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_count(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _timed_rounds(
+    models: Mapping[str, nn.Module], inputs: Tensor | Mapping[str, Tensor], reps: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds per forward, ``reps`` interleaved rounds after ``warmup`` rounds."""
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError("models must be a non-empty dict of name -> nn.Module")
+    for name, model in models.items():
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"models[{name!r}] must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(inputs, Tensor):
+        per_model = {name: inputs for name in models}
+    elif isinstance(inputs, Mapping) and set(inputs) >= set(models):
+        per_model = dict(inputs)
+    else:
+        raise TypeError("input must be a tensor or a dict with a tensor for every model")
+    _check_count("reps", reps, 1)
+    _check_count("warmup", warmup, 0)
+    names = list(models)
+    syncs = {n: (torch.cuda.synchronize if per_model[n].device.type == "cuda" else None) for n in names}
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    gc_was_enabled = gc.isenabled()
+    with _eval_mode(list(models.values())), torch.inference_mode():
+        for _ in range(warmup):
+            for n in names:
+                models[n](per_model[n])
+        gc.collect()
+        gc.disable()
+        try:
+            for r in range(reps):
+                k = r % len(names)
+                for n in names[k:] + names[:k]:  # rotate: no model always runs first
+                    sync = syncs[n]
+                    if sync is not None:
+                        sync()
+                    t0 = time.perf_counter()
+                    models[n](per_model[n])
+                    if sync is not None:
+                        sync()
+                    samples[n].append(time.perf_counter() - t0)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+    return samples
+
+
+def measure_latency(
+    models: Mapping[str, nn.Module],
+    input: Tensor | Mapping[str, Tensor],
+    reps: int = 50,
+    warmup: int = 10,
+    threads: int | None = 1,
+) -> dict[str, dict[str, float | int]]:
+    """Forward latency, in milliseconds, of each model on ``input`` (usually batch 1).
+
+    Repetitions are interleaved across models (round ``r`` runs each model once, the order rotated
+    by ``r``) after ``warmup`` rounds, in eval mode under ``torch.inference_mode`` with ``threads``
+    intra-op threads (restored afterwards; ``None`` leaves the setting alone). On CUDA every
+    forward is synchronised.
+
+    Args:
+        models: name -> module.
+        input: one tensor for all models, or name -> tensor.
+
+    Returns:
+        name -> ``{"median", "mean", "min", "max", "q1", "q3", "iqr" (ms), "reps", "threads"}``.
+    """
+    with _threads(threads) as used:
+        samples = _timed_rounds(models, input, reps, warmup)
+    return {n: {**_summary_ms(s), "threads": used} for n, s in samples.items()}
+
+
+def measure_throughput(
+    models: Mapping[str, nn.Module],
+    input: Tensor | Mapping[str, Tensor],
+    reps: int = 5,
+    warmup: int = 2,
+    threads: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Images per second of each model on a batch (``input``'s first dimension), all threads by
+    default. Batches are interleaved across models like :func:`measure_latency`; the figure is
+    ``batch / median batch time``.
+
+    Returns:
+        name -> ``{"img_per_s", "batch", "threads", "batch_ms": {median, min, max, ...}}``.
+    """
+    with _threads(threads) as used:
+        samples = _timed_rounds(models, input, reps, warmup)
+    out = {}
+    for name, s in samples.items():
+        x = input if isinstance(input, Tensor) else input[name]
+        batch_ms = _summary_ms(s)
+        out[name] = {"img_per_s": x.shape[0] / (batch_ms["median"] / 1e3), "batch": int(x.shape[0]),
+                     "threads": used, "batch_ms": batch_ms}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Models by name
+# ---------------------------------------------------------------------------------------------
+
+
+def _create_model(name: str, *, num_classes: int, in_chans: int, small_input: bool) -> nn.Module:
+    from biasloss.models import create_model
+
+    return create_model(name, num_classes=num_classes, in_chans=in_chans, small_input=small_input)
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available")
+    return dev
+
+
+def profile_models(
+    names: Sequence[str],
+    *,
+    input_size: int = 224,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    small_input: bool = False,
+    batch: int = 32,
+    reps: int = 50,
+    warmup: int = 10,
+    throughput_reps: int = 5,
+    latency: bool = True,
+    throughput: bool = True,
+    channels_last: bool = True,
+    threads: int = 1,
+    device: str | torch.device = "cpu",
+) -> list[dict[str, Any]]:
+    """Profile several models on one machine; their timings are interleaved.
+
+    Every model is built with random weights (``num_classes``, ``in_chans``, ``small_input``),
+    counted at batch 1 and ``input_size`` x ``input_size``, then timed: latency at batch 1 with
+    ``threads`` threads (``reps`` rounds after ``warmup``), throughput at ``batch`` with all threads.
+    ``channels_last`` runs the timings in channels-last memory format (1.1-1.8x faster on CPU);
+    counts do not depend on it.
+
+    Returns:
+        one dict per model: ``model``, ``params``, ``macs``, ``latency_ms`` (median, or ``None``),
+        ``latency`` (statistics), ``throughput_img_s``, ``throughput``, ``paper`` (the paper's
+        figures or ``None``) and ``setup`` (counter, input shape, threads, device, versions).
+    """
+    names = list(names)
+    if not names:
+        raise ValueError("give at least one model name")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"model names must be non-empty strings, got {name!r}")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"model given more than once: {', '.join(duplicates)}")
+    for label, value, minimum in (("input_size", input_size, 1), ("num_classes", num_classes, 1),
+                                  ("in_chans", in_chans, 1), ("batch", batch, 1), ("reps", reps, 1),
+                                  ("warmup", warmup, 0), ("throughput_reps", throughput_reps, 1),
+                                  ("threads", threads, 1)):
+        _check_count(label, value, minimum)
+    dev = _resolve_device(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    models: dict[str, nn.Module] = {}
+    results: dict[str, dict[str, Any]] = {}
+    shape = (1, in_chans, input_size, input_size)
+    for name in names:
+        model = _create_model(name, num_classes=num_classes, in_chans=in_chans, small_input=small_input).eval()
+        paper = paper_figures(name)
+        results[name] = {
+            "model": name,
+            "params": count_params(model),
+            "macs": count_macs(model, shape),
+            "latency_ms": None,
+            "latency": None,
+            "throughput_img_s": None,
+            "throughput": None,
+            "paper": asdict(paper) if paper is not None else None,
+        }
+        models[name] = model.to(device=dev, memory_format=memory_format)
+
+    generator = torch.Generator().manual_seed(0)
+    if latency:
+        x = torch.randn(shape, generator=generator).to(device=dev, memory_format=memory_format)
+        for name, stats in measure_latency(models, x, reps=reps, warmup=warmup, threads=threads).items():
+            results[name]["latency"] = stats
+            results[name]["latency_ms"] = stats["median"]
+    if latency and throughput:
+        xb = torch.randn((batch, *shape[1:]), generator=generator).to(device=dev, memory_format=memory_format)
+        tp = measure_throughput(models, xb, reps=throughput_reps, warmup=min(warmup, 2) or 1, threads=None)
+        for name, stats in tp.items():
+            results[name]["throughput"] = stats
+            results[name]["throughput_img_s"] = stats["img_per_s"]
+
+    setup = {
+        "mac_counter": MAC_COUNTER,
+        "input_shape": list(shape),
+        "num_classes": num_classes,
+        "small_input": small_input,
+        "memory_format": "channels_last" if channels_last else "contiguous",
+        "latency_threads": threads,
+        "throughput_threads": torch.get_num_threads(),
+        "throughput_batch": batch,
+        "device": str(dev) if dev.type != "cpu" else f"cpu ({_cpu_name()})",
+        "torch": torch.__version__,
+    }
+    if dev.type == "cuda":
+        setup["device"] = f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return [{**results[name], "setup": setup} for name in names]
+
+
+def profile_model(name: str, **kwargs: Any) -> dict[str, Any]:
+    """Profile one model; keyword arguments as :func:`profile_models`."""
+    return profile_models([name], **kwargs)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------
+
+
+def _count(n: int | None, digits: int = 2) -> str:
+    if n is None:
+        return "—"
+    if n >= 1e9:
+        return f"{n / 1e9:.{digits}f}G"
+    if n >= 1e6:
+        return f"{n / 1e6:.{digits}f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.{digits}f}K"
+    return str(n)
+
+
+def _paper_count(n: int | None, digits: int) -> str:
+    return "—" if n is None else f"{n / 1e6:.{digits}f}M"
+
+
+def _latency_text(stats: Mapping[str, Any] | None) -> str:
+    if not stats:
+        return "—"
+    return (f"{stats['median']:.2f} ({stats['min']:.2f}–{stats['max']:.2f}, IQR {stats['iqr']:.2f})")
+
+
+def _throughput_text(result: Mapping[str, Any]) -> str:
+    value = result.get("throughput_img_s")
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _notes(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    setup = results[0]["setup"]
+    shape = "x".join(str(s) for s in setup["input_shape"])
+    notes = [f"MACs: {setup['mac_counter']}; input {shape}, {setup['num_classes']} classes."]
+    if any(r.get("paper") for r in results):
+        notes[0] += (" The paper's counts include more ops (for SkipblockNet-M: 246M in the paper, 247.8M "
+                     "with fvcore, 236.6M with this counter).")
+        if setup["input_shape"][2:] != [224, 224] or setup["num_classes"] != 1000 or setup["small_input"]:
+            notes.append("The paper's figures are for 224 x 224 inputs and 1000 classes; ours here are not.")
+    lat = results[0].get("latency")
+    if lat:
+        notes.append(f"Latency: {setup['device']}, torch {setup['torch']}, batch 1, {setup['latency_threads']} "
+                     f"thread, {setup['memory_format']}, inference_mode; median (min–max, IQR) of {lat['reps']} "
+                     f"repetitions interleaved across models. The paper's Table 2 is PyTorch 1.6 Mobile on one core "
+                     f"of a Pixel 4 / Pixel 3: compare ratios, not milliseconds.")
+    tp = results[0].get("throughput")
+    if tp:
+        notes.append(f"Throughput: batch {tp['batch']}, {tp['threads']} threads, from the median of "
+                     f"{tp['batch_ms']['reps']} batches.")
+    return notes
+
+
+def format_compare_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """A markdown table of :func:`profile_models` results with the paper's figures beside ours."""
+    rows = [
+        "| model | params (ours) | params (paper) | MACs (ours) | MACs (paper) | latency ms, median (min–max, IQR) "
+        "| throughput img/s | paper: top-1 % | paper: Pixel 4 / Pixel 3 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        paper = r.get("paper") or {}
+        name = r["model"] + (f" ({paper['name']})" if paper else "")
+        phones = ("—" if paper.get("pixel4_ms") is None
+                  else f"{paper['pixel4_ms']:g} / {paper['pixel3_ms']:g}")
+        top1 = "—" if paper.get("top1") is None else f"{paper['top1']:.1f}"
+        rows.append(
+            f"| {name} | {_count(r['params'])} | {_paper_count(paper.get('params'), 1)} | {_count(r['macs'], 1)} "
+            f"| {_paper_count(paper.get('macs'), 0)} | {_latency_text(r.get('latency'))} | {_throughput_text(r)} "
+            f"| {top1} | {phones} |"
+        )
+    return "\n".join(rows + [""] + _notes(results))
+
+
+def format_line(result: Mapping[str, Any]) -> str:
+    """One line per model for the plain output."""
+    parts = [f"{result['model']}: {_count(result['params'])} params, {_count(result['macs'], 1)} MACs"]
+    lat = result.get("latency")
+    if lat:
+        parts.append(f"latency {lat['median']:.2f} ms median (min {lat['min']:.2f}, max {lat['max']:.2f}, "
+                     f"IQR {lat['iqr']:.2f}; batch 1, {lat['threads']} thread)")
+    tp = result.get("throughput")
+    if tp:
+        parts.append(f"throughput {tp['img_per_s']:.1f} img/s (batch {tp['batch']}, {tp['threads']} threads)")
+    paper = result.get("paper")
+    if paper and paper.get("params") is not None:
+        parts.append(f"[paper {paper['name']}: {_paper_count(paper['params'], 1)} params, "
+                     f"{_paper_count(paper['macs'], 0)} MACs]")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    results = profile_models(
+        args.models, input_size=args.input_size, num_classes=args.num_classes, in_chans=args.in_chans,
+        small_input=args.small_input, batch=args.batch, reps=args.reps, warmup=args.warmup,
+        throughput_reps=args.throughput_reps, latency=args.latency, throughput=args.throughput,
+        channels_last=args.channels_last, threads=args.threads, device=args.device,
+    )
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results))
+    elif args.compare:
+        print(format_compare_table(results))
+    else:
+        for r in results:
+            print(format_line(r))
+        print("\n".join(_notes(results)))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``biasloss profile`` to the CLI."""
+    p = subparsers.add_parser(
+        "profile",
+        help="parameters, MACs, latency and throughput of models (Tables 1-2)",
+        description="Parameters, MACs (torch.utils.flop_counter: convolutions and linear layers), latency at "
+                    "batch 1 on one thread and throughput at a larger batch with all threads, for any model name: "
+                    "skipblocknet_xs/s/m/l, cifar_*, a timm name or torchvision.<name>. With several models the "
+                    "timings are interleaved.",
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--input-size", type=int, default=224, help="square input side in pixels (default 224)")
+    p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    p.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
+    p.add_argument("--small-input", action="store_true",
+                   help="build the model's small-input variant (biasloss models, for 28-64 px)")
+    p.add_argument("--batch", type=int, default=32, help="batch for the throughput (default 32)")
+    p.add_argument("--reps", type=int, default=50, help="latency repetitions per model (default 50)")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up rounds before timing (default 10)")
+    p.add_argument("--throughput-reps", type=int, default=5, help="timed batches per model (default 5)")
+    p.add_argument("--threads", type=int, default=1, help="threads for the latency (default 1)")
+    p.add_argument("--no-latency", dest="latency", action="store_false",
+                   help="counts only: no latency or throughput timing")
+    p.add_argument("--no-throughput", dest="throughput", action="store_false", help="skip the throughput")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="time in contiguous memory format (default: channels-last, faster on CPU)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true",
+                     help="print JSON: one object for one model, a list for several")
+    out.add_argument("--compare", action="store_true",
+                     help="print a markdown table with the paper's figures beside ours")
+    p.set_defaults(func=_run)

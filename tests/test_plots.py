@@ -1,0 +1,123 @@
+"""``biasloss plot``: every kind writes a PNG and an SVG; bad input ends with one error line."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from biasloss.analysis.plots import load_metrics, load_results, plot_tradeoff  # noqa: E402
+from biasloss.cli import main  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_image(path: Path) -> None:
+    data = path.read_bytes()
+    if path.suffix == ".png":
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+    else:
+        assert b"<svg" in data[:1000] and data.rstrip().endswith(b"</svg>")
+
+
+def _run_dir(root: Path, name: str, epochs: int = 6, offset: float = 0.0) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    with open(run / "metrics.jsonl", "w") as f:
+        for e in range(1, epochs + 1):
+            f.write(json.dumps({
+                "epoch": e, "train_loss": 2.0 * math.exp(-e / 3), "train_top1": 50 + 5 * e,
+                "val_loss": 2.1 * math.exp(-e / 3), "val_top1": 45 + 5 * e + offset, "val_top5": 90.0,
+                "lr": 0.1 * 0.5 ** (e // 3), "time_s": 1.5,
+            }) + "\n")
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return _run_dir(tmp_path, "ce"), _run_dir(tmp_path, "bias", offset=1.0)
+
+
+@pytest.fixture
+def results(tmp_path):
+    profile = tmp_path / "profile.json"  # as biasloss profile --json prints for two models
+    profile.write_text(json.dumps([{"model": "skipblocknet_m", "params": 5532352, "macs": 236622048},
+                                   {"model": "mobilenetv3_large_100", "params": 5483032, "macs": 216589760}]))
+    evals = tmp_path / "eval.jsonl"  # as biasloss eval --json prints, one line per run
+    evals.write_text(json.dumps({"model": "skipblocknet_m", "top1": 76.0, "dataset": "imagenet"}) + "\n"
+                     + json.dumps({"name": "tiny", "top1": 70.5, "macs": "120M", "params": "3.1M"}) + "\n")
+    return profile, evals
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_every_kind_writes_png_and_svg(tmp_path, runs, results, suffix, capsys):
+    commands = {
+        "weights": ["plot", "weights"],
+        "weights_pairs": ["plot", "weights", "--alpha", "0.3", "1.0", "--beta", "0.3"],
+        "loss": ["plot", "loss"],
+        "tradeoff": ["plot", "tradeoff", "--results", *map(str, results)],
+        "curves": ["plot", "curves", str(runs[0]), str(runs[1] / "metrics.jsonl"), "--metric", "val_top1", "loss"],
+    }
+    for name, argv in commands.items():
+        out = tmp_path / "figs" / f"{name}{suffix}"  # the folder does not exist yet
+        assert main([*argv, "--out", str(out)]) == 0, name
+        _check_image(out)
+        assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_results_merge_by_name_and_parse_units(results):
+    merged = {r["label"]: r for r in load_results(results)}
+    assert merged["skipblocknet_m"]["top1"] == 76.0 and merged["skipblocknet_m"]["macs"] == 236622048
+    assert merged["tiny"]["macs"] == 120e6 and merged["tiny"]["params"] == 3.1e6
+    assert merged["mobilenetv3_large_100"]["top1"] is None  # profiled only: not drawn
+
+
+def test_tradeoff_single_axis_without_paper(tmp_path, results):
+    out = plot_tradeoff(tmp_path / "t.png", results=results, x="params", paper=False, title="Food-101")
+    _check_image(out)
+
+
+def test_metrics_keep_the_last_line_of_a_repeated_epoch(tmp_path):
+    run = _run_dir(tmp_path, "resumed", epochs=3)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("\n" + json.dumps({"epoch": 2, "val_top1": 99.0}) + "\n")
+    history = load_metrics(run)
+    assert [r["epoch"] for r in history] == [1, 2, 3] and history[1]["val_top1"] == 99.0
+
+
+def _fails(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("biasloss: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, runs, capsys):
+    png = str(tmp_path / "x.png")
+    assert "suffix" in _fails(["plot", "weights", "--out", str(tmp_path / "x.txt")], capsys)
+    assert "nope" in _fails(["plot", "curves", str(tmp_path / "nope"), "--out", png], capsys)
+    assert "metrics.jsonl" in _fails(["plot", "curves", str(tmp_path), "--out", png], capsys)
+    assert "val_top9" in _fails(["plot", "curves", str(runs[0]), "--metric", "val_top9", "--out", png], capsys)
+    assert "not found" in _fails(["plot", "tradeoff", "--results", str(tmp_path / "no.json"), "--out", png], capsys)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"name": "a", "top1": 50}\n{oops\n')
+    assert "line 2" in _fails(["plot", "tradeoff", "--results", str(bad), "--out", png], capsys)
+    bad.write_text('{"name": "a", "top1": 150}\n')
+    assert "top1" in _fails(["plot", "tradeoff", "--results", str(bad), "--out", png], capsys)
+    _fails(["plot", "weights", "--alpha", "1", "2", "--beta", "1", "2", "3", "--out", png], capsys)
+    _fails(["plot", "tradeoff", "--no-paper", "--out", png], capsys)
+    _fails(["plot"], capsys)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch, capsys):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    err = _fails(["plot", "weights", "--out", str(tmp_path / "w.png")], capsys)
+    assert "pip install 'biasloss[plots]'" in err
