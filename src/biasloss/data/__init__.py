@@ -1,0 +1,219 @@
+"""Datasets for training and evaluation: one call, :func:`build_loaders`, for every dataset by name.
+
+Small datasets (Fashion-MNIST, scikit-learn digits, CIFAR-10/100) are held as one uint8 tensor on
+the training device and augmented per batch there with batched tensor ops (no worker processes),
+as in airbench. Large ones (ImageNet, Food-101) use torchvision's datasets and PIL transforms in
+DataLoader workers. Both loaders yield float32 normalised channels-last ``(B, C, H, W)`` images
+and int64 labels on the device, and both make every epoch's order and augmentation a pure
+function of ``(seed, epoch)``, selected with ``loader.set_epoch(epoch)``, so that a resumed run
+continues exactly.
+
+Where each dataset is looked for (``data_dir`` is ``--data-dir``; the download root is
+``$BIASLOSS_DATA`` or ``~/.cache/biasloss``):
+
+- ``fashion-mnist``: IDX files (gz or plain) in ``data_dir``, ``data_dir/FashionMNIST/raw``
+  (torchvision's layout) or ``data_dir/fashion-mnist``, then the Debian package's
+  ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``);
+  ``download=True`` lets torchvision fetch it.
+- ``digits``: scikit-learn's bundled set; fixed stratified 80/20 split; resized 8 -> 32 px.
+- ``cifar10`` / ``cifar100``: torchvision's ``cifar-10-batches-py`` / ``cifar-100-python`` pickles in
+  ``data_dir``; ``download=True`` lets torchvision fetch them.
+- ``imagenet``: ``data_dir/train`` and ``data_dir/val`` in ImageFolder layout.
+- ``food101``: torchvision's ``Food101`` layout under ``data_dir/food-101``; ``download=True`` fetches it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ._folder import FolderLoader, eval_transform, train_transform
+from ._memory import InMemoryLoader
+from ._sources import (
+    ArrayData,
+    default_root,
+    find_food101_root,
+    find_imagenet_root,
+    load_cifar,
+    load_digits,
+    load_fashion_mnist,
+    read_idx,
+)
+from ._specs import (
+    DATASETS,
+    AugmentConfig,
+    DatasetCorruptError,
+    DatasetNotFoundError,
+    DatasetSpec,
+    get_dataset_spec,
+)
+
+__all__ = [
+    "ArrayData",
+    "AugmentConfig",
+    "DATASETS",
+    "DatasetCorruptError",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "FolderLoader",
+    "InMemoryLoader",
+    "Loader",
+    "build_loaders",
+    "default_root",
+    "get_dataset_spec",
+    "load_arrays",
+    "read_idx",
+]
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """What :func:`build_loaders` returns: an iterable of ``(images, labels)`` batches on the device."""
+
+    num_samples: int  # samples this rank sees per epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...  # batches per epoch
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def load_arrays(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False) -> ArrayData:
+    """The raw uint8 NHWC tensors (on the CPU) of a small (in-memory) dataset."""
+    spec = get_dataset_spec(name)
+    if not spec.in_memory:
+        raise ValueError(f"{name} is not an in-memory dataset; use build_loaders")
+    if name == "fashion-mnist":
+        return load_fashion_mnist(data_dir, download=download)
+    if name == "digits":
+        return load_digits(spec.image_size)
+    return load_cifar(spec.num_classes, data_dir, download=download)
+
+
+def _folder_datasets(spec: DatasetSpec, data_dir: str | os.PathLike | None, download: bool):
+    """(train, test, classes) map-style datasets of (PIL image, label) for a folder dataset."""
+    from torchvision.datasets import Food101, ImageFolder
+
+    if spec.name == "imagenet":
+        root = find_imagenet_root(data_dir)
+        try:
+            train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
+        except FileNotFoundError as e:  # no class folders, or no images with a known extension
+            raise DatasetNotFoundError(f"imagenet: {str(e).splitlines()[0]} (ImageFolder layout under {root})") from None
+        if train.classes != test.classes:
+            only = sorted(set(train.classes) ^ set(test.classes))[:5]
+            raise DatasetCorruptError(
+                f"imagenet: train/ and val/ under {root} have different class folders (e.g. {', '.join(only)})")
+        return train, test, train.classes
+    # food101
+    root = find_food101_root(data_dir, download=download)
+    try:
+        train, test = Food101(str(root), split="train"), Food101(str(root), split="test")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as e:
+        raise DatasetCorruptError(f"food101: bad meta/*.json under {root / 'food-101'} ({e})") from None
+    except RuntimeError as e:
+        raise DatasetNotFoundError(f"food101: {e} (looked under {root / 'food-101'})") from None
+    for ds in (train, test):
+        files = ds._image_files  # torchvision keeps the listed paths here
+        if len(files) and not files[0].is_file():
+            raise DatasetCorruptError(f"food101: {files[0]} is listed in meta/ but missing")
+    if train.classes != test.classes:
+        raise DatasetCorruptError(f"food101: meta/train.json and meta/test.json list different classes")
+    return train, test, train.classes
+
+
+def build_loaders(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    device: torch.device | str = "cpu",
+    augment: AugmentConfig = AugmentConfig(),
+    seed: int = 0,
+    workers: int = 4,
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    download: bool = False,
+    limit: int | None = None,
+) -> tuple[Loader, Loader, DatasetSpec]:
+    """Training and evaluation loaders for the dataset ``name`` and its :class:`DatasetSpec`.
+
+    Both loaders yield ``(images, labels)``: float32 normalised ``(B, C, H, W)`` channels-last
+    images and int64 ``(B,)`` labels on ``device``; both have ``len`` (batches per epoch),
+    ``set_epoch(epoch)`` and ``num_samples`` (samples this rank sees per epoch).
+
+    Training: shuffled and augmented per ``augment``; order and augmentation are a pure function
+    of ``(seed, epoch)`` (call ``set_epoch`` before each epoch). With ``world_size > 1`` each rank
+    takes its contiguous ``1/world_size`` of every global batch of ``batch_size * world_size``
+    samples (the permutation padded by wrap-around unless ``drop_last``), so all ranks see the
+    same number of batches. Evaluation: unaugmented, in order, the whole test split once;
+    distributed, rank ``r`` takes samples ``r, r + world_size, ...`` without padding.
+
+    ``workers`` only applies to the folder datasets (imagenet, food101); the in-memory ones run
+    in the calling process. ``limit`` keeps the first ``limit`` training and test samples.
+    For folder datasets the returned spec's ``num_classes`` is the number of classes found on
+    disk (a subset such as ImageNet-100 gets a 100-way spec).
+
+    Raises ``ValueError`` for an unknown name or bad arguments, :class:`DatasetNotFoundError`
+    when the data is missing (one line: where it looked, how to get it) and
+    :class:`DatasetCorruptError` (a ``ValueError``) when its files are malformed.
+    """
+    spec = get_dataset_spec(name)
+    _check_int("batch_size", batch_size, 1)
+    eval_batch_size = batch_size if eval_batch_size is None else _check_int("eval_batch_size", eval_batch_size, 1)
+    _check_int("workers", workers, 0)
+    _check_int("world_size", world_size, 1)
+    _check_int("rank", rank, 0)
+    _check_int("seed", seed, -(1 << 63))
+    if rank >= world_size:
+        raise ValueError(f"rank must be < world_size ({world_size}), got {rank}")
+    if limit is not None:
+        _check_int("limit", limit, 1)
+    if not isinstance(augment, AugmentConfig):
+        raise TypeError(f"augment must be an AugmentConfig, got {type(augment).__name__}")
+    device = torch.device(device)
+    common = dict(mean=spec.mean, std=spec.std, device=device, seed=seed, rank=rank, world_size=world_size)
+
+    if spec.in_memory:
+        if augment.random_resized_crop:
+            raise ValueError(f"random_resized_crop is for the large (folder) datasets, not {name}; "
+                             "use crop_padding for small images")
+        data = load_arrays(name, data_dir, download=download)
+        n_train, n_test = data.train_images.shape[0], data.test_images.shape[0]
+        if limit is not None:
+            n_train, n_test = min(limit, n_train), min(limit, n_test)
+        train = InMemoryLoader(data.train_images[:n_train], data.train_labels[:n_train], batch_size=batch_size,
+                               train=True, augment=augment, drop_last=drop_last, **common)
+        test = InMemoryLoader(data.test_images[:n_test], data.test_labels[:n_test], batch_size=eval_batch_size,
+                              train=False, **common)
+        return train, test, spec
+
+    train_ds, test_ds, classes = _folder_datasets(spec, data_dir, download)
+    if limit is not None:
+        from torch.utils.data import Subset
+
+        train_ds = Subset(train_ds, range(min(limit, len(train_ds))))
+        test_ds = Subset(test_ds, range(min(limit, len(test_ds))))
+    if len(classes) != spec.num_classes:
+        spec = dataclasses.replace(spec, num_classes=len(classes))
+    train = FolderLoader(train_ds, train_transform(spec.image_size, augment), batch_size=batch_size, train=True,
+                         drop_last=drop_last, workers=workers, **common)
+    test = FolderLoader(test_ds, eval_transform(spec.image_size), batch_size=eval_batch_size, train=False,
+                        workers=workers, **common)
+    return train, test, spec

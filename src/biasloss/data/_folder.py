@@ -1,0 +1,181 @@
+"""The loader for large image datasets (ImageNet, Food-101): torchvision datasets, PIL transforms, workers.
+
+Workers decode and augment to uint8 ``(C, H, W)``; conversion to float, normalisation and the
+channels-last layout happen on the training device after the (4x smaller) uint8 transfer.
+
+Exact resumption: the batch sampler (in the main process) hands each worker ``(index, seed)``
+pairs, the seeds drawn per epoch from the same generator as the order (see :mod:`._plan`), and
+each sample's transform runs under ``torch.manual_seed(seed)`` inside ``fork_rng``. So every
+sample's augmentation is a pure function of ``(seed, epoch, position)``: it does not depend on
+the number of workers, nor on the number of ranks, and the caller's RNG is left untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ._augment import normalize
+from ._plan import epoch_generator, eval_shard, train_layout
+from ._specs import AugmentConfig
+
+__all__ = ["FolderLoader", "eval_transform", "train_transform"]
+
+
+def eval_resize(image_size: int) -> int:
+    """Resize the shorter side to ``image_size * 256 / 224`` before the centre crop (256 for 224)."""
+    return int(round(image_size * 256 / 224))
+
+
+def train_transform(image_size: int, augment: AugmentConfig) -> Callable:
+    """PIL -> uint8 ``(C, H, W)``: random-resized crop (or the eval resize + centre crop), then padding crop, flip, rotation."""
+    from torchvision import transforms as T
+
+    ops: list[Callable] = []
+    if augment.random_resized_crop:
+        ops.append(T.RandomResizedCrop(image_size, interpolation=T.InterpolationMode.BILINEAR, antialias=True))
+    else:
+        ops += [T.Resize(eval_resize(image_size), antialias=True), T.CenterCrop(image_size)]
+    if augment.crop_padding > 0:
+        ops.append(T.RandomCrop(image_size, padding=augment.crop_padding))
+    if augment.hflip:
+        ops.append(T.RandomHorizontalFlip())
+    if augment.rotation > 0:
+        ops.append(T.RandomRotation(float(augment.rotation), interpolation=T.InterpolationMode.BILINEAR))
+    ops.append(T.PILToTensor())
+    return T.Compose(ops)
+
+
+def eval_transform(image_size: int) -> Callable:
+    """PIL -> uint8 ``(C, H, W)``: resize to ``image_size * 256 / 224``, centre crop ``image_size``."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(eval_resize(image_size), antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
+
+
+class _SeededDataset(Dataset):
+    """Applies ``transform`` to ``base[i]``'s image; an ``(i, seed)`` key seeds the transform's RNG."""
+
+    def __init__(self, base: Dataset, transform: Callable) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        if isinstance(key, tuple):
+            index, seed = key
+            image, label = self.base[index]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                image = self.transform(image)
+        else:
+            image, label = self.base[key]
+            image = self.transform(image)
+        return image, int(label)
+
+
+class _PlanSampler(Sampler):
+    """Batch sampler: this rank's batches of the loader's current epoch (train) or its eval shard."""
+
+    def __init__(self, loader: "FolderLoader") -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return self.loader._batches()
+
+
+class FolderLoader:
+    """Batches of ``(images, labels)`` from a map-style dataset of ``(PIL image, label)``.
+
+    Same contract as :class:`InMemoryLoader`: float32 normalised channels-last images and int64
+    labels on ``device``; ``len``, ``num_samples``, ``set_epoch``.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        transform: Callable,
+        *,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device,
+        train: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        workers: int = 4,
+    ) -> None:
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.train = train
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.dataset_size = len(dataset)  # type: ignore[arg-type]
+        self._epoch = 0
+        self._shift = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
+        self._scale = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0)
+        if train:
+            self._layout = train_layout(self.dataset_size, batch_size, world_size, drop_last)
+            self._slices = self._layout.rank_slices(rank)
+            self.num_samples = self._layout.num_samples
+        else:
+            self._shard = eval_shard(self.dataset_size, rank, world_size).tolist()
+            self.num_samples = len(self._shard)
+            self._slices = [(s, min(s + batch_size, self.num_samples)) for s in range(0, self.num_samples, batch_size)]
+        self._pin = self.device.type == "cuda"
+        self._loader = DataLoader(
+            _SeededDataset(dataset, transform),
+            batch_sampler=_PlanSampler(self),
+            num_workers=workers,
+            pin_memory=self._pin,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            generator=torch.Generator(),  # its base seed is unused; keeps the global RNG untouched
+        )
+
+    def __len__(self) -> int:
+        return len(self._slices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration produces."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self._epoch = epoch
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def _batches(self) -> Iterator[list[Any]]:
+        if not self.train:
+            for start, stop in self._slices:
+                yield self._shard[start:stop]
+            return
+        g = epoch_generator(self.seed, self._epoch)
+        fit = self._layout.fit
+        order = fit(torch.randperm(self.dataset_size, generator=g)).tolist()
+        seeds = fit(torch.randint(0, 1 << 62, (self.dataset_size,), generator=g)).tolist()
+        for start, stop in self._slices:
+            yield list(zip(order[start:stop], seeds[start:stop]))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in self._loader:
+            images = images.to(self.device, non_blocking=self._pin)
+            labels = labels.to(self.device, dtype=torch.int64, non_blocking=self._pin)
+            yield normalize(images, self._shift, self._scale), labels
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(n={self.dataset_size}, batch_size={self.batch_size}, train={self.train}, "
+                f"batches={len(self)}, rank={self.rank}/{self.world_size}, device={self.device}, "
+                f"workers={self._loader.num_workers})")

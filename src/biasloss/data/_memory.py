@@ -1,0 +1,114 @@
+"""The in-memory loader for small datasets: a uint8 tensor on the device, augmented per batch there.
+
+After airbench: no worker processes, the epoch order is a ``randperm``, batches are gathers,
+and augmentation is batched tensor ops (see :mod:`._augment`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from ._augment import EpochParams, crop_flip, draw_params, normalize, pad_images, rotate
+from ._plan import epoch_generator, eval_shard, train_layout
+from ._specs import AugmentConfig
+
+__all__ = ["InMemoryLoader"]
+
+
+class InMemoryLoader:
+    """Batches of ``(images, labels)`` from NHWC uint8 ``images`` and int64 ``labels``.
+
+    Yields float32 normalised ``(B, C, H, W)`` channels-last images and int64 ``(B,)`` labels, both
+    on ``device``. ``train=True``: shuffled, augmented, sharded over ranks per
+    :mod:`._plan` (a pure function of ``(seed, epoch)``; call :meth:`set_epoch` before each epoch).
+    ``train=False``: the rank's strided shard in order, never augmented.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        device: torch.device,
+        train: bool,
+        augment: AugmentConfig = AugmentConfig(),
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {tuple(images.shape)}")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must be (N,) with N = {images.shape[0]}, got {tuple(labels.shape)}")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.train = train
+        self.augment = augment if train else AugmentConfig()
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.image_size = (int(images.shape[1]), int(images.shape[2]))
+        self.dataset_size = int(images.shape[0])
+        self._epoch = 0
+        channels = images.shape[3]
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {channels} channels")
+        self._shift = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
+        self._scale = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0)
+        # Moved to the device once; padded once for random crops.
+        self._images = pad_images(images.to(self.device), self.augment.crop_padding).contiguous()
+        self._labels = labels.to(device=self.device, dtype=torch.int64)
+        if train:
+            self._layout = train_layout(self.dataset_size, batch_size, world_size, drop_last)
+            self._slices = self._layout.rank_slices(rank)
+            self.num_samples = self._layout.num_samples
+        else:
+            self._shard = eval_shard(self.dataset_size, rank, world_size).to(self.device)
+            self.num_samples = int(self._shard.numel())
+            self._slices = [(s, min(s + batch_size, self.num_samples)) for s in range(0, self.num_samples, batch_size)]
+
+    def __len__(self) -> int:
+        return len(self._slices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration produces."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self._epoch = epoch
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def _epoch_plan(self) -> tuple[torch.Tensor, EpochParams]:
+        if not self.train:
+            return self._shard, EpochParams()
+        g = epoch_generator(self.seed, self._epoch)
+        fit = self._layout.fit
+        order = fit(torch.randperm(self.dataset_size, generator=g))
+        params = draw_params(self.dataset_size, self.augment, g)
+        return order.to(self.device), params.map(lambda t: fit(t).to(self.device))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, p = self._epoch_plan()
+        for start, stop in self._slices:
+            idx = order[start:stop]
+            sl = slice(start, stop)
+            x = crop_flip(
+                self._images, idx, self.image_size,
+                None if p.oy is None else p.oy[sl], None if p.ox is None else p.ox[sl],
+                None if p.flip is None else p.flip[sl],
+            ).permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels-last
+            if p.angle is not None:
+                x = rotate(x, p.angle[sl])
+            yield normalize(x, self._shift, self._scale), self._labels[idx]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(n={self.dataset_size}, batch_size={self.batch_size}, train={self.train}, "
+                f"batches={len(self)}, rank={self.rank}/{self.world_size}, device={self.device}, augment={self.augment})")

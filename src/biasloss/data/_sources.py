@@ -1,0 +1,337 @@
+"""Readers for the small datasets, returning uint8 NHWC tensors, and locators for the folder datasets.
+
+Every reader finds its files in a documented list of places, raises :class:`DatasetNotFoundError`
+with a one-line message (the places tried, how to get the data) when none has them, and
+:class:`DatasetCorruptError` when the files do not hold what their format says.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._specs import DatasetCorruptError, DatasetNotFoundError
+
+__all__ = [
+    "ArrayData",
+    "DEBIAN_FASHION_MNIST",
+    "default_root",
+    "find_food101_root",
+    "find_imagenet_root",
+    "load_cifar",
+    "load_digits",
+    "load_fashion_mnist",
+    "read_idx",
+]
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass
+class ArrayData:
+    """A small dataset held as CPU tensors: images uint8 (N, H, W, C), labels int64 (N,)."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def default_root() -> Path:
+    """Where downloads go when no data directory is given: ``$BIASLOSS_DATA`` or ``~/.cache/biasloss``."""
+    env = os.environ.get("BIASLOSS_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "biasloss"
+
+
+def _tried(paths: list[Path]) -> str:
+    return ", ".join(str(p) for p in paths) if paths else "(nowhere)"
+
+
+# --------------------------------------------------------------------------------------------
+# IDX (Fashion-MNIST)
+# --------------------------------------------------------------------------------------------
+
+# IDX header: two zero bytes, a type code, the number of dimensions; then one big-endian uint32
+# per dimension; then the data, big-endian.
+_IDX_TYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (plain, or gzip-compressed when the name ends in ``.gz``) into a numpy array."""
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:  # gzip raises BadGzipFile (an OSError) or EOFError
+        raise DatasetCorruptError(f"cannot read {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or not 1 <= raw[3] <= 4:
+        raise DatasetCorruptError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    dtype, ndim = _IDX_TYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DatasetCorruptError(f"{path} is truncated (header needs {header} bytes, file has {len(raw)})")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "longer than its header says"
+        raise DatasetCorruptError(
+            f"{path} is {what}: shape {shape} needs {expected} bytes, file has {len(raw)}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _fashion_candidates(data_dir: str | os.PathLike | None) -> list[Path]:
+    out: list[Path] = []
+    if data_dir is not None:
+        d = Path(data_dir).expanduser()
+        out += [d, d / "FashionMNIST" / "raw", d / "fashion-mnist"]
+    else:
+        out += [default_root() / "FashionMNIST" / "raw"]
+    out.append(DEBIAN_FASHION_MNIST)
+    return out
+
+
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, download: bool = False) -> ArrayData:
+    """Fashion-MNIST from IDX files (gz or plain).
+
+    Looked for, in order: ``data_dir`` itself, ``data_dir/FashionMNIST/raw`` (torchvision's layout),
+    ``data_dir/fashion-mnist``, then the Debian package's ``/usr/share/datasets/fashion-mnist``.
+    Without ``data_dir`` the download root (``$BIASLOSS_DATA`` or ``~/.cache/biasloss``) replaces the
+    first three. With ``download=True`` and nothing found, torchvision downloads it there.
+    """
+    candidates = _fashion_candidates(data_dir)
+    folder = next((c for c in candidates if all(_idx_file(c, s) for s in _FASHION_FILES.values())), None)
+    if folder is None and download:
+        root = Path(data_dir).expanduser() if data_dir is not None else default_root()
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            FashionMNIST(str(root), train=True, download=True)
+        except Exception as e:  # noqa: BLE001 - any network or disk failure becomes one line
+            raise DatasetNotFoundError(
+                f"fashion-mnist: not found in {_tried(candidates)} and the download to {root} failed "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "install it with `apt-get install dataset-fashion-mnist`") from None
+        folder = root / "FashionMNIST" / "raw"
+    if folder is None:
+        raise DatasetNotFoundError(
+            f"fashion-mnist: no {'/'.join(_FASHION_FILES.values())}[.gz] in {_tried(candidates)}; "
+            "get it with `apt-get install dataset-fashion-mnist` (Debian) or pass --download")
+    files = {k: _idx_file(folder, s) for k, s in _FASHION_FILES.items()}
+    arrays = {k: read_idx(f) for k, f in files.items()}  # type: ignore[arg-type]
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        image_file, label_file = files[f"{split}_images"], files[f"{split}_labels"]
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DatasetCorruptError(
+                f"{image_file}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DatasetCorruptError(
+                f"{label_file}: labels of shape {labels.shape} for the {len(images)} images of {image_file.name}")
+        if len(labels) and int(labels.max()) >= 10:
+            raise DatasetCorruptError(f"{label_file}: label {int(labels.max())} outside [0, 10)")
+    return ArrayData(
+        torch.from_numpy(arrays["train_images"][..., None]),
+        torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+        torch.from_numpy(arrays["test_images"][..., None]),
+        torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# scikit-learn digits
+# --------------------------------------------------------------------------------------------
+
+DIGITS_SIZE = 32  # 8x8 digits are resized once to this size (bilinear), see DatasetSpec
+
+
+def load_digits(size: int = DIGITS_SIZE) -> ArrayData:
+    """scikit-learn's 1,797 bundled 8x8 digits, scaled 0..16 -> 0..255, resized to ``size`` px.
+
+    Fixed split, independent of the training seed: stratified 80/20 with ``random_state=0``
+    (1,437 train / 360 test).
+    """
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise DatasetNotFoundError(
+            "digits: scikit-learn is not installed; install it with `pip install 'biasloss[data]'` "
+            "(or `pip install scikit-learn`)") from None
+    bunch = sk_load_digits()
+    images = torch.as_tensor(bunch.images, dtype=torch.float32) * (255.0 / 16.0)  # (N, 8, 8)
+    if size != images.shape[-1]:
+        images = torch.nn.functional.interpolate(images[:, None], size=(size, size), mode="bilinear",
+                                                 align_corners=False)[:, 0]
+    images = images.round_().clamp_(0, 255).to(torch.uint8)[..., None]  # (N, H, W, 1)
+    labels = torch.as_tensor(bunch.target, dtype=torch.int64)
+    idx = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(idx, test_size=0.2, stratify=bunch.target, random_state=0)
+    train_idx, test_idx = torch.as_tensor(np.sort(train_idx)), torch.as_tensor(np.sort(test_idx))
+    return ArrayData(images[train_idx].contiguous(), labels[train_idx],
+                     images[test_idx].contiguous(), labels[test_idx])
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100 (the "python version" pickles that torchvision reads)
+# --------------------------------------------------------------------------------------------
+
+_CIFAR = {
+    # folder, train files, test file, label key, torchvision class name
+    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", "CIFAR10"),
+    100: ("cifar-100-python", ["train"], ["test"], "fine_labels", "CIFAR100"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler for the CIFAR batches: plain containers and numpy arrays only, no other globals."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+
+
+def _read_cifar_batch(path: Path, label_key: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"cifar{n_classes}: {path} is missing") from None
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, EOFError, ValueError, ...
+        raise DatasetCorruptError(f"{path} is not a CIFAR batch pickle ({type(e).__name__}: {e})") from None
+    if isinstance(entry, dict):  # pickles written by Python 2 may have bytes keys
+        entry = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in entry.items()}
+    if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
+        keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise DatasetCorruptError(f"{path}: expected a dict with 'data' and {label_key!r}, got {keys}")
+    data = np.asarray(entry["data"])
+    labels = np.asarray(entry[label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DatasetCorruptError(f"{path}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+    if labels.ndim != 1 or len(labels) != len(data):
+        raise DatasetCorruptError(f"{path}: {len(data)} images but {label_key!r} of shape {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DatasetCorruptError(f"{path}: labels outside [0, {n_classes})")
+    return data, labels.astype(np.int64)
+
+
+def load_cifar(num_classes: int, data_dir: str | os.PathLike | None = None, *, download: bool = False) -> ArrayData:
+    """CIFAR-10 (``num_classes=10``) or CIFAR-100 from torchvision's on-disk format.
+
+    Looked for in ``data_dir/<folder>`` and ``data_dir`` itself when it is that folder, where
+    ``<folder>`` is ``cifar-10-batches-py`` or ``cifar-100-python``; without ``data_dir`` in the
+    download root. ``download=True`` lets torchvision fetch it into ``data_dir`` (or the download
+    root) when it is missing. The pickles are read directly (torchvision's class would also
+    check the published MD5 sums), keeping the images as uint8.
+    """
+    folder_name, train_files, test_files, label_key, tv_name = _CIFAR[num_classes]
+    root = Path(data_dir).expanduser() if data_dir is not None else default_root()
+    candidates = [root / folder_name]
+    if root.name == folder_name:
+        candidates.insert(0, root)
+
+    def complete(folder: Path) -> bool:
+        return all((folder / f).is_file() for f in train_files + test_files)
+
+    folder = next((c for c in candidates if complete(c)), None)
+    if folder is None and download:
+        try:
+            import torchvision.datasets
+
+            getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
+        except Exception as e:  # noqa: BLE001
+            raise DatasetNotFoundError(
+                f"cifar{num_classes}: not found in {_tried(candidates)} and the download to {root} failed "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        folder = root / folder_name
+    if folder is None:
+        raise DatasetNotFoundError(
+            f"cifar{num_classes}: no {folder_name}/{{{','.join(train_files + test_files)}}} in "
+            f"{_tried(candidates)}; pass --data-dir to the folder holding {folder_name}/ "
+            "(torchvision's format) or --download to fetch it")
+
+    def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [_read_cifar_batch(folder / f, label_key, num_classes) for f in files]
+        data = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return torch.from_numpy(np.ascontiguousarray(data)), torch.from_numpy(np.concatenate([p[1] for p in parts]))
+
+    train_x, train_y = read(train_files)
+    test_x, test_y = read(test_files)
+    return ArrayData(train_x, train_y, test_x, test_y)
+
+
+# --------------------------------------------------------------------------------------------
+# Folder datasets: only locate them here; torchvision reads them (see _folder.py)
+# --------------------------------------------------------------------------------------------
+
+
+def find_imagenet_root(data_dir: str | os.PathLike | None) -> Path:
+    """The ImageNet root: a folder with ``train/`` and ``val/`` in ImageFolder layout (``<split>/<class>/<image>``)."""
+    if data_dir is None:
+        raise DatasetNotFoundError(
+            "imagenet: no data directory given; pass --data-dir pointing at a folder with train/ and val/ "
+            "in ImageFolder layout (<split>/<class>/<image>.JPEG)")
+    root = Path(data_dir).expanduser()
+    missing = [root / s for s in ("train", "val") if not (root / s).is_dir()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"imagenet: missing {_tried(missing)}; --data-dir must hold train/ and val/ in ImageFolder "
+            "layout (<split>/<class>/<image>.JPEG; sort the validation images into class folders)")
+    return root
+
+
+def find_food101_root(data_dir: str | os.PathLike | None, *, download: bool = False) -> Path:
+    """The folder that holds ``food-101/`` (torchvision's ``Food101`` root). ``data_dir`` may also be ``food-101`` itself."""
+    root = Path(data_dir).expanduser() if data_dir is not None else default_root()
+    candidates = [root / "food-101"]
+    if root.name == "food-101":
+        candidates.insert(0, root)
+
+    def complete(folder: Path) -> bool:
+        return (folder / "images").is_dir() and all((folder / "meta" / f).is_file() for f in ("train.json", "test.json"))
+
+    folder = next((c for c in candidates if complete(c)), None)
+    if folder is None and download:
+        try:
+            from torchvision.datasets import Food101
+
+            Food101(str(root), split="train", download=True)
+        except Exception as e:  # noqa: BLE001
+            raise DatasetNotFoundError(
+                f"food101: not found in {_tried(candidates)} and the download to {root} failed "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        folder = root / "food-101"
+    if folder is None:
+        raise DatasetNotFoundError(
+            f"food101: no images/ and meta/{{train,test}}.json in {_tried(candidates)}; pass --data-dir to the "
+            "folder holding food-101/ (torchvision's Food101 layout) or --download to fetch it (5 GB)")
+    return folder.parent
