@@ -11,6 +11,7 @@ The loss works with any PyTorch classifier::
 Importing the package registers the SkipblockNet family (and the CIFAR zoo) with timm.
 """
 
+import biasloss.models.cifar  # noqa: F401  (registers the cifar_* zoo with timm)
 from biasloss.features import FeatureTap, forward_with_features
 from biasloss.losses import (
     LOSSES,

@@ -1,0 +1,139 @@
+"""The ``biasloss`` command: ``train`` and ``eval`` (more subcommands register themselves here).
+
+Bad input (unknown names, missing or corrupt data or checkpoints, bad sizes) ends with a
+one-line ``biasloss: error: ...`` message and exit status 2, never a traceback (set
+``BIASLOSS_DEBUG=1`` to see one). A NaN loss exits with status 1, Ctrl-C/SIGTERM with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a classifier with cross-entropy, focal loss or the Bias Loss",
+                       description="Train a classifier; without flags: SkipblockNet-XS with the Bias Loss on "
+                                   "Fashion-MNIST, the default recipe (under 10 minutes on a 2-core CPU).")
+    p.add_argument("--dataset", help="fashion-mnist (default), digits, cifar10, cifar100, imagenet, food101")
+    p.add_argument("--data-dir", help="where the dataset lives (default: standard places per dataset)")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
+    p.add_argument("--model", help="skipblocknet_xs/s/m/l, cifar_* zoo, any timm name, or torchvision.<name> "
+                                   "(default: the recipe's)")
+    p.add_argument("--loss", choices=("ce", "focal", "bias"), help="default: bias")
+    p.add_argument("--recipe", help="fashion-mnist, digits, cifar100, cifar100-authors, imagenet, food101 "
+                                    "(default: the dataset's)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--alpha", type=float, help="Bias Loss alpha (default 0.3)")
+    p.add_argument("--beta", type=float, help="Bias Loss beta (default 0.3)")
+    p.add_argument("--scaling", choices=("batch", "running_min"), help="Bias Loss variance scaling (default batch)")
+    p.add_argument("--gamma", type=float, help="focal loss gamma (default 2)")
+    p.add_argument("--no-loss-sync", action="store_true",
+                   help="under torchrun, scale the Bias Loss per rank instead of over the global batch")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="run directory (default runs/<dataset>-<model>-<loss>-s<seed>)")
+    p.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop (with a checkpoint) after epoch N")
+    p.add_argument("--limit", type=int, help="use only the first N train and test images (smoke tests)")
+    _add_runtime(p)
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                   help="mixed precision on CUDA (auto: bf16 where supported, else fp16 with GradScaler)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="keep contiguous memory format (channels-last is 1.6-1.8x faster on CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step's model")
+    p.set_defaults(func=_train)
+
+
+def _add_runtime(p) -> None:
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--workers", type=int, help="DataLoader workers for folder datasets (default 4)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bars (they are off anyway when stderr is not a terminal)")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="top-1 / top-5 of a checkpoint on the test split")
+    p.add_argument("--checkpoint", required=True, help="a last.pt or best.pt written by train")
+    p.add_argument("--dataset", help="default: the dataset it was trained on")
+    p.add_argument("--data-dir")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_runtime(p)
+    p.set_defaults(func=_eval)
+
+
+def _train(args) -> int:
+    from biasloss.train.runner import run_train
+
+    run_train(args)
+    return 0
+
+
+def _eval(args) -> int:
+    from biasloss.train.runner import run_eval
+
+    if args.batch_size is not None and args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    result = run_eval(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']} on {result['dataset']} ({result['samples']} test images, "
+              f"{result['weights']} weights, epoch {result['epoch']}): "
+              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="biasloss",
+        description="Bias Loss and SkipblockNet (ICCV 2021): train, evaluate and analyse compact classifiers.",
+    )
+    from biasloss import __version__
+
+    parser.add_argument("--version", action="version", version=f"biasloss {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+    _add_eval(sub)
+    from biasloss.analysis import register_commands
+
+    register_commands(sub)
+    return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from biasloss.data import DatasetNotFoundError
+    from biasloss.train.checkpoint import CheckpointError
+    from biasloss.train.engine import NonFiniteLossError
+
+    return (ValueError, TypeError, FileNotFoundError, DatasetNotFoundError, CheckpointError,
+            NonFiniteLossError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("biasloss: interrupted", file=sys.stderr)
+        return 130
+    except _expected_errors() as e:
+        if os.environ.get("BIASLOSS_DEBUG"):
+            raise
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"biasloss: error: {message}", file=sys.stderr)
+        return 1 if type(e).__name__ == "NonFiniteLossError" else 2

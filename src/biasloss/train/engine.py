@@ -1,0 +1,222 @@
+"""One epoch of training and one pass of evaluation, whatever the model and the loss.
+
+The step (DESIGN.md): ``features = forward_features(x)``, ``logits = forward_head(features)``,
+``loss = criterion(logits, target, features)``, backward, optimizer and schedule step, EMA update.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from biasloss.features import FeatureTap, forward_with_features
+
+__all__ = ["EpochResult", "ModelWithFeatures", "NonFiniteLossError", "evaluate", "step_seed", "train_one_epoch"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class ModelWithFeatures(nn.Module):
+    """``forward(x) -> (logits, features)`` for any classifier, so that DDP and ``torch.compile``
+    see one module. Features come from timm's ``forward_features`` or a :class:`FeatureTap`;
+    with ``with_features=False`` only logits are computed and ``features`` is ``None``."""
+
+    def __init__(self, model: nn.Module, tap: FeatureTap | None = None, with_features: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.tap = tap
+        self.with_features = with_features
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        if not self.with_features:
+            return self.model(x), None
+        return forward_with_features(self.model, x, self.tap)
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    top1: float  # percent
+    top5: float  # percent
+    samples: int
+    time_s: float
+    steps: int = 0
+    interrupted: bool = False
+
+    @property
+    def throughput(self) -> float:
+        return self.samples / max(self.time_s, 1e-9)
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    """The RNG seed of one training step: dropout and any other model randomness are a pure
+    function of (seed, epoch, step), so a resumed run repeats them exactly."""
+    return (seed * 1_000_003 + epoch * 100_003 + step) % (2**63 - 1)
+
+
+def _correct(logits: Tensor, target: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    if target.dim() == 2:  # soft targets: score against the most likely class
+        target = target.argmax(1)
+    topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    hits = topk.eq(target.unsqueeze(1))
+    return hits[:, 0].sum(), hits.any(1).sum()
+
+
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, unit="batch")
+
+
+def _interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def _all_reduce(values: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values)
+    return values
+
+
+def train_one_epoch(
+    net: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: Iterable,
+    *,
+    epoch: int,
+    seed: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
+    start_step: int = 0,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: bool | None = None,
+    check_every: int = 10,
+) -> EpochResult:
+    """Train ``net`` (a :class:`ModelWithFeatures`) for one epoch of ``loader``.
+
+    ``start_step`` skips that many batches (a resumed, interrupted epoch: the loader's order and
+    augmentation are replayed, not trained on). ``should_stop`` is polled after every step;
+    when it returns True the epoch ends early with ``interrupted=True``. Raises
+    :class:`NonFiniteLossError` when the loss is NaN or infinite.
+    """
+    net.train()
+    criterion.train()
+    progress = _interactive() if progress is None else progress
+    totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, top1, top5, samples
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    )
+    steps = len(loader)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    step = -1
+    bar = _progress(loader, steps, f"epoch {epoch + 1}", progress)
+    interrupted = False
+    for step, (images, target) in enumerate(bar):
+        if step < start_step:
+            continue
+        torch.manual_seed(step_seed(seed, epoch, step))
+        with autocast:
+            logits, features = net(images)
+            loss = criterion(logits, target, features)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(net.model if not hasattr(net, "module") else net.module.model)
+        with torch.no_grad():
+            top1, top5 = _correct(logits.detach(), target, 5)
+            n = target.shape[0]
+            totals += torch.stack((loss.detach().double() * n, top1.double(), top5.double(),
+                                   torch.tensor(float(n), device=device, dtype=torch.float64)))
+        if (step + 1) % check_every == 0 or step + 1 == steps:
+            if not math.isfinite(totals[0].item()):
+                raise NonFiniteLossError(
+                    f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}"
+                )
+            if progress:
+                seen = max(totals[3].item(), 1.0)
+                bar.set_postfix(
+                    loss=f"{totals[0].item() / seen:.4f}",
+                    acc=f"{100 * totals[1].item() / seen:.2f}",
+                    img_s=f"{seen / (time.perf_counter() - start):.0f}",
+                )
+        if should_stop():
+            interrupted = True
+            break
+    if not math.isfinite(totals[0].item()):
+        raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1}")
+    elapsed = time.perf_counter() - start
+    totals = _all_reduce(totals)
+    seen = max(totals[3].item(), 1.0)
+    return EpochResult(
+        loss=totals[0].item() / seen,
+        top1=100 * totals[1].item() / seen,
+        top5=100 * totals[2].item() / seen,
+        samples=int(totals[3].item()),
+        time_s=elapsed,
+        steps=step + 1,
+        interrupted=interrupted,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    net: nn.Module,
+    criterion: nn.Module | None,
+    loader: Iterable,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool | None = None,
+) -> EpochResult:
+    """Loss, top-1 and top-5 (percent) of ``net`` over ``loader``, summed over all ranks."""
+    net.eval()
+    if criterion is not None:
+        criterion.eval()
+    progress = _interactive() if progress is None else progress
+    totals = torch.zeros(4, device=device, dtype=torch.float64)
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    )
+    start = time.perf_counter()
+    for images, target in _progress(loader, len(loader), "eval", progress):  # type: ignore[arg-type]
+        with autocast:
+            logits, features = net(images)
+            loss = criterion(logits, target, features) if criterion is not None else logits.new_zeros(())
+        top1, top5 = _correct(logits.float(), target, 5)
+        n = target.shape[0]
+        totals += torch.stack((loss.double() * n, top1.double(), top5.double(),
+                               torch.tensor(float(n), device=device, dtype=torch.float64)))
+    elapsed = time.perf_counter() - start
+    totals = _all_reduce(totals)
+    seen = max(totals[3].item(), 1.0)
+    return EpochResult(
+        loss=totals[0].item() / seen,
+        top1=100 * totals[1].item() / seen,
+        top5=100 * totals[2].item() / seen,
+        samples=int(totals[3].item()),
+        time_s=elapsed,
+        steps=len(loader),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,357 @@
+"""``biasloss train`` and ``biasloss eval``: the training run around the engine.
+
+In the manner of torchvision's reference scripts: a run is described by its arguments, builds
+data, model, loss, optimizer, schedule and EMA from them, trains epoch by epoch, evaluates on the
+test split, appends one JSON line per epoch to ``metrics.jsonl`` and writes ``last.pt`` and
+``best.pt`` atomically. Everything random is a function of ``(seed, epoch, step)``, so ``--resume``
+continues exactly, even from a checkpoint written by Ctrl-C or SIGTERM in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+import biasloss
+from biasloss.data import build_loaders, get_dataset_spec
+from biasloss.features import FeatureTap
+from biasloss.losses import create_loss, needs_features
+from biasloss.models import create_model, list_models
+from biasloss.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed
+from biasloss.train.engine import ModelWithFeatures, evaluate, train_one_epoch
+from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler, default_recipe, get_recipe
+
+__all__ = ["run_eval", "run_train"]
+
+#: Arguments that define what is trained; a resume must not change them.
+IDENTITY_ARGS = ("dataset", "model", "loss", "recipe", "seed", "alpha", "beta", "scaling", "gamma", "limit",
+                 "batch_size", "lr", "weight_decay", "label_smoothing")
+
+
+def _log(info: DistInfo, message: str) -> None:
+    if info.is_main:
+        print(message, flush=True)
+
+
+def _resolve(args, ckpt: dict[str, Any] | None) -> None:
+    """Fill unset arguments from the checkpoint being resumed (or the defaults), and refuse a
+    resume that would change what is trained."""
+    if ckpt is not None:
+        ckpt_args, ckpt_recipe = ckpt["args"], ckpt.get("recipe") or {}
+        for key in IDENTITY_ARGS:
+            given, saved = getattr(args, key, None), ckpt_args.get(key)
+            if saved is None:  # the recipe's value was used
+                saved = ckpt_recipe.get(key)
+            if given is not None and saved is not None and given != saved:
+                raise CheckpointError(
+                    f"cannot resume: the checkpoint was trained with --{key.replace('_', '-')} {saved}, "
+                    f"not {given}"
+                )
+        for key, saved in ckpt_args.items():
+            if getattr(args, key, None) is None and key not in ("resume", "out", "stop_after"):
+                setattr(args, key, saved)
+        if args.out is None:
+            args.out = str(Path(args.resume).parent)
+    if args.dataset is None:
+        args.dataset = "fashion-mnist"
+    get_dataset_spec(args.dataset)
+    recipe = get_recipe(args.recipe) if args.recipe else default_recipe(args.dataset)
+    args.recipe = recipe.name
+    defaults = {"loss": "bias", "seed": 0, "alpha": 0.3, "beta": 0.3, "scaling": "batch", "gamma": 2.0,
+                "model": recipe.model}
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    for name in ("epochs", "batch_size", "workers", "stop_after", "limit"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+
+
+def _recipe(args) -> Recipe:
+    return get_recipe(args.recipe).override(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, model=args.model,
+    )
+
+
+def _build_model(args, spec, recipe: Recipe | None = None) -> nn.Module:
+    # Only our SkipblockNets have a stride-8 layout; the CIFAR zoo is built for 32 px already.
+    small_input = spec.small_input and args.model in list_models()
+    model = create_model(args.model, num_classes=spec.num_classes, in_chans=spec.in_chans,
+                         small_input=small_input)
+    if recipe is not None and recipe.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = recipe.bn_momentum
+    return model
+
+
+def _build_loss(args, recipe: Recipe, info: DistInfo) -> nn.Module:
+    kwargs: dict[str, Any] = {"label_smoothing": recipe.label_smoothing}
+    if args.loss == "bias":
+        kwargs.update(alpha=args.alpha, beta=args.beta, scaling=args.scaling,
+                      sync=info.enabled and not args.no_loss_sync)
+    elif args.loss == "focal":
+        kwargs.update(gamma=args.gamma)
+    return create_loss(args.loss, **kwargs)
+
+
+def _features_net(model: nn.Module, criterion: nn.Module, spec, tap_layer: str | None = None) -> ModelWithFeatures:
+    want = needs_features(criterion)
+    tap = None
+    if want and not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+        tap = FeatureTap(model, layer=tap_layer, input_size=(spec.in_chans, spec.image_size, spec.image_size))
+    return ModelWithFeatures(model, tap, with_features=want)
+
+
+def _amp_dtype(args, device: torch.device) -> torch.dtype | None:
+    if args.amp == "off" or device.type != "cuda":
+        if args.amp in ("bf16", "fp16") and device.type != "cuda":
+            raise ValueError(f"--amp {args.amp} needs a CUDA device")
+        return None
+    if args.amp == "fp16":
+        return torch.float16
+    if args.amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+class _StopFlag:
+    """Ctrl-C / SIGTERM set a flag polled after every step; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nbiasloss: {signal.Signals(signum).name} received, saving a checkpoint...", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _jsonable(args) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+
+
+def _rewrite_metrics(path: Path, upto_epoch: int) -> None:
+    """Keep the metrics lines of the epochs a resumed checkpoint already holds."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            if json.loads(line).get("epoch", 0) <= upto_epoch:
+                kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def run_train(args) -> dict[str, Any]:
+    """Train as ``args`` says; returns the last epoch's metrics."""
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    _resolve(args, ckpt)
+    info, device = init_distributed(args.device)
+    try:
+        return _train(args, info, device, ckpt)
+    finally:
+        cleanup_distributed()
+
+
+def _train(args, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None) -> dict[str, Any]:
+    spec = get_dataset_spec(args.dataset)
+    recipe = _recipe(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{args.dataset}-{args.model}-{args.loss}-s{args.seed}"
+    torch.manual_seed(args.seed)
+    train_loader, val_loader, spec = build_loaders(
+        args.dataset, data_dir=args.data_dir, batch_size=recipe.batch_size,
+        eval_batch_size=args.eval_batch_size, device=device, augment=recipe.augment, seed=args.seed,
+        workers=args.workers or 4, drop_last=recipe.drop_last, rank=info.rank,
+        world_size=info.world_size, limit=args.limit,
+        # the default dataset falls back to torchvision's download where there is a network
+        download=args.download or args.dataset == "fashion-mnist",
+    )
+    model = _build_model(args, spec, recipe)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+    criterion = _build_loss(args, recipe, info).to(device)
+    ema = None
+    if recipe.ema_decay is not None:  # before any tap: hooks must not be deep-copied into it
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+    net = _features_net(model, criterion, spec)
+    eval_net = net if ema is None else _features_net(
+        ema.module, criterion, spec, net.tap.layer_name if net.tap is not None else None)
+    train_net: nn.Module = net
+    if info.enabled:
+        train_net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        train_net = torch.compile(train_net)
+    optimizer = build_optimizer(model, recipe)
+    scheduler = build_scheduler(optimizer, recipe, len(train_loader))
+    amp_dtype = _amp_dtype(args, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    start_epoch, start_step, best = 0, 0, -math.inf
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            criterion.load_state_dict(ckpt["loss"])
+            if ema is not None:
+                ema.load_state_dict(ckpt["ema"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"cannot resume from {args.resume}: {str(e).splitlines()[0]}") from None
+        start_epoch, start_step = ckpt["epoch"], ckpt.get("step", 0)
+        best = ckpt.get("best_top1", -math.inf)
+        if info.is_main:
+            _rewrite_metrics(out / "metrics.jsonl", start_epoch)
+        _log(info, f"resumed from {args.resume} at epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
+
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    _log(info, f"biasloss {biasloss.__version__}: {args.model} ({n_params / 1e6:.2f}M params) on {args.dataset} "
+               f"[{train_loader.num_samples * info.world_size} train images], "
+               f"loss {args.loss}, recipe {recipe.name}, {recipe.epochs} epochs, batch {recipe.batch_size}"
+               f"{f' x {info.world_size} ranks' if info.enabled else ''}, device {device}, out {out}")
+
+    def state(epoch: int, step: int, metrics: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "eval_weights": "ema" if ema is not None else "model",
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "loss": criterion.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "best_top1": best,
+            "metrics": metrics,
+            "args": _jsonable(args),
+            "recipe": dataclasses.asdict(recipe),
+            "version": biasloss.__version__,
+        }
+
+    last_epoch = min(recipe.epochs, args.stop_after) if args.stop_after else recipe.epochs
+    metrics: dict[str, Any] = {}
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, last_epoch):
+            train_loader.set_epoch(epoch)
+            t0 = time.perf_counter()
+            result = train_one_epoch(
+                train_net, criterion, optimizer, scheduler, train_loader, epoch=epoch, seed=args.seed,
+                device=device, amp_dtype=amp_dtype, scaler=scaler, ema=ema,
+                start_step=start_step if epoch == start_epoch else 0,
+                should_stop=lambda: stop.requested, progress=args.progress,
+            )
+            if result.interrupted:
+                if info.is_main:
+                    save_checkpoint(state(epoch, result.steps, None), out / "last.pt")
+                _log(info, f"interrupted at epoch {epoch + 1}, step {result.steps}: wrote {out / 'last.pt'}; "
+                           f"continue with --resume {out / 'last.pt'}")
+                raise SystemExit(130)
+            val = evaluate(eval_net, criterion, val_loader, device=device, amp_dtype=amp_dtype,
+                           progress=args.progress)
+            metrics = {
+                "epoch": epoch + 1,
+                "train_loss": round(result.loss, 6),
+                "train_top1": round(result.top1, 4),
+                "val_loss": round(val.loss, 6),
+                "val_top1": round(val.top1, 4),
+                "val_top5": round(val.top5, 4),
+                "lr": optimizer.param_groups[0]["lr"],
+                "time_s": round(time.perf_counter() - t0, 3),
+                "train_img_s": round(result.throughput * info.world_size, 1),
+            }
+            improved = val.top1 > best
+            best = max(best, val.top1)
+            if info.is_main:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                snapshot = state(epoch + 1, 0, metrics)
+                save_checkpoint(snapshot, out / "last.pt")
+                if improved:
+                    save_checkpoint(snapshot, out / "best.pt")
+            _log(info, f"epoch {epoch + 1}/{recipe.epochs}  train loss {result.loss:.4f} top1 {result.top1:.2f}  "
+                       f"val loss {val.loss:.4f} top1 {val.top1:.2f} top5 {val.top5:.2f}  "
+                       f"{metrics['time_s']:.1f}s ({metrics['train_img_s']:.0f} img/s)")
+            if stop.requested:
+                _log(info, f"stopped after epoch {epoch + 1}: resume with --resume {out / 'last.pt'}")
+                raise SystemExit(130)
+    return metrics
+
+
+def run_eval(args) -> dict[str, Any]:
+    """Top-1 / top-5 of a training checkpoint on its dataset's test split."""
+    ckpt = load_checkpoint(args.checkpoint)
+    saved = argparse_namespace(ckpt["args"])
+    dataset = args.dataset or saved.dataset
+    info, device = init_distributed(args.device)
+    try:
+        spec = get_dataset_spec(dataset)
+        saved_spec = get_dataset_spec(saved.dataset)
+        if (spec.num_classes, spec.in_chans) != (saved_spec.num_classes, saved_spec.in_chans):
+            raise ValueError(f"the checkpoint was trained on {saved.dataset} ({saved_spec.num_classes} classes, "
+                             f"{saved_spec.in_chans} channels) and cannot be evaluated on {dataset}")
+        _, val_loader, spec = build_loaders(
+            dataset, data_dir=args.data_dir or (saved.data_dir if dataset == saved.dataset else None),
+            batch_size=saved.batch_size or 128, eval_batch_size=args.batch_size or saved.eval_batch_size,
+            device=device, seed=saved.seed, workers=args.workers or 4, rank=info.rank,
+            world_size=info.world_size, limit=saved.limit if dataset == saved.dataset else None,
+        )
+        model = _build_model(saved, spec)
+        weights = ckpt["model"]
+        if ckpt.get("eval_weights") == "ema" and ckpt.get("ema"):
+            weights = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise CheckpointError(f"{args.checkpoint}: weights do not fit {saved.model}: "
+                                  f"{str(e).splitlines()[0]}") from None
+        memory_format = torch.channels_last if saved.channels_last else torch.contiguous_format
+        model = model.to(device=device, memory_format=memory_format)
+        result = evaluate(ModelWithFeatures(model, with_features=False), None, val_loader, device=device,
+                          progress=args.progress)
+        return {"top1": round(result.top1, 4), "top5": round(result.top5, 4), "samples": result.samples,
+                "dataset": dataset, "model": saved.model, "epoch": ckpt["epoch"],
+                "weights": ckpt.get("eval_weights", "model")}
+    finally:
+        cleanup_distributed()
+
+
+def argparse_namespace(values: dict[str, Any]):
+    import argparse
+
+    return argparse.Namespace(**values)

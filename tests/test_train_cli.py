@@ -1,0 +1,206 @@
+"""The ``biasloss train`` / ``eval`` commands end to end on scikit-learn's digits (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from biasloss.cli import main
+from biasloss.train.checkpoint import load_checkpoint, save_checkpoint
+
+pytest.importorskip("sklearn")
+
+FAST = ["--dataset", "digits", "--model", "skipblocknet_xs", "--batch-size", "32", "--limit", "128",
+        "--no-progress", "--device", "cpu"]
+
+
+def _train(tmp_path: Path, *extra: str, out: str = "run") -> int:
+    return main(["train", *FAST, "--out", str(tmp_path / out), *extra])
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    sa, sb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("loss", ["ce", "focal", "bias"])
+def test_train_writes_metrics_and_checkpoints(tmp_path, loss):
+    assert _train(tmp_path, "--loss", loss, "--epochs", "1") == 0
+    run = tmp_path / "run"
+    (line,) = _metrics(run)
+    for key in ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "time_s"):
+        assert key in line
+    assert line["epoch"] == 1 and 0 <= line["val_top1"] <= line["val_top5"] <= 100
+    ckpt = load_checkpoint(run / "last.pt")
+    for key in ("model", "optimizer", "scheduler", "epoch", "loss", "args"):
+        assert key in ckpt
+    assert ckpt["args"]["loss"] == loss and ckpt["epoch"] == 1
+    assert (run / "best.pt").is_file()
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_eval_reports_the_top1_train_logged(tmp_path, capsys):
+    assert _train(tmp_path, "--epochs", "2") == 0
+    run = tmp_path / "run"
+    logged = _metrics(run)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--json", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["top1"] == logged[-1]["val_top1"] and result["top5"] == logged[-1]["val_top5"]
+    best = max(logged, key=lambda m: m["val_top1"])
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top1"] == best["val_top1"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    # one-cycle schedule planned for 2 epochs: stop after the first, resume, compare with straight
+    assert _train(tmp_path, "--epochs", "2", out="straight") == 0
+    assert _train(tmp_path, "--epochs", "2", "--stop-after", "1", out="split") == 0
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 1
+    assert main(["train", "--resume", str(tmp_path / "split" / "last.pt"), "--out", str(tmp_path / "split"),
+                 "--no-progress", "--device", "cpu"]) == 0
+    _same_weights(tmp_path / "straight" / "last.pt", tmp_path / "split" / "last.pt")
+    assert [m["epoch"] for m in _metrics(tmp_path / "split")] == [1, 2]
+    assert _metrics(tmp_path / "split")[1]["val_top1"] == _metrics(tmp_path / "straight")[1]["val_top1"]
+
+
+def test_resume_with_more_epochs_on_a_multistep_recipe(tmp_path):
+    common = ("--recipe", "cifar100-authors", "--loss", "bias", "--scaling", "running_min")
+    assert _train(tmp_path, *common, "--epochs", "2", out="straight") == 0
+    assert _train(tmp_path, *common, "--epochs", "1", out="split") == 0
+    assert main(["train", "--resume", str(tmp_path / "split" / "last.pt"), "--epochs", "2",
+                 "--out", str(tmp_path / "split"), "--no-progress", "--device", "cpu"]) == 0
+    _same_weights(tmp_path / "straight" / "last.pt", tmp_path / "split" / "last.pt")
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")["loss"]["running_min"]
+    torch.testing.assert_close(load_checkpoint(tmp_path / "split" / "last.pt")["loss"]["running_min"], straight)
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "biasloss", "train", *FAST, "--limit", "1024", "--batch-size", "8",
+           "--epochs", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # wait until training has started, then ask it to stop
+    import time
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").exists() and proc.poll() is None:
+        if out.exists():
+            time.sleep(1.0)
+            break
+        time.sleep(0.2)
+    proc.send_signal(15)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] * 1000 + ckpt["step"] > 0
+    assert main(["train", "--resume", str(out / "last.pt"), "--out", str(out), "--no-progress",
+                 "--device", "cpu"]) == 0
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+
+class _NaNAfter(torch.nn.Module):
+    """Cross-entropy that turns NaN after a few calls."""
+
+    def __init__(self, good_calls: int) -> None:
+        super().__init__()
+        self.calls, self.good_calls = 0, good_calls
+
+    def forward(self, logits, target, features=None):
+        self.calls += 1
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        return loss if self.calls <= self.good_calls else loss * float("nan")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    from biasloss.train import runner
+
+    assert _train(tmp_path, "--epochs", "1", "--loss", "ce") == 0
+    good = load_checkpoint(tmp_path / "run" / "last.pt")
+    monkeypatch.setattr(runner, "_build_loss", lambda *a: _NaNAfter(good_calls=2))
+    code = main(["train", "--resume", str(tmp_path / "run" / "last.pt"), "--epochs", "2",
+                 "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "loss became nan" in err and len(err.strip().splitlines()) == 1
+    after = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert after["epoch"] == good["epoch"]
+    for key, value in good["model"].items():
+        torch.testing.assert_close(after["model"][key], value)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--model", "no_such_model"], "no_such_model"),
+        (["train", "--dataset", "mnist3d"], "unknown dataset"),
+        (["train", "--recipe", "nope"], "unknown recipe"),
+        (["train", "--epochs", "0"], "must be positive"),
+        (["train", "--batch-size", "-3"], "must be positive"),
+        (["train", "--dataset", "cifar100", "--data-dir", "/nonexistent"], "cifar"),
+        (["eval", "--checkpoint", "/nonexistent/last.pt"], "not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(argv, message, capsys):
+    code = main(argv + ["--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and err.startswith("biasloss: error:") and message in err.lower()
+
+
+def test_corrupt_and_incompatible_checkpoints(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    assert main(["eval", "--checkpoint", str(bad)]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    save_checkpoint({"weights": 1}, tmp_path / "other.pt")
+    assert main(["train", "--resume", str(tmp_path / "other.pt")]) == 2
+    assert "not a biasloss training checkpoint" in capsys.readouterr().err
+    assert _train(tmp_path, "--epochs", "1") == 0
+    capsys.readouterr()
+    code = main(["train", "--resume", str(tmp_path / "run" / "last.pt"), "--model", "skipblocknet_s"])
+    assert code == 2 and "cannot resume" in capsys.readouterr().err
+    code = main(["train", "--resume", str(tmp_path / "run" / "last.pt"), "--lr", "0.5"])
+    assert code == 2 and "--lr" in capsys.readouterr().err
+
+
+def test_python_dash_m_and_console_script(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "biasloss", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout
+    exe = shutil.which("biasloss", path=os.path.dirname(sys.executable))
+    if exe:
+        out = subprocess.run([exe, "eval", "--checkpoint", str(tmp_path / "x.pt")], capture_output=True, text=True)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_torchrun_two_cpu_processes(tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "biasloss", "train", *FAST,
+         "--epochs", "1", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = _metrics(out)
+    assert line["epoch"] == 1 and 0 <= line["val_top1"] <= 100
+    ckpt = load_checkpoint(out / "last.pt")
+    assert not any(k.startswith("module.") for k in ckpt["model"])
