@@ -1,0 +1,249 @@
+"""CPU inference latency: SkipblockNet against torchvision's MobileNetV3-Large.
+
+Batch 1, 224 px, one thread, the way the paper's Table 2 measures phones. Two runtimes:
+
+* ``eager``: eager PyTorch (``torch.inference_mode``), channels-last by default;
+* ``onnx``: each model exported with ``torch.onnx.export(dynamo=True)`` and run by ONNX Runtime
+  on one thread with all graph optimisations, the way mobile users deploy.
+
+The models run interleaved, one forward each per round, in an order that rotates every round, so
+that load from other processes falls on all of them alike. Two clocks: ``wall`` (``perf_counter``,
+the latency a user sees) and ``cpu`` (``thread_time``: the CPU time of the calling thread, which
+does all the work with one thread in PyTorch and in ONNX Runtime, and which leaves out the time the
+thread waits while other processes have the cores; the steadier figure on a shared machine).
+Reported per model and clock: minimum and median; per pair: the ratio of minima, of medians and
+the median of the per-round ratios. The machine, the load average and the command are printed
+with the results.
+
+    python benchmarks/bench_latency.py                      # eager and ONNX, 300 rounds
+    python benchmarks/bench_latency.py --runtime eager --fuse both --rounds 500
+    python benchmarks/bench_latency.py --json results.json
+
+``--fuse yes`` folds BatchNorm into the convolutions of *every* model (``biasloss.models.fuse_bn``
+handles torchvision's Conv-BN-act blocks too), so the comparison stays fair. The ONNX exporter
+folds BatchNorm by itself.
+
+``--mallopt`` raises glibc's mmap and trim thresholds so freed activation buffers are reused
+rather than handed back to the OS; on virtual machines the page faults of fresh buffers can cost
+as much as the convolutions (all models pay them, roughly alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from typing import Callable, Dict, List
+
+import torch
+
+REFERENCE = "torchvision.mobilenet_v3_large"
+
+
+def _machine() -> Dict[str, object]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: Dict[str, object] = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def _mallopt() -> None:
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def _build(name: str) -> torch.nn.Module:
+    from biasloss.models import create_model
+
+    torch.manual_seed(0)
+    return create_model(name, num_classes=1000).eval()
+
+
+Times = Dict[str, Dict[str, List[float]]]  # model -> clock ("wall", "cpu") -> seconds per run
+
+
+def _interleave(fns: Dict[str, Callable[[], object]], rounds: int, warmup: int) -> Times:
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times: Times = {n: {"wall": [], "cpu": []} for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            c0, t0 = time.thread_time(), time.perf_counter()
+            fns[n]()
+            t1, c1 = time.perf_counter(), time.thread_time()
+            times[n]["wall"].append(t1 - t0)
+            times[n]["cpu"].append(c1 - c0)
+    return times
+
+
+def _summary(times: Times, reference: str) -> Dict[str, Dict[str, Dict[str, float]]]:
+    out: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for clock in ("wall", "cpu"):
+        ref = times[reference][clock]
+        out[clock] = {}
+        for n, by_clock in times.items():
+            t = by_clock[clock]
+            row = {"min_ms": min(t) * 1e3, "median_ms": statistics.median(t) * 1e3}
+            if n != reference:
+                row["ratio_min"] = min(t) / min(ref)
+                row["ratio_median"] = statistics.median(t) / statistics.median(ref)
+                row["ratio_paired_median"] = statistics.median(a / b for a, b in zip(t, ref))
+            out[clock][n] = row
+    return out
+
+
+def _print(title: str, summary: Dict[str, Dict[str, Dict[str, float]]], reference: str) -> None:
+    print(f"\n## {title}")
+    print("| clock | model | min ms | median ms | min / ref | median / ref | paired median / ref |")
+    print("|---|---|---|---|---|---|---|")
+    for clock, rows in summary.items():
+        for n, row in rows.items():
+            if n == reference:
+                print(f"| {clock} | {n} (ref) | {row['min_ms']:.2f} | {row['median_ms']:.2f} | | | |")
+            else:
+                print(
+                    f"| {clock} | {n} | {row['min_ms']:.2f} | {row['median_ms']:.2f} | {row['ratio_min']:.3f} "
+                    f"| {row['ratio_median']:.3f} | {row['ratio_paired_median']:.3f} |"
+                )
+
+
+def bench_eager(args: argparse.Namespace, fused: bool) -> Dict[str, Dict[str, Dict[str, float]]]:
+    from biasloss.models import fuse_bn
+
+    models = {n: _build(n) for n in args.models}
+    if fused:
+        models = {n: fuse_bn(copy.deepcopy(m)) for n, m in models.items()}
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    if args.channels_last:
+        models = {n: m.to(memory_format=torch.channels_last) for n, m in models.items()}
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fns = {n: (lambda m=m: m(x)) for n, m in models.items()}
+        times = _interleave(fns, args.rounds, args.warmup)
+    return _summary(times, args.models[-1])
+
+
+def bench_onnx(args: argparse.Namespace) -> Dict[str, Dict[str, Dict[str, float]]]:
+    import numpy as np
+    import onnxruntime as ort
+
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.models:
+            path = os.path.join(tmp, n.replace(".", "_") + ".onnx")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(_build(n), (x,), path, dynamo=True, verbose=False)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = args.threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            sessions[n] = (sess, sess.get_inputs()[0].name)
+    xn = np.ascontiguousarray(x.numpy())
+    fns = {n: (lambda s=s, i=i: s.run(None, {i: xn})) for n, (s, i) in sessions.items()}
+    times = _interleave(fns, args.rounds, args.warmup)
+    return _summary(times, args.models[-1])
+
+
+def main(argv: List[str] | None = None) -> Dict[str, object]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["skipblocknet_m", REFERENCE],
+                   help="model names for biasloss.models.create_model; the last is the reference")
+    p.add_argument("--runtime", choices=["eager", "onnx", "all"], default="all")
+    p.add_argument("--fuse", choices=["no", "yes", "both"], default="both",
+                   help="eager: fold BatchNorm into convolutions (in every model)")
+    p.add_argument("--rounds", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--mallopt", action="store_true", help="keep freed buffers (see module doc)")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    if args.mallopt:
+        _mallopt()
+    result: Dict[str, object] = {
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "machine": _machine(),
+        "threads": args.threads,
+        "batch": args.batch,
+        "size": args.size,
+        "channels_last": args.channels_last,
+        "mallopt": args.mallopt,
+        "rounds": args.rounds,
+        "loadavg_before": _loadavg(),
+    }
+    print("command:", result["command"])
+    print("machine:", json.dumps(result["machine"]))
+    print(f"threads {args.threads}, batch {args.batch}, {args.size} px, rounds {args.rounds}, "
+          f"channels_last {args.channels_last}, mallopt {args.mallopt}; load average {result['loadavg_before']}")
+    ref = args.models[-1]
+    if args.runtime in ("eager", "all"):
+        for fused in {"no": [False], "yes": [True], "both": [False, True]}[args.fuse]:
+            key = "eager_fused" if fused else "eager"
+            result[key] = bench_eager(args, fused)
+            _print(f"eager PyTorch{' (BatchNorm fused in every model)' if fused else ''}", result[key], ref)
+    if args.runtime in ("onnx", "all"):
+        result["onnx"] = bench_onnx(args)
+        _print("ONNX Runtime (torch.onnx.export dynamo=True, ORT_ENABLE_ALL)", result["onnx"], ref)
+    result["loadavg_after"] = _loadavg()
+    print(f"\nload average after: {result['loadavg_after']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Models: SkipblockNet (also registered with timm), the authors' checkpoint, a model factory.
+
+Importing this package registers ``skipblocknet_xs/s/m/l`` with timm, so that
+``timm.create_model("skipblocknet_m", num_classes=10)`` works after ``import biasloss``.
+"""
+
+from ._layers import fuse_bn
+from .factory import create_model, list_models, register
+from .official import (
+    convert_official_state_dict,
+    load_official_weights,
+    official_key_map,
+    to_official_state_dict,
+)
+from .skipblocknet import (
+    SKIPBLOCKNET_ARCH,
+    SKIPBLOCKNET_VARIANTS,
+    BlockDef,
+    SkipblockNet,
+    SkipblockNetCfg,
+    skipblocknet_l,
+    skipblocknet_m,
+    skipblocknet_s,
+    skipblocknet_xs,
+)
+
+# Further model families (e.g. ``from . import cifar``, the CIFAR-100 zoo of Table 4) go here.
+
+__all__ = [
+    "SkipblockNet",
+    "SkipblockNetCfg",
+    "BlockDef",
+    "SKIPBLOCKNET_ARCH",
+    "SKIPBLOCKNET_VARIANTS",
+    "skipblocknet_xs",
+    "skipblocknet_s",
+    "skipblocknet_m",
+    "skipblocknet_l",
+    "load_official_weights",
+    "convert_official_state_dict",
+    "to_official_state_dict",
+    "official_key_map",
+    "fuse_bn",
+    "create_model",
+    "list_models",
+    "register",
+]

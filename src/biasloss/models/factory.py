@@ -1,0 +1,146 @@
+"""One way to build any classifier by name: ours, timm's or torchvision's.
+
+``create_model(name, num_classes=..., in_chans=..., small_input=...)`` is what the trainer's
+``--model`` goes through:
+
+* this package's models (``list_models()``: ``skipblocknet_xs/s/m/l``, and whatever else is added
+  with :func:`register`), which understand ``small_input``;
+* any timm model name (``timm.create_model(name, num_classes=..., in_chans=...)``);
+* torchvision classifiers as ``torchvision.<name>`` (``torchvision.resnet18``,
+  ``torchvision.mobilenet_v3_large``, ...), built without weights; for ``in_chans != 3`` the
+  first convolution is rebuilt for the new number of input channels.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Dict, List
+
+from torch import nn
+
+__all__ = ["create_model", "list_models", "register"]
+
+TORCHVISION_PREFIX = "torchvision."
+
+_BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Add a model of this package: ``builder(num_classes=, in_chans=, small_input=, **kwargs)``."""
+    if not name or name.startswith(TORCHVISION_PREFIX):
+        raise ValueError(f"invalid model name {name!r}")
+    _BUILDERS[name] = builder
+
+
+def list_models() -> List[str]:
+    """Names of this package's models (timm's and torchvision's are listed by those libraries)."""
+    return sorted(_BUILDERS)
+
+
+def _register_defaults() -> None:
+    from . import skipblocknet
+
+    for name in ("skipblocknet_xs", "skipblocknet_s", "skipblocknet_m", "skipblocknet_l"):
+        register(name, getattr(skipblocknet, name))
+
+
+_register_defaults()
+
+
+def _torchvision_names() -> List[str]:
+    from torchvision import models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def _adapt_first_conv(model: nn.Module, in_chans: int) -> nn.Module:
+    """Replace the model's first ``Conv2d`` (which reads RGB) by one reading ``in_chans`` channels.
+
+    The model is untrained, so the new layer is simply freshly initialised (PyTorch's default).
+    """
+    for path, conv in model.named_modules():
+        if isinstance(conv, nn.Conv2d):
+            break
+    else:
+        raise ValueError(f"cannot adapt {type(model).__name__} to in_chans={in_chans}: no Conv2d")
+    if conv.in_channels != 3 or conv.groups != 1:
+        raise ValueError(
+            f"cannot adapt {type(model).__name__} to in_chans={in_chans}: its first convolution "
+            f"{path!r} reads {conv.in_channels} channels in {conv.groups} groups"
+        )
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    new = nn.Conv2d(
+        in_chans,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+    setattr(parent, attr, new)
+    return model
+
+
+def _unknown(name: str) -> ValueError:
+    import timm
+
+    candidates = list_models() + [TORCHVISION_PREFIX + n for n in _torchvision_names()] + timm.list_models()
+    close = difflib.get_close_matches(name, list(dict.fromkeys(candidates)), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ValueError(
+        f"unknown model {name!r}{hint} (ours: {', '.join(list_models())}; "
+        f"any timm name; torchvision classifiers as '{TORCHVISION_PREFIX}<name>')"
+    )
+
+
+def create_model(
+    name: str, *, num_classes: int, in_chans: int = 3, small_input: bool = False, **kwargs: Any
+) -> nn.Module:
+    """Build the classifier ``name`` with ``num_classes`` outputs for ``in_chans``-channel images.
+
+    Args:
+        name: one of :func:`list_models`, a timm model name, or ``torchvision.<name>``.
+        num_classes: number of classes.
+        in_chans: image channels (1 for grayscale).
+        small_input: stride-8 layout for 28-64 px images; only this package's models have one.
+        **kwargs: passed to the model's constructor (e.g. ``drop_rate``, ``bn_momentum``).
+
+    Raises:
+        ValueError: unknown name (with the closest matches), bad sizes, or ``small_input`` for a
+            model that has no small-input layout.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+
+    if name in _BUILDERS:
+        return _BUILDERS[name](num_classes=num_classes, in_chans=in_chans, small_input=small_input, **kwargs)
+
+    if small_input:
+        raise ValueError(
+            f"small_input=True is only available for {', '.join(list_models())}; "
+            f"{name!r} keeps its own layout (use it without small_input, or pick one of these)"
+        )
+
+    if name.startswith(TORCHVISION_PREFIX):
+        from torchvision import models as tvm
+
+        tv_name = name[len(TORCHVISION_PREFIX):]
+        if tv_name not in _torchvision_names():
+            raise _unknown(name)
+        model = tvm.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+        if in_chans != 3:
+            model = _adapt_first_conv(model, in_chans)
+        return model
+
+    import timm
+
+    if timm.is_model(name):
+        return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    raise _unknown(name)

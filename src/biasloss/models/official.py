@@ -1,0 +1,272 @@
+"""The authors' released SkipblockNet-M checkpoint (``skipblocknet-m.pth``) in our models.
+
+Their file is a plain state dict with their module names (``first_layer``, ``base_block.conv``,
+``blocks.{0..3}.{i}.conv``, ``skip1/skip2.core_block``, ``conv``, ``classifier.{0,3}``) and the
+squeeze-excite as ``nn.Linear`` layers. :func:`load_official_weights` renames every key to ours,
+reshapes the squeeze-excite weights to the 1x1 convolutions we use, checks the result against the
+model and loads it strictly; :func:`to_official_state_dict` goes back.
+
+Their layout, as positions in each ``nn.Sequential`` (``conv.N`` / ``core_block.N``):
+0 1x1 expand, 1 BN, 2 act, 3 depthwise, 4 BN, 5 act, 6 squeeze-excite or identity (skip blocks:
+no 6), 7 (skip blocks: 6) 1x1 project, 8 (7) BN.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Dict, List, Mapping, Union
+
+import torch
+from torch import nn
+
+__all__ = [
+    "official_key_map",
+    "convert_official_state_dict",
+    "to_official_state_dict",
+    "load_official_weights",
+    "official_filter_fn",
+]
+
+# Inverted residuals after the base block, in the authors' grouping (their blocks.0..3) and in
+# ours (stages 1..5); both list the same 14 blocks in the same order.
+_THEIR_GROUPS = (5, 4, 2, 3)
+_OUR_STAGES = (2, 3, 4, 2, 3)  # stages 1..5; stage 0 is the base block
+
+_IR_LAYERS = {"0": "conv_pw", "1": "bn1", "3": "conv_dw", "4": "bn2", "7": "conv_pwl", "8": "bn3"}
+_SKIP_LAYERS = {"0": "conv_pw", "1": "bn1", "3": "conv_dw", "4": "bn2", "6": "conv_pwl", "7": "bn3"}
+_SE_LAYERS = {"0": "conv_reduce", "2": "conv_expand"}
+_SKIP_STAGES = {"skip1": 2, "skip2": 3}
+_BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+_IR_RE = re.compile(r"^(?:base_block|blocks\.(\d+)\.(\d+))\.conv\.(\d+)\.(.+)$")
+_SKIP_RE = re.compile(r"^(skip[12])\.core_block\.(\d+)\.(.+)$")
+
+_PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _our_block(group: int, idx: int) -> str:
+    if not (0 <= group < len(_THEIR_GROUPS) and 0 <= idx < _THEIR_GROUPS[group]):
+        raise KeyError
+    flat = sum(_THEIR_GROUPS[:group]) + idx
+    for stage, n in enumerate(_OUR_STAGES, start=1):
+        if flat < n:
+            return f"stages.{stage}.blocks.{flat}"
+        flat -= n
+    raise KeyError
+
+
+def _rename(key: str) -> str:
+    """One of the authors' keys -> ours; KeyError if it is not one of theirs."""
+    head = {"first_layer.0.": "conv_stem.", "first_layer.1.": "bn1.", "conv.0.": "conv_head.",
+            "conv.1.": "bn2.", "classifier.0.": "head_fc.", "classifier.3.": "classifier."}
+    for theirs, ours in head.items():
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    m = _IR_RE.match(key)
+    if m:
+        group, idx, layer, rest = m.groups()
+        block = "stages.0.blocks.0" if group is None else _our_block(int(group), int(idx))
+        if layer == "6":
+            se = re.fullmatch(r"fc\.(\d)\.(weight|bias)", rest)
+            if se is None or se.group(1) not in _SE_LAYERS:
+                raise KeyError(key)
+            return f"{block}.se.{_SE_LAYERS[se.group(1)]}.{se.group(2)}"
+        return f"{block}.{_IR_LAYERS[layer]}.{rest}"
+    m = _SKIP_RE.match(key)
+    if m:
+        skip, layer, rest = m.groups()
+        return f"stages.{_SKIP_STAGES[skip]}.skip.{_SKIP_LAYERS[layer]}.{rest}"
+    raise KeyError(key)
+
+
+def _official_keys() -> List[str]:
+    """Every key of the authors' SkipblockNet-M state dict, in their order."""
+
+    def conv_bn(prefix: str, conv: str, bn: str) -> List[str]:
+        return [f"{prefix}.{conv}.weight"] + [f"{prefix}.{bn}.{s}" for s in _BN_SUFFIXES]
+
+    def block(prefix: str, se: bool) -> List[str]:
+        keys = conv_bn(prefix, "0", "1") + conv_bn(prefix, "3", "4")
+        if se:
+            keys += [f"{prefix}.6.fc.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
+        return keys + conv_bn(prefix, "7", "8")
+
+    from .skipblocknet import SKIPBLOCKNET_ARCH
+
+    rows = [r for stage in SKIPBLOCKNET_ARCH[1:] for r in stage if r.kind == "ir"]
+    keys = conv_bn("first_layer", "0", "1") + block("base_block.conv", se=False)
+    flat = 0
+    for group, n in enumerate(_THEIR_GROUPS):
+        for idx in range(n):
+            keys += block(f"blocks.{group}.{idx}.conv", se=rows[flat].se)
+            flat += 1
+    for skip in _SKIP_STAGES:
+        keys += conv_bn(f"{skip}.core_block", "0", "1") + conv_bn(f"{skip}.core_block", "3", "4")
+        keys += conv_bn(f"{skip}.core_block", "6", "7")
+    keys += conv_bn("conv", "0", "1")
+    keys += [f"classifier.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")]
+    return keys
+
+
+def official_key_map() -> Dict[str, str]:
+    """``{their key: our key}`` for every key of the authors' SkipblockNet-M checkpoint."""
+    return {k: _rename(k) for k in _official_keys()}
+
+
+def _is_se_weight(our_key: str) -> bool:
+    return ".se.conv_" in our_key and our_key.endswith(".weight")
+
+
+def _unwrap(state_dict: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    """Accept a state dict, or a training checkpoint holding one; strip DataParallel prefixes."""
+    for wrapper in ("state_dict", "model", "state_dict_ema", "model_ema"):
+        inner = state_dict.get(wrapper) if isinstance(state_dict, Mapping) else None
+        if isinstance(inner, Mapping):
+            state_dict = inner
+            break
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+    out = {}
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
+        out[k[len("module."):] if k.startswith("module.") else k] = v
+    return out
+
+
+def _examples(keys: List[str], n: int = 3) -> str:
+    shown = ", ".join(repr(k) for k in keys[:n])
+    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def convert_official_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    """Rename the authors' SkipblockNet-M keys to ours and reshape the squeeze-excite weights.
+
+    Raises ValueError, naming the offending keys, if the input is not exactly the authors'
+    key set.
+    """
+    sd = _unwrap(state_dict)
+    expected = official_key_map()
+    unknown = [k for k in sd if k not in expected]
+    missing = [k for k in expected if k not in sd]
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"{len(unknown)} unrecognised keys ({_examples(unknown)})")
+        if missing:
+            parts.append(f"{len(missing)} of its keys missing ({_examples(missing)})")
+        raise ValueError(
+            "not the authors' SkipblockNet-M checkpoint (skipblocknet-m.pth): "
+            + "; ".join(parts)
+            + ". A checkpoint saved from a biasloss model loads with model.load_state_dict()."
+        )
+    out: Dict[str, torch.Tensor] = {}
+    for theirs, ours in expected.items():
+        v = sd[theirs]
+        if _is_se_weight(ours):
+            if v.dim() != 2:
+                raise ValueError(f"{theirs!r}: expected a Linear weight (2-D), got shape {tuple(v.shape)}")
+            v = v.reshape(v.shape[0], v.shape[1], 1, 1)
+        out[ours] = v
+    return out
+
+
+def to_official_state_dict(model_or_state_dict: Union[nn.Module, Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
+    """Our SkipblockNet-M state dict -> the authors' keys and shapes (the inverse conversion)."""
+    if isinstance(model_or_state_dict, nn.Module):
+        sd = model_or_state_dict.state_dict()
+    else:
+        sd = _unwrap(model_or_state_dict)
+    ours_to_theirs = {ours: theirs for theirs, ours in official_key_map().items()}
+    missing = [k for k in ours_to_theirs if k not in sd]
+    unknown = [k for k in sd if k not in ours_to_theirs]
+    if missing or unknown:
+        raise ValueError(
+            "only SkipblockNet-M (width 1.0) has the authors' layout: "
+            f"{len(missing)} keys missing ({_examples(missing)}), {len(unknown)} extra ({_examples(unknown)})"
+        )
+    ref = _m_shapes(num_classes=sd["classifier.weight"].shape[0])
+    wrong = [f"{k} {tuple(sd[k].shape)} (M: {ref[k]})" for k in ours_to_theirs if tuple(sd[k].shape) != ref[k]]
+    if wrong:
+        raise ValueError(
+            f"only SkipblockNet-M (width 1.0, 3 input channels) has the authors' layout: {_examples(wrong)}"
+        )
+    out: Dict[str, torch.Tensor] = {}
+    for ours, theirs in ours_to_theirs.items():
+        v = sd[ours]
+        out[theirs] = v.reshape(v.shape[0], v.shape[1]) if _is_se_weight(ours) else v
+    return out
+
+
+def _m_shapes(num_classes: int) -> Dict[str, tuple]:
+    """Shapes of SkipblockNet-M's state dict (built on the meta device: no memory, no init cost)."""
+    from .skipblocknet import SkipblockNet
+
+    with torch.device("meta"):
+        model = SkipblockNet(num_classes=num_classes)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _load_file(path: _PathLike) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # unpickling errors from foreign or corrupt files
+        raise ValueError(f"could not read {os.fspath(path)!r} as a PyTorch state dict: {e}") from e
+
+
+def load_official_weights(
+    model: nn.Module, state_dict_or_path: Union[Mapping[str, Any], _PathLike]
+) -> nn.Module:
+    """Load the authors' SkipblockNet-M checkpoint into ``model`` (strictly) and return ``model``.
+
+    ``model`` must have their layout: ``skipblocknet_m(num_classes=<the checkpoint's, 1000>)``,
+    any ``in_chans=3`` input and ``small_input`` (strides hold no weights). In eval mode the model
+    then gives the same outputs as theirs (at 224 px, where theirs runs).
+
+    Raises:
+        TypeError: ``model`` is not a SkipblockNet, or the input is not a state dict.
+        ValueError: the checkpoint is not theirs, or does not fit ``model`` (names the layers).
+    """
+    from .skipblocknet import SkipblockNet
+
+    if not isinstance(model, SkipblockNet):
+        raise TypeError(f"load_official_weights needs a SkipblockNet, got {type(model).__name__}")
+    raw = _load_file(state_dict_or_path) if isinstance(state_dict_or_path, (str, os.PathLike)) else state_dict_or_path
+    converted = convert_official_state_dict(raw)
+    own = model.state_dict()
+    problems: List[str] = []
+    for k, v in converted.items():
+        if k not in own:
+            problems.append(f"{k} is not in the model")
+        elif own[k].shape != v.shape:
+            problems.append(f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}")
+    extra = [k for k in own if k not in converted]
+    if extra:
+        problems.append(f"the model has {len(extra)} more entries ({_examples(extra)})")
+    if problems:
+        n_cls = converted["classifier.weight"].shape[0]
+        raise ValueError(
+            "the authors' SkipblockNet-M checkpoint does not fit this model: "
+            + "; ".join(problems[:4])
+            + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+            + f". It needs skipblocknet_m(num_classes={n_cls}, in_chans=3)"
+            + " (then model.reset_classifier(n) for another number of classes)."
+        )
+    model.load_state_dict(converted, strict=True)
+    return model
+
+
+def official_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: convert the authors' keys, pass our own checkpoints through.
+
+    Lets ``timm.create_model("skipblocknet_m", pretrained=True,
+    pretrained_cfg_overlay=dict(file="skipblocknet-m.pth"))`` load their file.
+    """
+    sd = _unwrap(state_dict)
+    if "first_layer.0.weight" in sd:
+        return convert_official_state_dict(sd)
+    return sd
+
