@@ -534,8 +534,8 @@ def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
     The checkpoint logic mirrors ``biasloss eval`` (``train.runner.run_eval``)."""
     from biasloss.data import AugmentConfig, build_loaders, get_dataset_spec
-    from biasloss.train.checkpoint import CheckpointError, load_checkpoint
-    from biasloss.train.runner import _build_model
+    from biasloss.train.checkpoint import load_checkpoint
+    from biasloss.train.runner import _build_model, model_from_checkpoint
 
     if args.checkpoint:
         ckpt = load_checkpoint(args.checkpoint)
@@ -566,16 +566,8 @@ def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     else:
         loader = val_loader
     if ckpt is not None:
-        model = _build_model(saved, spec)
-        weights, which = ckpt["model"], "model"
-        if ckpt.get("eval_weights") == "ema" and ckpt.get("ema"):
-            weights = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
-            which = "EMA"
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as e:
-            raise CheckpointError(f"{args.checkpoint}: weights do not fit {saved.model}: "
-                                  f"{str(e).splitlines()[0]}") from None
+        model, which = model_from_checkpoint(ckpt, spec, args.checkpoint)
+        which = "EMA" if which == "ema" else which
         loss = getattr(saved, "loss", None)
         label = f"ours: {saved.model} ({loss}, epoch {ckpt['epoch']}{', EMA' if which == 'EMA' else ''})"
         alpha = getattr(saved, "alpha", None) if loss == "bias" else None

@@ -34,7 +34,7 @@ from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distr
 from biasloss.train.engine import ModelWithFeatures, evaluate, train_one_epoch
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler, default_recipe, get_recipe
 
-__all__ = ["run_eval", "run_train"]
+__all__ = ["model_from_checkpoint", "run_eval", "run_train"]
 
 #: Arguments that define what is trained; a resume must not change them.
 IDENTITY_ARGS = ("dataset", "model", "loss", "recipe", "seed", "alpha", "beta", "scaling", "gamma", "limit",
@@ -331,15 +331,7 @@ def run_eval(args) -> dict[str, Any]:
             device=device, seed=saved.seed, workers=args.workers or 4, rank=info.rank,
             world_size=info.world_size, limit=saved.limit if dataset == saved.dataset else None,
         )
-        model = _build_model(saved, spec)
-        weights = ckpt["model"]
-        if ckpt.get("eval_weights") == "ema" and ckpt.get("ema"):
-            weights = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as e:
-            raise CheckpointError(f"{args.checkpoint}: weights do not fit {saved.model}: "
-                                  f"{str(e).splitlines()[0]}") from None
+        model, _ = model_from_checkpoint(ckpt, spec, args.checkpoint)
         memory_format = torch.channels_last if saved.channels_last else torch.contiguous_format
         model = model.to(device=device, memory_format=memory_format)
         result = evaluate(ModelWithFeatures(model, with_features=False), None, val_loader, device=device,
@@ -349,6 +341,22 @@ def run_eval(args) -> dict[str, Any]:
                 "weights": ckpt.get("eval_weights", "model")}
     finally:
         cleanup_distributed()
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], spec, path: str | os.PathLike = "checkpoint") -> tuple[nn.Module, str]:
+    """The model a training checkpoint describes, holding the weights ``train`` evaluated
+    (the EMA's when there is one); returns ``(model, "ema" | "model")``."""
+    saved = argparse_namespace(ckpt["args"])
+    model = _build_model(saved, spec)
+    weights, which = ckpt["model"], "model"
+    if ckpt.get("eval_weights") == "ema" and ckpt.get("ema"):
+        weights = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+        which = "ema"
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit {saved.model}: {str(e).splitlines()[0]}") from None
+    return model, which
 
 
 def argparse_namespace(values: dict[str, Any]):
