@@ -66,6 +66,18 @@ def test_skipblocknet_m_matches_table1():
     # Paper: 246M MACs (fvcore: 247.8M); torch.utils.flop_counter counts convolutions and linear
     # layers only and gives 236.6M for the authors' layout.
     assert 230e6 <= r["macs"] <= 250e6
+    assert abs(r["macs"] - 236.6e6) < 0.1e6
+    # fvcore's convention (BatchNorm and pooling counted too) gives 247.8M, within 1 % of 246M
+    assert abs(r["macs_fvcore"] - 247.8e6) < 0.1e6
+
+
+def test_fvcore_convention_adds_batchnorm_and_pooling():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1))
+    conv = 3 * 3 * 3 * 4 * 6 * 6
+    assert count_macs(net, 8) == conv
+    assert count_macs(net, 8, convention="fvcore") == conv + 2 * 4 * 36 + 4 * 36
+    with pytest.raises(ValueError, match="convention"):
+        count_macs(net, 8, convention="ptflops")
     assert r["latency_ms"] is None and r["paper"]["name"] == "SkipblockNet-M"
     assert r["paper"]["macs"] == 246_000_000 and r["paper"]["pixel4_ms"] == 27
     assert "flop_counter" in r["setup"]["mac_counter"]
