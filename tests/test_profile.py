@@ -69,6 +69,9 @@ def test_skipblocknet_m_matches_table1():
     assert abs(r["macs"] - 236.6e6) < 0.1e6
     # fvcore's convention (BatchNorm and pooling counted too) gives 247.8M, within 1 % of 246M
     assert abs(r["macs_fvcore"] - 247.8e6) < 0.1e6
+    assert r["latency_ms"] is None and r["paper"]["name"] == "SkipblockNet-M"
+    assert r["paper"]["macs"] == 246_000_000 and r["paper"]["pixel4_ms"] == 27
+    assert "flop_counter" in r["setup"]["mac_counter"]
 
 
 def test_fvcore_convention_adds_batchnorm_and_pooling():
@@ -78,9 +81,6 @@ def test_fvcore_convention_adds_batchnorm_and_pooling():
     assert count_macs(net, 8, convention="fvcore") == conv + 2 * 4 * 36 + 4 * 36
     with pytest.raises(ValueError, match="convention"):
         count_macs(net, 8, convention="ptflops")
-    assert r["latency_ms"] is None and r["paper"]["name"] == "SkipblockNet-M"
-    assert r["paper"]["macs"] == 246_000_000 and r["paper"]["pixel4_ms"] == 27
-    assert "flop_counter" in r["setup"]["mac_counter"]
 
 
 def test_paper_lookup():
