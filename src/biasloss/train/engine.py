@@ -84,6 +84,29 @@ def _interactive() -> bool:
     return sys.stderr.isatty()
 
 
+def _accumulate(totals: Tensor, loss: Tensor, logits: Tensor, target: Tensor) -> None:
+    """Add one batch's loss sum, top-1 and top-5 hits and sample count to ``totals`` (on device)."""
+    top1, top5 = _correct(logits, target, 5)
+    n = target.shape[0]
+    totals += torch.stack((loss.detach().double() * n, top1.double(), top5.double(),
+                           torch.tensor(float(n), device=totals.device, dtype=torch.float64)))
+
+
+def _summarise(totals: Tensor, elapsed: float, steps: int, interrupted: bool = False) -> EpochResult:
+    """Sum ``totals`` over ranks and turn them into means and percentages."""
+    totals = _all_reduce(totals)
+    seen = max(totals[3].item(), 1.0)
+    return EpochResult(
+        loss=totals[0].item() / seen,
+        top1=100 * totals[1].item() / seen,
+        top5=100 * totals[2].item() / seen,
+        samples=int(totals[3].item()),
+        time_s=elapsed,
+        steps=steps,
+        interrupted=interrupted,
+    )
+
+
 def _all_reduce(values: Tensor) -> Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(values)
@@ -146,10 +169,7 @@ def train_one_epoch(
         if ema is not None:
             ema.update_parameters(net.model if not hasattr(net, "module") else net.module.model)
         with torch.no_grad():
-            top1, top5 = _correct(logits.detach(), target, 5)
-            n = target.shape[0]
-            totals += torch.stack((loss.detach().double() * n, top1.double(), top5.double(),
-                                   torch.tensor(float(n), device=device, dtype=torch.float64)))
+            _accumulate(totals, loss, logits.detach(), target)
         if (step + 1) % check_every == 0 or step + 1 == steps:
             if not math.isfinite(totals[0].item()):
                 raise NonFiniteLossError(
@@ -167,18 +187,7 @@ def train_one_epoch(
             break
     if not math.isfinite(totals[0].item()):
         raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1}")
-    elapsed = time.perf_counter() - start
-    totals = _all_reduce(totals)
-    seen = max(totals[3].item(), 1.0)
-    return EpochResult(
-        loss=totals[0].item() / seen,
-        top1=100 * totals[1].item() / seen,
-        top5=100 * totals[2].item() / seen,
-        samples=int(totals[3].item()),
-        time_s=elapsed,
-        steps=step + 1,
-        interrupted=interrupted,
-    )
+    return _summarise(totals, time.perf_counter() - start, step + 1, interrupted)
 
 
 @torch.no_grad()
@@ -205,18 +214,5 @@ def evaluate(
         with autocast:
             logits, features = net(images)
             loss = criterion(logits, target, features) if criterion is not None else logits.new_zeros(())
-        top1, top5 = _correct(logits.float(), target, 5)
-        n = target.shape[0]
-        totals += torch.stack((loss.double() * n, top1.double(), top5.double(),
-                               torch.tensor(float(n), device=device, dtype=torch.float64)))
-    elapsed = time.perf_counter() - start
-    totals = _all_reduce(totals)
-    seen = max(totals[3].item(), 1.0)
-    return EpochResult(
-        loss=totals[0].item() / seen,
-        top1=100 * totals[1].item() / seen,
-        top5=100 * totals[2].item() / seen,
-        samples=int(totals[3].item()),
-        time_s=elapsed,
-        steps=len(loader),  # type: ignore[arg-type]
-    )
+        _accumulate(totals, loss, logits.float(), target)
+    return _summarise(totals, time.perf_counter() - start, len(loader))  # type: ignore[arg-type]
