@@ -132,7 +132,7 @@ def _folder_datasets(spec: DatasetSpec, data_dir: str | os.PathLike | None, down
         if len(files) and not files[0].is_file():
             raise DatasetCorruptError(f"food101: {files[0]} is listed in meta/ but missing")
     if train.classes != test.classes:
-        raise DatasetCorruptError(f"food101: meta/train.json and meta/test.json list different classes")
+        raise DatasetCorruptError("food101: meta/train.json and meta/test.json list different classes")
     return train, test, train.classes
 
 

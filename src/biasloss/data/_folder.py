@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ._augment import normalize
-from ._plan import epoch_generator, eval_shard, train_layout
+from ._plan import EpochBatches, epoch_generator
 from ._specs import AugmentConfig
 
 __all__ = ["FolderLoader", "eval_transform", "train_transform"]
@@ -92,7 +92,7 @@ class _PlanSampler(Sampler):
         return self.loader._batches()
 
 
-class FolderLoader:
+class FolderLoader(EpochBatches):
     """Batches of ``(images, labels)`` from a map-style dataset of ``(PIL image, label)``.
 
     Same contract as :class:`InMemoryLoader`: float32 normalised channels-last images and int64
@@ -122,17 +122,10 @@ class FolderLoader:
         self.rank = rank
         self.world_size = world_size
         self.dataset_size = len(dataset)  # type: ignore[arg-type]
-        self._epoch = 0
-        self._shift = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
-        self._scale = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0)
-        if train:
-            self._layout = train_layout(self.dataset_size, batch_size, world_size, drop_last)
-            self._slices = self._layout.rank_slices(rank)
-            self.num_samples = self._layout.num_samples
-        else:
-            self._shard = eval_shard(self.dataset_size, rank, world_size).tolist()
-            self.num_samples = len(self._shard)
-            self._slices = [(s, min(s + batch_size, self.num_samples)) for s in range(0, self.num_samples, batch_size)]
+        shard = self._plan_batches(train=train, batch_size=batch_size, drop_last=drop_last, rank=rank,
+                                   world_size=world_size, mean=mean, std=std, device=self.device)
+        if shard is not None:
+            self._shard = shard.tolist()
         self._pin = self.device.type == "cuda"
         self._loader = DataLoader(
             _SeededDataset(dataset, transform),
@@ -143,19 +136,6 @@ class FolderLoader:
             prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator(),  # its base seed is unused; keeps the global RNG untouched
         )
-
-    def __len__(self) -> int:
-        return len(self._slices)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration produces."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self._epoch = epoch
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
 
     def _batches(self) -> Iterator[list[Any]]:
         if not self.train:

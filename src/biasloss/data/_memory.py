@@ -11,13 +11,13 @@ from collections.abc import Iterator
 import torch
 
 from ._augment import EpochParams, crop_flip, draw_params, normalize, pad_images, rotate
-from ._plan import epoch_generator, eval_shard, train_layout
+from ._plan import EpochBatches, epoch_generator
 from ._specs import AugmentConfig
 
 __all__ = ["InMemoryLoader"]
 
 
-class InMemoryLoader:
+class InMemoryLoader(EpochBatches):
     """Batches of ``(images, labels)`` from NHWC uint8 ``images`` and int64 ``labels``.
 
     Yields float32 normalised ``(B, C, H, W)`` channels-last images and int64 ``(B,)`` labels, both
@@ -55,36 +55,16 @@ class InMemoryLoader:
         self.world_size = world_size
         self.image_size = (int(images.shape[1]), int(images.shape[2]))
         self.dataset_size = int(images.shape[0])
-        self._epoch = 0
         channels = images.shape[3]
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {channels} channels")
-        self._shift = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
-        self._scale = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0)
         # Moved to the device once; padded once for random crops.
         self._images = pad_images(images.to(self.device), self.augment.crop_padding).contiguous()
         self._labels = labels.to(device=self.device, dtype=torch.int64)
-        if train:
-            self._layout = train_layout(self.dataset_size, batch_size, world_size, drop_last)
-            self._slices = self._layout.rank_slices(rank)
-            self.num_samples = self._layout.num_samples
-        else:
-            self._shard = eval_shard(self.dataset_size, rank, world_size).to(self.device)
-            self.num_samples = int(self._shard.numel())
-            self._slices = [(s, min(s + batch_size, self.num_samples)) for s in range(0, self.num_samples, batch_size)]
-
-    def __len__(self) -> int:
-        return len(self._slices)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration produces."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self._epoch = epoch
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
+        shard = self._plan_batches(train=train, batch_size=batch_size, drop_last=drop_last, rank=rank,
+                                   world_size=world_size, mean=mean, std=std, device=self.device)
+        if shard is not None:
+            self._shard = shard.to(self.device)
 
     def _epoch_plan(self) -> tuple[torch.Tensor, EpochParams]:
         if not self.train:

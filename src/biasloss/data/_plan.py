@@ -93,3 +93,39 @@ def train_layout(n: int, batch_size: int, world_size: int, drop_last: bool) -> E
 def eval_shard(n: int, rank: int, world_size: int) -> torch.Tensor:
     """Indices of the test split that ``rank`` evaluates (strided, no padding)."""
     return torch.arange(rank, n, world_size)
+
+
+class EpochBatches:
+    """What both loaders share: the epoch selected by ``set_epoch``, the batch slices of this rank,
+    the normalisation constants, and ``len``."""
+
+    _slices: list[tuple[int, int]]
+
+    def _plan_batches(self, *, train: bool, batch_size: int, drop_last: bool, rank: int, world_size: int,
+                      mean, std, device: torch.device) -> torch.Tensor | None:
+        """Set ``num_samples`` and the slices; returns the eval shard (None when training)."""
+        self._epoch = 0
+        self._shift = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
+        self._scale = 1.0 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0)
+        if train:
+            self._layout = train_layout(self.dataset_size, batch_size, world_size, drop_last)
+            self._slices = self._layout.rank_slices(rank)
+            self.num_samples = self._layout.num_samples
+            return None
+        shard = eval_shard(self.dataset_size, rank, world_size)
+        self.num_samples = int(shard.numel())
+        self._slices = [(s, min(s + batch_size, self.num_samples)) for s in range(0, self.num_samples, batch_size)]
+        return shard
+
+    def __len__(self) -> int:
+        return len(self._slices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration produces."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self._epoch = epoch
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
