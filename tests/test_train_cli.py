@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -111,6 +112,54 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path):
     assert main(["train", "--resume", str(out / "last.pt"), "--out", str(out), "--no-progress",
                  "--device", "cpu"]) == 0
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_runs_on_the_cpu_and_eval_agrees(tmp_path, capsys, amp):
+    # the CUDA path is the same code with device "cuda": autocast(device.type), GradScaler(device.type)
+    assert _train(tmp_path, "--amp", amp, "--epochs", "1") == 0
+    run = tmp_path / "run"
+    (line,) = _metrics(run)
+    assert math.isfinite(line["train_loss"]) and math.isfinite(line["val_loss"])
+    ckpt = load_checkpoint(run / "last.pt")
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
+    scaler = ckpt["scaler"]
+    assert (scaler is not None) == (amp == "fp16")
+    if scaler is not None:
+        assert scaler["scale"] > 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--json", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["top1"] == line["val_top1"] and result["top5"] == line["val_top5"]
+
+
+def test_fp16_resume_restores_the_grad_scaler(tmp_path):
+    common = ("--amp", "fp16", "--epochs", "2", "--limit", "64")
+    assert _train(tmp_path, *common, out="straight") == 0
+    assert _train(tmp_path, *common, "--stop-after", "1", out="split") == 0
+    assert main(["train", "--resume", str(tmp_path / "split" / "last.pt"), "--out", str(tmp_path / "split"),
+                 "--no-progress", "--device", "cpu"]) == 0
+    _same_weights(tmp_path / "straight" / "last.pt", tmp_path / "split" / "last.pt")
+    straight, split = (load_checkpoint(tmp_path / d / "last.pt")["scaler"] for d in ("straight", "split"))
+    assert straight == split
+
+
+def test_compile_traces_the_training_step(tmp_path, monkeypatch):
+    """``--compile`` wraps the model in torch.compile. Inductor's C++ build of the whole step takes
+    minutes on a 2-core CPU, so the test compiles with the ``aot_eager`` backend: the same Dynamo
+    capture and AOTAutograd forward/backward graphs, no code generation. The weights after a short
+    run match eager training."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    common = ("--epochs", "1", "--limit", "64", "--loss", "bias")
+    assert _train(tmp_path, *common, "--compile", out="compiled") == 0
+    assert _train(tmp_path, *common, out="eager") == 0
+    a, b = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in ("compiled", "eager"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    torch._dynamo.reset()
 
 
 class _NaNAfter(torch.nn.Module):

@@ -70,8 +70,9 @@ def _resolve(args, ckpt: dict[str, Any] | None) -> None:
     get_dataset_spec(args.dataset)
     recipe = get_recipe(args.recipe) if args.recipe else default_recipe(args.dataset)
     args.recipe = recipe.name
+    # resumed runs keep their precision and memory format unless told otherwise
     defaults = {"loss": "bias", "seed": 0, "alpha": 0.3, "beta": 0.3, "scaling": "batch", "gamma": 2.0,
-                "model": recipe.model}
+                "model": recipe.model, "amp": "auto", "channels_last": True}
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -121,13 +122,14 @@ def _features_net(model: nn.Module, criterion: nn.Module, spec, tap_layer: str |
 
 
 def _amp_dtype(args, device: torch.device) -> torch.dtype | None:
-    if args.amp == "off" or device.type != "cuda":
-        if args.amp in ("bf16", "fp16") and device.type != "cuda":
-            raise ValueError(f"--amp {args.amp} needs a CUDA device")
+    """The autocast dtype: ``auto`` is bf16 (fp16 where unsupported) on CUDA and full precision
+    elsewhere; ``bf16``/``fp16`` are honoured on any device (CPU autocast supports both)."""
+    amp = getattr(args, "amp", "auto")  # checkpoints written before the flag existed: auto
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
-    if args.amp == "fp16":
+    if amp == "fp16":
         return torch.float16
-    if args.amp == "bf16" or torch.cuda.is_bf16_supported():
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
 
@@ -217,7 +219,7 @@ def _train(args, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | No
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, recipe, len(train_loader))
     amp_dtype = _amp_dtype(args, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
     start_epoch, start_step, best = 0, 0, -math.inf
     if ckpt is not None:
@@ -334,8 +336,9 @@ def run_eval(args) -> dict[str, Any]:
         model, _ = model_from_checkpoint(ckpt, spec, args.checkpoint)
         memory_format = torch.channels_last if saved.channels_last else torch.contiguous_format
         model = model.to(device=device, memory_format=memory_format)
+        # the precision train's validation ran in, so that the top-1 is the one it logged
         result = evaluate(ModelWithFeatures(model, with_features=False), None, val_loader, device=device,
-                          progress=args.progress)
+                          amp_dtype=_amp_dtype(saved, device), progress=args.progress)
         return {"top1": round(result.top1, 4), "top5": round(result.top5, 4), "samples": result.samples,
                 "dataset": dataset, "model": saved.model, "epoch": ckpt["epoch"],
                 "weights": ckpt.get("eval_weights", "model")}
