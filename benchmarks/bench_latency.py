@@ -18,6 +18,7 @@ with the results.
     python benchmarks/bench_latency.py                      # eager and ONNX, 300 rounds
     python benchmarks/bench_latency.py --runtime eager --fuse both --rounds 500
     python benchmarks/bench_latency.py --json results.json
+    python benchmarks/bench_latency.py --runtime onnx --breakdown   # where the ONNX time goes
 
 ``--fuse yes`` folds BatchNorm into the convolutions of *every* model (``biasloss.models.fuse_bn``
 handles torchvision's Conv-BN-act blocks too), so the comparison stays fair. The ONNX exporter
@@ -25,7 +26,13 @@ folds BatchNorm by itself.
 
 ``--mallopt`` raises glibc's mmap and trim thresholds so freed activation buffers are reused
 rather than handed back to the OS; on virtual machines the page faults of fresh buffers can cost
-as much as the convolutions (all models pay them, roughly alike).
+as much as the convolutions (all models pay them, but how many depends on each model's sequence
+of allocations, so the eager ratio moves by a few per cent with glibc's trimming).
+
+``--breakdown`` profiles each ONNX Runtime session (``SessionOptions.enable_profiling``) and
+splits a model's kernel time into nodes that have a counterpart in the reference (same op,
+input and output shapes: the MobileNetV3-Large layers SkipblockNet keeps) and nodes that do not
+(the layers it adds), so the gap can be read off layer by layer.
 """
 
 from __future__ import annotations
@@ -168,29 +175,112 @@ def bench_eager(args: argparse.Namespace, fused: bool) -> Dict[str, Dict[str, Di
     return _summary(times, args.models[-1])
 
 
-def bench_onnx(args: argparse.Namespace) -> Dict[str, Dict[str, Dict[str, float]]]:
-    import numpy as np
+def _ort_session(path: str, threads: int, profile_prefix: str | None = None):
     import onnxruntime as ort
 
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def _export_all(args: argparse.Namespace, x: torch.Tensor, tmp: str) -> Dict[str, str]:
+    paths = {}
+    for n in args.models:
+        paths[n] = os.path.join(tmp, n.replace(".", "_") + ".onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_build(n), (x,), paths[n], dynamo=True, verbose=False)
+    return paths
+
+
+def bench_onnx(args: argparse.Namespace) -> Dict[str, object]:
+    import numpy as np
+
     x = torch.randn(args.batch, 3, args.size, args.size)
-    sessions = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in args.models:
-            path = os.path.join(tmp, n.replace(".", "_") + ".onnx")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(_build(n), (x,), path, dynamo=True, verbose=False)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = args.threads
-            opts.inter_op_num_threads = 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-            sessions[n] = (sess, sess.get_inputs()[0].name)
     xn = np.ascontiguousarray(x.numpy())
-    fns = {n: (lambda s=s, i=i: s.run(None, {i: xn})) for n, (s, i) in sessions.items()}
-    times = _interleave(fns, args.rounds, args.warmup)
-    return _summary(times, args.models[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _export_all(args, x, tmp)
+        sessions = {}
+        for n, path in paths.items():
+            sess = _ort_session(path, args.threads)
+            sessions[n] = (sess, sess.get_inputs()[0].name)
+        fns = {n: (lambda s=s, i=i: s.run(None, {i: xn})) for n, (s, i) in sessions.items()}
+        times = _interleave(fns, args.rounds, args.warmup)
+        summary: Dict[str, object] = dict(_summary(times, args.models[-1]))
+        if args.breakdown:
+            summary["breakdown"] = _ort_breakdown(args, paths, xn, tmp)
+    return summary
+
+
+def _ort_node_times(sess, runs: int) -> List[tuple]:
+    """(op, input shapes, output shapes, mean microseconds) per node, from a profiled session."""
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
+    total: Dict[str, float] = {}
+    key: Dict[str, tuple] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            a = e["args"]
+            shapes = lambda items: tuple(tuple(v) for d in items for v in d.values())  # noqa: E731
+            key[e["name"]] = (a["op_name"], shapes(a.get("input_type_shape", [])),
+                              shapes(a.get("output_type_shape", [])))
+            total[e["name"]] = total.get(e["name"], 0.0) + e["dur"]
+    return [(*key[n], t / runs) for n, t in total.items()]
+
+
+def _ort_breakdown(args: argparse.Namespace, paths: Dict[str, str], xn, tmp: str) -> Dict[str, Dict[str, float]]:
+    """Kernel time per model, split into nodes matched in the reference's graph and the rest."""
+    runs = max(50, args.rounds // 2)
+    sessions = {n: _ort_session(p, args.threads, os.path.join(tmp, f"prof{i}")) for i, (n, p) in enumerate(paths.items())}
+    feeds = {n: {s.get_inputs()[0].name: xn} for n, s in sessions.items()}
+    for _ in range(runs):  # interleaved, like the timings
+        for n, sess in sessions.items():
+            sess.run(None, feeds[n])
+    nodes = {n: _ort_node_times(sess, runs) for n, sess in sessions.items()}
+    ref = args.models[-1]
+    out: Dict[str, Dict[str, float]] = {}
+    for n, rows in nodes.items():
+        pool: Dict[tuple, List[float]] = {}
+        for op, ins, outs, t in nodes[ref]:
+            pool.setdefault((op, ins, outs), []).append(t)
+        matched = matched_ref = extra = 0.0
+        extra_nodes: Dict[str, float] = {}
+        for op, ins, outs, t in rows:
+            twins = pool.get((op, ins, outs))
+            if twins:
+                matched += t
+                matched_ref += twins.pop()
+            else:
+                extra += t
+                extra_nodes[op] = extra_nodes.get(op, 0.0) + t
+        ref_total = sum(r[-1] for r in nodes[ref])
+        unmatched_ref = ref_total - matched_ref
+        out[n] = {"total_us": sum(r[-1] for r in rows), "nodes": len(rows), "matched_us": matched,
+                  "reference_us_for_matched": matched_ref, "own_us": extra, "reference_own_us": unmatched_ref,
+                  **{f"own_us_{op}": v for op, v in sorted(extra_nodes.items())}}
+    return out
+
+
+def _print_breakdown(breakdown: Dict[str, Dict[str, float]], reference: str) -> None:
+    print("\nONNX Runtime kernel time per run (profiled): nodes with a twin in the reference (same op and "
+          "shapes) vs nodes without")
+    print("| model | nodes | total us | matched us (reference's twins) | unmatched us | reference's unmatched us "
+          "| unmatched by op |")
+    print("|---|---|---|---|---|---|---|")
+    for n, b in breakdown.items():
+        if n == reference:
+            continue
+        ops = ", ".join(f"{k[len('own_us_'):]} {v:.0f}" for k, v in b.items() if k.startswith("own_us_"))
+        print(f"| {n} | {b['nodes']:.0f} | {b['total_us']:.0f} | {b['matched_us']:.0f} "
+              f"({b['reference_us_for_matched']:.0f}) | {b['own_us']:.0f} | {b['reference_own_us']:.0f} | {ops} |")
+    b = breakdown[reference]
+    print(f"| {reference} (ref) | {b['nodes']:.0f} | {b['total_us']:.0f} | | | | |")
 
 
 def main(argv: List[str] | None = None) -> Dict[str, object]:
@@ -207,6 +297,8 @@ def main(argv: List[str] | None = None) -> Dict[str, object]:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--mallopt", action="store_true", help="keep freed buffers (see module doc)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="onnx: profile the sessions and split the time into shared and own layers")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
 
@@ -235,8 +327,12 @@ def main(argv: List[str] | None = None) -> Dict[str, object]:
             result[key] = bench_eager(args, fused)
             _print(f"eager PyTorch{' (BatchNorm fused in every model)' if fused else ''}", result[key], ref)
     if args.runtime in ("onnx", "all"):
-        result["onnx"] = bench_onnx(args)
-        _print("ONNX Runtime (torch.onnx.export dynamo=True, ORT_ENABLE_ALL)", result["onnx"], ref)
+        result["onnx"] = onnx = bench_onnx(args)
+        breakdown = onnx.pop("breakdown", None)
+        _print("ONNX Runtime (torch.onnx.export dynamo=True, ORT_ENABLE_ALL)", onnx, ref)  # type: ignore[arg-type]
+        if breakdown is not None:
+            result["onnx_breakdown"] = breakdown
+            _print_breakdown(breakdown, ref)
     result["loadavg_after"] = _loadavg()
     print(f"\nload average after: {result['loadavg_after']}")
     if args.json:
