@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from biasloss.models import SkipblockNet, create_model, list_models, register
+from biasloss.models import SkipblockNet, create_model, is_model, list_models, register, unknown_model_error
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -59,6 +59,16 @@ def test_unknown_name_suggests_close_matches():
         create_model("torchvision.resnet19", num_classes=3)
     with pytest.raises(ValueError, match="unknown model"):
         create_model("no_such_network_at_all_xyz", num_classes=3)
+
+
+@pytest.mark.parametrize("name,known", [("skipblocknet_m", True), ("cifar_resnet18", True),
+                                        ("mobilenetv3_large_100", True), ("torchvision.resnet18", True),
+                                        ("torchvision.resnet19", False), ("skipblocknet_mm", False), ("", False),
+                                        (None, False)])
+def test_is_model(name, known):
+    assert is_model(name) is known
+    if not known and name:
+        assert str(unknown_model_error(name)).startswith(f"unknown model {name!r}")
 
 
 def test_small_input_only_for_ours():

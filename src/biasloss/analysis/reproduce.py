@@ -506,25 +506,14 @@ def run_grid(settings: _Settings, out: Path, *, dry_run: bool = False) -> dict[s
     return results
 
 
-def _known_model(name: str) -> bool:
-    import timm
-
-    from biasloss.models import list_models
-    from biasloss.models.factory import TORCHVISION_PREFIX, _torchvision_names
-
-    if name in list_models() or timm.is_model(name):
-        return True
-    return name.startswith(TORCHVISION_PREFIX) and name[len(TORCHVISION_PREFIX):] in _torchvision_names()
-
-
 def _model_name(name: str, command: str) -> str:
-    if _known_model(name):
-        return name
-    if command == "table4" and _known_model(f"cifar_{name}"):
-        return f"cifar_{name}"  # "shufflenetv2" -> the zoo's cifar_shufflenetv2
-    from biasloss.models.factory import _unknown
+    from biasloss.models import is_model, unknown_model_error
 
-    raise _unknown(name)
+    if is_model(name):
+        return name
+    if command == "table4" and is_model(f"cifar_{name}"):
+        return f"cifar_{name}"  # "shufflenetv2" -> the zoo's cifar_shufflenetv2
+    raise unknown_model_error(name)
 
 
 def _unique(values: Sequence[Any], what: str) -> list[Any]:

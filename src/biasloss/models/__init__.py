@@ -5,7 +5,7 @@ Importing this package registers ``skipblocknet_xs/s/m/l`` with timm, so that
 """
 
 from ._layers import fuse_bn
-from .factory import create_model, list_models, register
+from .factory import create_model, is_model, list_models, register, unknown_model_error
 from .official import (
     convert_official_state_dict,
     load_official_weights,
@@ -42,6 +42,8 @@ __all__ = [
     "official_key_map",
     "fuse_bn",
     "create_model",
+    "is_model",
     "list_models",
     "register",
+    "unknown_model_error",
 ]

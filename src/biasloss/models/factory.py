@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List
 
 from torch import nn
 
-__all__ = ["create_model", "list_models", "register"]
+__all__ = ["create_model", "is_model", "list_models", "register", "unknown_model_error"]
 
 TORCHVISION_PREFIX = "torchvision."
 
@@ -84,7 +84,19 @@ def _adapt_first_conv(model: nn.Module, in_chans: int) -> nn.Module:
     return model
 
 
-def _unknown(name: str) -> ValueError:
+def is_model(name: str) -> bool:
+    """True if :func:`create_model` knows ``name``: ours, a timm model, or ``torchvision.<name>``."""
+    import timm
+
+    if not isinstance(name, str) or not name:
+        return False
+    if name in _BUILDERS or timm.is_model(name):
+        return True
+    return name.startswith(TORCHVISION_PREFIX) and name[len(TORCHVISION_PREFIX):] in _torchvision_names()
+
+
+def unknown_model_error(name: str) -> ValueError:
+    """The ``ValueError`` for a model name nobody knows, with the closest known names."""
     import timm
 
     candidates = list_models() + [TORCHVISION_PREFIX + n for n in _torchvision_names()] + timm.list_models()
@@ -133,7 +145,7 @@ def create_model(
 
         tv_name = name[len(TORCHVISION_PREFIX):]
         if tv_name not in _torchvision_names():
-            raise _unknown(name)
+            raise unknown_model_error(name)
         model = tvm.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
         if in_chans != 3:
             model = _adapt_first_conv(model, in_chans)
@@ -143,4 +155,4 @@ def create_model(
 
     if timm.is_model(name):
         return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    raise _unknown(name)
+    raise unknown_model_error(name)
