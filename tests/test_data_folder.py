@@ -112,6 +112,23 @@ def test_imagenet_augmentation_is_pure_function_of_seed_and_epoch(tmp_path):
         assert torch.equal(y1, y2) and torch.equal(x1, x2)
 
 
+def test_close_stops_the_persistent_workers(tmp_path):
+    import multiprocessing
+
+    write_imagenet(tmp_path, n_train=2, n_val=1)
+    train, test, _ = build_loaders("imagenet", data_dir=tmp_path, batch_size=2, workers=2)
+    before = len(multiprocessing.active_children())
+    first = collect(train)
+    assert len(multiprocessing.active_children()) == before + 2  # kept for the next epoch
+    train.close()
+    assert len(multiprocessing.active_children()) == before
+    again = collect(train)  # iterating after close starts new workers, same batches
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    train.close()
+    test.close()  # never iterated: nothing to stop
+    assert len(multiprocessing.active_children()) == before
+
+
 def test_imagenet_rank_sharding(tmp_path):
     write_imagenet(tmp_path, n_train=3, n_val=3)
     loaders = [build_loaders("imagenet", data_dir=tmp_path, batch_size=2, workers=0, rank=r, world_size=2)

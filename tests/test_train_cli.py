@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -160,6 +161,44 @@ def test_compile_traces_the_training_step(tmp_path, monkeypatch):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     torch._dynamo.reset()
+
+
+def test_ema_recipe_evaluates_and_resumes_the_averaged_weights(tmp_path, capsys):
+    """The ImageNet recipe keeps an EMA of the weights and validates it: ``eval`` must use the
+    same EMA weights, and a resume must continue the EMA exactly."""
+    from test_data_folder import write_imagenet
+
+    from biasloss.data import get_dataset_spec
+    from biasloss.train.runner import model_from_checkpoint
+
+    data = tmp_path / "imagenet"
+    write_imagenet(data, n_train=4, n_val=2)
+    common = ["--dataset", "imagenet", "--data-dir", str(data), "--recipe", "imagenet", "--model", "skipblocknet_xs",
+              "--batch-size", "4", "--workers", "1", "--epochs", "2", "--no-progress", "--device", "cpu"]
+    assert main(["train", *common, "--out", str(tmp_path / "straight")]) == 0
+    assert main(["train", *common, "--stop-after", "1", "--out", str(tmp_path / "split")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "split" / "last.pt"), "--no-progress", "--device", "cpu"]) == 0
+    straight, split = (load_checkpoint(tmp_path / d / "last.pt") for d in ("straight", "split"))
+    assert straight["eval_weights"] == "ema"
+    for part in ("model", "ema"):
+        for key in straight[part]:
+            torch.testing.assert_close(straight[part][key], split[part][key], rtol=0, atol=0, msg=f"{part} {key}")
+
+    spec = dataclasses.replace(get_dataset_spec("imagenet"), num_classes=3)  # the folder's classes
+    model, which = model_from_checkpoint(straight, spec)
+    assert which == "ema"
+    ema = {k[len("module."):]: v for k, v in straight["ema"].items() if k.startswith("module.")}
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], ema[k]) for k in loaded)
+    assert any(not torch.equal(straight["model"][k], ema[k]) for k in loaded if ema[k].is_floating_point())
+
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "straight" / "last.pt"), "--workers", "1", "--json",
+                 "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    logged = _metrics(tmp_path / "straight")[-1]
+    assert result["weights"] == "ema"
+    assert (result["top1"], result["top5"]) == (logged["val_top1"], logged["val_top5"])
 
 
 class _NaNAfter(torch.nn.Module):

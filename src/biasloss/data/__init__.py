@@ -83,6 +83,8 @@ class Loader(Protocol):
 
     def set_epoch(self, epoch: int) -> None: ...
 
+    def close(self) -> None: ...  # stops worker processes, if any
+
 
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):

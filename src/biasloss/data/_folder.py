@@ -155,6 +155,15 @@ class FolderLoader(EpochBatches):
             labels = labels.to(self.device, dtype=torch.int64, non_blocking=self._pin)
             yield normalize(images, self._shift, self._scale), labels
 
+    def close(self) -> None:
+        """Stop the worker processes now; they persist across epochs, and a long-lived process
+        (a notebook, ``biasloss reproduce``) would otherwise keep them until garbage collection.
+        Iterating again starts new ones."""
+        iterator = getattr(self._loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self._loader._iterator = None
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(n={self.dataset_size}, batch_size={self.batch_size}, train={self.train}, "
                 f"batches={len(self)}, rank={self.rank}/{self.world_size}, device={self.device}, "

@@ -120,6 +120,9 @@ class EpochBatches:
     def __len__(self) -> int:
         return len(self._slices)
 
+    def close(self) -> None:
+        """Release what the loader holds between epochs (worker processes); nothing here."""
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and augmentation the next iteration produces."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:

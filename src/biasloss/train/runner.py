@@ -182,12 +182,15 @@ def run_train(args) -> dict[str, Any]:
     _resolve(args, ckpt)
     info, device = init_distributed(args.device)
     try:
-        return _train(args, info, device, ckpt)
+        with contextlib.ExitStack() as cleanup:
+            return _train(args, info, device, ckpt, cleanup)
     finally:
         cleanup_distributed()
 
 
-def _train(args, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None) -> dict[str, Any]:
+def _train(
+    args, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None, cleanup: contextlib.ExitStack
+) -> dict[str, Any]:
     spec = get_dataset_spec(args.dataset)
     recipe = _recipe(args)
     out = Path(args.out) if args.out else Path("runs") / f"{args.dataset}-{args.model}-{args.loss}-s{args.seed}"
@@ -200,6 +203,8 @@ def _train(args, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | No
         # the default dataset falls back to torchvision's download where there is a network
         download=args.download or args.dataset == "fashion-mnist",
     )
+    cleanup.callback(train_loader.close)  # stop DataLoader workers when the run ends, however it ends
+    cleanup.callback(val_loader.close)
     model = _build_model(args, spec, recipe)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
@@ -337,8 +342,11 @@ def run_eval(args) -> dict[str, Any]:
         memory_format = torch.channels_last if saved.channels_last else torch.contiguous_format
         model = model.to(device=device, memory_format=memory_format)
         # the precision train's validation ran in, so that the top-1 is the one it logged
-        result = evaluate(ModelWithFeatures(model, with_features=False), None, val_loader, device=device,
-                          amp_dtype=_amp_dtype(saved, device), progress=args.progress)
+        try:
+            result = evaluate(ModelWithFeatures(model, with_features=False), None, val_loader, device=device,
+                              amp_dtype=_amp_dtype(saved, device), progress=args.progress)
+        finally:
+            val_loader.close()
         return {"top1": round(result.top1, 4), "top5": round(result.top5, 4), "samples": result.samples,
                 "dataset": dataset, "model": saved.model, "epoch": ckpt["epoch"],
                 "weights": ckpt.get("eval_weights", "model")}
