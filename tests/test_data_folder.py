@@ -115,18 +115,23 @@ def test_imagenet_augmentation_is_pure_function_of_seed_and_epoch(tmp_path):
 def test_close_stops_the_persistent_workers(tmp_path):
     import multiprocessing
 
+    def children() -> set[int]:
+        return {p.pid for p in multiprocessing.active_children()}
+
     write_imagenet(tmp_path, n_train=2, n_val=1)
     train, test, _ = build_loaders("imagenet", data_dir=tmp_path, batch_size=2, workers=2)
-    before = len(multiprocessing.active_children())
+    before = children()
     first = collect(train)
-    assert len(multiprocessing.active_children()) == before + 2  # kept for the next epoch
+    workers = children() - before
+    assert len(workers) == 2  # kept alive for the next epoch
     train.close()
-    assert len(multiprocessing.active_children()) == before
+    assert not workers & children()
     again = collect(train)  # iterating after close starts new workers, same batches
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    workers = children() - before
     train.close()
     test.close()  # never iterated: nothing to stop
-    assert len(multiprocessing.active_children()) == before
+    assert not workers & children()
 
 
 def test_imagenet_rank_sharding(tmp_path):
