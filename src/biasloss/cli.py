@@ -42,6 +42,10 @@ def _add_train(sub) -> None:
                    help="under torchrun, scale the Bias Loss per rank instead of over the global batch")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="run directory (default runs/<dataset>-<model>-<loss>-s<seed>)")
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="fine-tune from these weights: a biasloss checkpoint (its evaluated weights), the "
+                        "authors' skipblocknet-m.pth, or a state dict of the same architecture; a classifier "
+                        "for another number of classes starts fresh, the first conv adapts to the channels")
     p.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop (with a checkpoint) after epoch N")
     p.add_argument("--limit", type=int, help="use only the first N train and test images (smoke tests)")

@@ -12,6 +12,7 @@ from .official import (
     official_key_map,
     to_official_state_dict,
 )
+from .pretrained import PretrainedReport, load_pretrained
 from .skipblocknet import (
     SKIPBLOCKNET_ARCH,
     SKIPBLOCKNET_VARIANTS,
@@ -37,6 +38,8 @@ __all__ = [
     "skipblocknet_m",
     "skipblocknet_l",
     "load_official_weights",
+    "load_pretrained",
+    "PretrainedReport",
     "convert_official_state_dict",
     "to_official_state_dict",
     "official_key_map",

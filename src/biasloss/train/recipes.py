@@ -148,8 +148,8 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             name="food101",
-            description="transfer (sec. 5.3): fine-tune every weight, SGD 0.01 cosine, 30 epochs, "
-            "Inception crop + flip",
+            description="transfer (sec. 5.3): fine-tune every weight of an ImageNet-trained model "
+            "(--init), SGD 0.01 cosine, 30 epochs, Inception crop + flip",
             epochs=30,
             batch_size=128,
             lr=0.01,

@@ -28,7 +28,7 @@ import biasloss
 from biasloss.data import build_loaders, get_dataset_spec
 from biasloss.features import FeatureTap
 from biasloss.losses import create_loss, needs_features
-from biasloss.models import create_model, list_models
+from biasloss.models import create_model, list_models, load_pretrained
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed
 from biasloss.train.engine import ModelWithFeatures, evaluate, train_one_epoch
@@ -206,6 +206,8 @@ def _train(
     cleanup.callback(train_loader.close)  # stop DataLoader workers when the run ends, however it ends
     cleanup.callback(val_loader.close)
     model = _build_model(args, spec, recipe)
+    if getattr(args, "init", None) and ckpt is None:  # a resume takes its weights from the checkpoint
+        _log(info, f"initialised with {load_pretrained(model, args.init).summary()}")
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     criterion = _build_loss(args, recipe, info).to(device)

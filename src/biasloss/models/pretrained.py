@@ -1,0 +1,146 @@
+"""Start a model from trained weights for fine-tuning (transfer learning, paper section 5.3).
+
+The paper fine-tunes ImageNet-trained SkipblockNets, every weight, on Food-101. Here the weights
+can come from
+
+* a checkpoint written by ``biasloss train`` (the weights it evaluated: the EMA's when the recipe
+  keeps one, as in the ImageNet recipe);
+* the authors' released SkipblockNet-M file (their key names are converted);
+* any plain state dict of the same architecture (timm, torchvision or your own), also wrapped as
+  ``{"state_dict": ...}`` / ``{"model": ...}``, with DataParallel's ``module.`` prefixes.
+
+What cannot fit the new task is handled the way timm's ``load_pretrained`` does it: the classifier
+stays freshly initialised when the number of classes differs, and the first convolution is adapted
+to another number of input channels with :func:`timm.models.adapt_input_conv` (grayscale: the RGB
+filters summed). Any other difference means another architecture and is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .official import _examples, _load_file, _unwrap, convert_official_state_dict
+
+__all__ = ["PretrainedReport", "load_pretrained"]
+
+_PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class PretrainedReport:
+    """What :func:`load_pretrained` did: tensors loaded as they were, adapted, or left fresh."""
+
+    source: str
+    loaded: List[str] = field(default_factory=list)
+    adapted: List[str] = field(default_factory=list)  # first convolution, to another in_chans
+    reinitialised: List[str] = field(default_factory=list)  # classifier, another number of classes
+
+    def summary(self) -> str:
+        parts = [f"{len(self.loaded) + len(self.adapted)} tensors from {self.source}"]
+        if self.adapted:
+            parts.append(f"adapted to the input channels: {', '.join(self.adapted)}")
+        if self.reinitialised:
+            parts.append(f"freshly initialised for the new classes: {', '.join(self.reinitialised)}")
+        return "; ".join(parts)
+
+
+def _source_state(raw: Any) -> Dict[str, torch.Tensor]:
+    """The state dict inside ``raw``: a biasloss training checkpoint, the authors' file, or a
+    (wrapped) plain state dict."""
+    if isinstance(raw, Mapping) and "args" in raw and isinstance(raw.get("model"), Mapping):
+        if raw.get("eval_weights") == "ema" and isinstance(raw.get("ema"), Mapping):
+            ema = raw["ema"]  # torch.optim.swa_utils.AveragedModel: module.<key>, plus n_averaged
+            return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
+        raw = raw["model"]
+    state = _unwrap(raw)
+    if "first_layer.0.weight" in state:  # the authors' SkipblockNet-M
+        return convert_official_state_dict(state)
+    return state
+
+
+def _classifier_prefixes(model: nn.Module) -> Tuple[str, ...]:
+    """Module paths of the classifier: timm's ``pretrained_cfg["classifier"]`` where the model has
+    one (timm models, ours), else the last ``nn.Linear`` (torchvision's ``fc``, ``classifier.3``)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    names = cfg.get("classifier") if isinstance(cfg, Mapping) else None
+    if names:
+        return (names,) if isinstance(names, str) else tuple(names)
+    last: Optional[str] = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    return (last,) if last else ()
+
+
+def _first_conv_weight(model: nn.Module) -> Optional[str]:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return f"{name}.weight" if name else "weight"
+    return None
+
+
+def _under(key: str, prefixes: Tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def load_pretrained(
+    model: nn.Module, source: Union[Mapping[str, Any], _PathLike]
+) -> PretrainedReport:
+    """Load the weights in ``source`` into ``model`` for fine-tuning; return what was done.
+
+    Args:
+        model: the model to initialise, built for the new task (its classes and input channels).
+        source: a path or an already loaded checkpoint / state dict (see the module doc).
+
+    Raises:
+        FileNotFoundError: ``source`` is a path that does not exist.
+        ValueError: unreadable file, or weights of another architecture (names the layers).
+        TypeError: ``source`` holds no state dict.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+        raw = _load_file(source)
+    else:
+        name, raw = "the given state dict", source
+    state = _source_state(raw)
+    own = model.state_dict()
+    head = _classifier_prefixes(model)
+    first_conv = _first_conv_weight(model)
+    report = PretrainedReport(source=name)
+    merged = dict(own)
+    problems: List[str] = []
+    for key, value in state.items():
+        if key not in own:
+            if not _under(key, head):  # e.g. a classifier the model (num_classes=0) does not have
+                problems.append(f"{key} is not in the model")
+            continue
+        target = own[key]
+        if value.shape == target.shape:
+            merged[key] = value.to(dtype=target.dtype)
+            report.loaded.append(key)
+        elif _under(key, head):
+            report.reinitialised.append(key)
+        elif key == first_conv and value.dim() == 4 and value.shape[0] == target.shape[0]:
+            from timm.models import adapt_input_conv
+
+            merged[key] = adapt_input_conv(target.shape[1], value).to(dtype=target.dtype)
+            report.adapted.append(key)
+        else:
+            problems.append(f"{key}: checkpoint {tuple(value.shape)}, model {tuple(target.shape)}")
+    missing = [k for k in own if k not in state and not _under(k, head)]
+    if missing:
+        problems.append(f"{len(missing)} of the model's entries are not in it ({_examples(missing)})")
+    if problems:
+        raise ValueError(
+            f"{name} does not hold weights of this architecture ({type(model).__name__}): "
+            + "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        )
+    # a head the checkpoint lacks (trained with num_classes=0) stays fresh as well
+    report.reinitialised += [k for k in own if k not in state and _under(k, head)]
+    model.load_state_dict(merged, strict=True)
+    return report
