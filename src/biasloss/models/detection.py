@@ -1,0 +1,127 @@
+"""SkipblockNet as an object-detection backbone: SSD (paper section 5.4, Table 6).
+
+The paper trains SSD with a SkipblockNet-S feature extractor at 300 x 300 on PASCAL VOC, "extra
+layers as in MobileNetV2". MobileNetV2's SSDLite attaches the first prediction layer to the
+expansion of the first block at output stride 16 -> 32 (the widest stride-16 map) and the second
+to the last layer (stride 32), then adds four stride-2 blocks (1x1 reduce, 3x3 depthwise stride 2,
+1x1 expand, each BatchNorm + ReLU6) of 512, 256, 256 and 128 channels. Six maps in all: 19, 10, 5,
+3, 2 and 1 pixels square at 300 px. The detector itself is torchvision's
+:class:`~torchvision.models.detection.SSD` with its box coder, matcher, hard-negative mining and
+post-processing; the prediction heads are SSD's 3x3 convolutions
+(:class:`~torchvision.models.detection.ssd.SSDHead`) and the default boxes those of SSD
+(:class:`~torchvision.models.detection.anchor_utils.DefaultBoxGenerator`, aspect ratios 2 and 3).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD, SSDHead
+
+from .skipblocknet import SKIPBLOCKNET_VARIANTS, SkipblockNet
+
+__all__ = ["SkipblockNetSSDFeatures", "ssd_skipblocknet"]
+
+
+def _extra_block(in_chs: int, out_chs: int) -> nn.Sequential:
+    """MobileNetV2-SSDLite's extra layer: 1x1 to out/2, depthwise 3x3 stride 2, 1x1 to out."""
+    mid = out_chs // 2
+    return nn.Sequential(
+        nn.Conv2d(in_chs, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(inplace=True),
+        nn.Conv2d(mid, mid, 3, 2, 1, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(inplace=True),
+        nn.Conv2d(mid, out_chs, 1, bias=False), nn.BatchNorm2d(out_chs), nn.ReLU6(inplace=True),
+    )
+
+
+class SkipblockNetSSDFeatures(nn.Module):
+    """The six SSD feature maps from a SkipblockNet trunk (its classifier is dropped).
+
+    ``forward(x)`` returns an ``OrderedDict`` of maps at strides 16, 32, 64, 128, 256 and 512 (for
+    300 px: 19, 10, 5, 3, 2, 1); ``out_channels`` lists their widths.
+    """
+
+    def __init__(self, trunk: SkipblockNet, extra_chs: Sequence[int] = (512, 256, 256, 128)) -> None:
+        super().__init__()
+        if not isinstance(trunk, SkipblockNet):
+            raise TypeError(f"trunk must be a SkipblockNet, got {type(trunk).__name__}")
+        if trunk.small_input:
+            raise ValueError("SSD needs the standard stride-32 layout (small_input=False)")
+        trunk.head_fc = trunk.head_act = trunk.head_drop = nn.Identity()
+        trunk.reset_classifier(0)
+        self.trunk = trunk
+        expansion = self._stride16_expansion(trunk)
+        self._c16: Optional[torch.Tensor] = None
+        expansion.register_forward_hook(self._keep_c16)
+        c16_chs = trunk.get_submodule(self._c16_name.rsplit(".", 1)[0]).conv_pw.out_channels
+        self.extras = nn.ModuleList()
+        in_chs = trunk.num_features
+        for out_chs in extra_chs:
+            self.extras.append(_extra_block(in_chs, out_chs))
+            in_chs = out_chs
+        self.out_channels: List[int] = [c16_chs, trunk.num_features, *extra_chs]
+        for m in self.extras.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+
+    def _stride16_expansion(self, trunk: SkipblockNet) -> nn.Module:
+        """The activation after the 1x1 expansion of the block that downsamples 16 -> 32."""
+        reduction = trunk.conv_stem.stride[0]
+        for i, stage in enumerate(trunk.stages):
+            for j, block in enumerate(stage.blocks):
+                stride = block.conv_dw.stride[0]
+                if reduction == 16 and stride == 2:
+                    self._c16_name = f"stages.{i}.blocks.{j}.act1"
+                    return block.act1
+                reduction *= stride
+        raise ValueError("the trunk has no stride-2 block at output stride 16")
+
+    def _keep_c16(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._c16 = output
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        self._c16 = None
+        x = self.trunk.forward_features(x)
+        c16, self._c16 = self._c16, None
+        if c16 is None:
+            raise RuntimeError(f"{self._c16_name} did not run")
+        maps = [c16, x]
+        for block in self.extras:
+            x = block(x)
+            maps.append(x)
+        return OrderedDict((str(i), m) for i, m in enumerate(maps))
+
+
+def ssd_skipblocknet(
+    variant: str = "skipblocknet_s",
+    num_classes: int = 21,
+    size: int = 300,
+    *,
+    trunk: Optional[SkipblockNet] = None,
+    **ssd_kwargs: Any,
+) -> SSD:
+    """SSD with a SkipblockNet feature extractor (Table 6: SkipblockNet-S, 300 px, PASCAL VOC).
+
+    Args:
+        variant: ``skipblocknet_xs/s/m/l`` (ignored when ``trunk`` is given).
+        num_classes: object classes plus background (21 for PASCAL VOC).
+        size: input side in pixels; images are resized to it by the SSD transform.
+        trunk: a SkipblockNet to use, e.g. one holding ImageNet weights
+            (:func:`~biasloss.models.load_pretrained`); its classifier is removed.
+        **ssd_kwargs: passed to torchvision's ``SSD`` (``score_thresh``, ``nms_thresh``, ...).
+    """
+    if trunk is None:
+        if variant not in SKIPBLOCKNET_VARIANTS:
+            raise ValueError(f"unknown SkipblockNet variant {variant!r}; one of {', '.join(SKIPBLOCKNET_VARIANTS)}")
+        trunk = SkipblockNet(SKIPBLOCKNET_VARIANTS[variant], num_classes=0)
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes!r}")
+    features = SkipblockNetSSDFeatures(trunk)
+    anchors = DefaultBoxGenerator([[2, 3] for _ in features.out_channels], min_ratio=0.2, max_ratio=0.95)
+    head = SSDHead(features.out_channels, anchors.num_anchors_per_location(), num_classes)
+    ssd_kwargs.setdefault("image_mean", [0.485, 0.456, 0.406])
+    ssd_kwargs.setdefault("image_std", [0.229, 0.224, 0.225])
+    return SSD(features, anchors, (size, size), num_classes, head=head, **ssd_kwargs)
