@@ -1,0 +1,46 @@
+"""Every Python block in the README and docs/ runs, in order per document as a reader runs them
+(later blocks use the imports of earlier ones), with the inputs and files they assume."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def _docs():
+    return [pytest.param(doc, id=str(doc.relative_to(ROOT))) for doc in DOCS if "```python" in doc.read_text()]
+
+
+def _files_the_docs_name(tmp_path: Path) -> None:
+    """The weights files the snippets load, written in the formats they stand for."""
+    import biasloss.models as bm
+
+    torch.manual_seed(0)
+    torch.save(bm.to_official_state_dict(bm.skipblocknet_m()), tmp_path / "skipblocknet-m.pth")
+    run = tmp_path / "runs" / "imagenet-skipblocknet_s-bias-s0"
+    run.mkdir(parents=True)
+    torch.save(bm.skipblocknet_s().state_dict(), run / "best.pt")
+
+
+@pytest.mark.parametrize("doc", _docs())
+def test_python_blocks_run(doc, tmp_path, monkeypatch):
+    _files_the_docs_name(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    boxes = torch.tensor([[10.0, 20.0, 120.0, 160.0]])
+    namespace = {
+        "x": torch.randn(2, 3, 224, 224),
+        "images": [torch.rand(3, 300, 300), torch.rand(3, 240, 320)],
+        "targets": [{"boxes": boxes, "labels": torch.tensor([3])}] * 2,
+    }
+    text = doc.read_text()
+    for match in BLOCK.finditer(text):
+        line = text[: match.start()].count("\n") + 2
+        code = compile("\n" * (line - 1) + match.group(1), str(doc), "exec")  # tracebacks point into the doc
+        exec(code, namespace)
