@@ -625,7 +625,7 @@ def test_error_not_their_checkpoint():
 def test_error_unreadable_file(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="could not read"):
+    with pytest.raises(ValueError, match="cannot read"):
         load_official_weights(skipblocknet_m(), bad)
     with pytest.raises(FileNotFoundError):
         load_official_weights(skipblocknet_m(), tmp_path / "missing.pth")

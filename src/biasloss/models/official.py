@@ -209,12 +209,9 @@ def _m_shapes(num_classes: int) -> Dict[str, tuple]:
 
 
 def _load_file(path: _PathLike) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # unpickling errors from foreign or corrupt files
-        raise ValueError(f"could not read {os.fspath(path)!r} as a PyTorch state dict: {e}") from e
+    from biasloss._io import read_torch_file
+
+    return read_torch_file(path)
 
 
 def load_official_weights(

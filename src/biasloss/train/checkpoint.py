@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from biasloss._io import TorchFileError, read_torch_file
 
 __all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
 
@@ -46,9 +46,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        state = read_torch_file(path, map_location)
+    except TorchFileError as e:
+        raise CheckpointError(str(e).replace("cannot read ", "cannot read checkpoint ", 1)) from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
         raise CheckpointError(f"{path} is not a biasloss training checkpoint (missing {', '.join(missing)})")

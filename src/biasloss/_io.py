@@ -1,0 +1,40 @@
+"""Reading ``torch.save`` files with one-line errors (shared by checkpoints and weight files)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from typing import Any
+
+import torch
+
+__all__ = ["TorchFileError", "read_torch_file"]
+
+
+class TorchFileError(ValueError):
+    """A file that ``torch.load(..., weights_only=True)`` cannot read."""
+
+
+def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain Python data only, never code.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, PermissionError: as ``open`` does.
+        TorchFileError: not a ``torch.save`` file, truncated, or holding objects other than tensors
+            and plain data (the message says which, in one line).
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except pickle.UnpicklingError as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        if first.startswith("Weights only load failed"):
+            reason = "not a torch.save file, or it holds objects other than tensors and plain Python data"
+        else:
+            reason = first or "not a torch.save file"
+        raise TorchFileError(f"cannot read {os.fspath(path)}: {reason}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TorchFileError(f"cannot read {os.fspath(path)}: {first} (truncated or corrupt?)") from None
