@@ -77,6 +77,37 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=_eval)
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="a checkpoint to ONNX or TorchScript, BatchNorm folded, checked",
+                       description="Export the weights a checkpoint was evaluated with (EMA when kept) at its "
+                                   "training resolution; the file is run and compared with PyTorch.")
+    p.add_argument("--checkpoint", required=True, help="a last.pt or best.pt written by train")
+    p.add_argument("--out", required=True, help="model.onnx or model.pt")
+    p.add_argument("--format", choices=("onnx", "torchscript"), help="default: from --out's suffix")
+    p.add_argument("--image-size", type=int, help="input side in pixels (default: the training resolution)")
+    p.add_argument("--static-batch", action="store_true", help="ONNX: fix the batch size (default: any)")
+    p.add_argument("--no-fuse-bn", dest="fuse", action="store_false", help="keep the BatchNorm layers")
+    p.add_argument("--no-check", dest="check", action="store_false", help="do not run the exported file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    from biasloss.export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.out, fmt=args.format, image_size=args.image_size,
+                               dynamic_batch=not args.static_batch, fuse=args.fuse, check=args.check)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        checked = (f"max |difference| to PyTorch {result['max_abs_diff']:.2e}" if result["checked"]
+                   else "not checked" + ("" if not args.check else " (pip install 'biasloss[onnx]' to run it)"))
+        print(f"wrote {result['path']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB, {result['weights']} "
+              f"weights, input {'x'.join(map(str, result['input']))}, normalise with mean {result['mean']} "
+              f"std {result['std']}); {checked}")
+    return 0
+
+
 def _train(args) -> int:
     from biasloss.train.runner import run_train
 
@@ -110,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
+    _add_export(sub)
     from biasloss.analysis import register_commands
 
     register_commands(sub)

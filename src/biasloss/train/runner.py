@@ -269,6 +269,7 @@ def _train(
             "best_top1": best,
             "metrics": metrics,
             "args": _jsonable(args),
+            "num_classes": spec.num_classes,  # for folder datasets, the classes found in the data
             "recipe": dataclasses.asdict(recipe),
             "version": biasloss.__version__,
         }

@@ -1,0 +1,89 @@
+"""``biasloss export``: a trained checkpoint to ONNX / TorchScript, checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from biasloss.cli import main
+from biasloss.data import get_dataset_spec
+from biasloss.export import export_checkpoint
+from biasloss.train.checkpoint import load_checkpoint
+from biasloss.train.runner import model_from_checkpoint
+
+pytest.importorskip("sklearn")
+ort = pytest.importorskip("onnxruntime")
+
+FAST = ["--dataset", "digits", "--batch-size", "32", "--limit", "128", "--no-progress", "--device", "cpu",
+        "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "run"
+    assert main(["train", *FAST, "--out", str(out)]) == 0
+    return out
+
+
+def _pytorch(ckpt_path, x):
+    ckpt = load_checkpoint(ckpt_path)
+    model, _ = model_from_checkpoint(ckpt, get_dataset_spec("digits"))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_onnx_any_batch_matches_pytorch_and_carries_metadata(run, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["checked"] and result["max_abs_diff"] < 1e-4 and result["bn_fused"]
+    assert result["input"] == ["batch", 1, 32, 32] and result["num_classes"] == 10
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 1, 32, 32)
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(logits), _pytorch(run / "last.pt", x), rtol=1e-4, atol=1e-5)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["dataset"] == "digits" and json.loads(meta["mean"]) == list(get_dataset_spec("digits").mean)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_torchscript_matches_pytorch(run, tmp_path):
+    result = export_checkpoint(run / "last.pt", tmp_path / "m.pt")
+    assert result["format"] == "torchscript (script)" and result["checked"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), _pytorch(run / "last.pt", x), rtol=1e-4, atol=1e-5)
+
+
+def test_other_resolution_and_unfused(run, tmp_path):
+    result = export_checkpoint(run / "last.pt", tmp_path / "m.onnx", image_size=48, fuse=False, dynamic_batch=False)
+    assert result["input"] == [2, 1, 48, 48] and result["checked"] and not result["bn_fused"]
+
+
+def test_errors_are_one_line(run, tmp_path, capsys):
+    for argv, message in [
+        (["--out", str(tmp_path / "m.bin")], "cannot tell the format"),
+        (["--out", str(tmp_path / "m.onnx"), "--image-size", "4"], "image size"),
+    ]:
+        assert main(["export", "--checkpoint", str(run / "last.pt"), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("biasloss: error:") and message in err and "\n" not in err
+    (tmp_path / "bad.pt").write_text("not a checkpoint")
+    assert main(["export", "--checkpoint", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_torchscript_falls_back_to_tracing(run, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("not scriptable")
+
+    monkeypatch.setattr(torch.jit, "script", refuse)
+    result = export_checkpoint(run / "last.pt", tmp_path / "m.pt")
+    assert result["format"] == "torchscript (trace)" and result["checked"] and result["max_abs_diff"] < 1e-4
