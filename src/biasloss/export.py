@@ -77,7 +77,8 @@ def _export_torchscript(model: nn.Module, x: torch.Tensor, path: str) -> str:
         try:
             scripted, how = torch.jit.script(model), "script"
         except Exception:  # models with Python TorchScript cannot compile: record one forward instead
-            scripted, how = torch.jit.trace(model, x), "trace"
+            with torch.no_grad():  # the inference graph (in-place ops where nothing needs gradients)
+                scripted, how = torch.jit.trace(model, x), "trace"
         scripted.save(path)
     return how
 
