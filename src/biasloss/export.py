@@ -30,7 +30,7 @@ _TOLERANCE = 1e-3  # largest |exported - PyTorch| accepted, relative to the logi
 
 def _format_for(path: Path, fmt: str | None) -> str:
     if fmt is None:
-        fmt = "onnx" if path.suffix == ".onnx" else "torchscript" if path.suffix in (".pt", ".ts", ".pth") else ""
+        fmt = "onnx" if path.suffix == ".onnx" else "torchscript" if path.suffix in (".pt", ".ts") else ""
         if not fmt:
             raise ValueError(f"cannot tell the format from {path.name!r}: name it .onnx or .pt, or pass --format")
     if fmt not in FORMATS:
