@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_export(sub)
     from biasloss.analysis import register_commands
+    from biasloss.detection.train import register as register_detect
+
+    register_detect(sub)
 
     register_commands(sub)
     return parser

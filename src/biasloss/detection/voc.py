@@ -1,0 +1,92 @@
+"""PASCAL VOC detection data in torchvision's layout (``VOCdevkit/VOC<year>/...``).
+
+Reads with :class:`torchvision.datasets.VOCDetection` and returns ``(image, target)``: a float
+image in [0, 1] and ``{"boxes": (N, 4) xyxy pixels, "labels": (N,) in 1..20, "difficult": (N,)}``.
+Training augmentation is that of torchvision's SSD reference (``transforms.v2`` with box support):
+photometric distortion, zoom out, IoU crop, horizontal flip. The SSD model resizes to its input
+size itself. Training drops ``difficult`` boxes, as the VOC protocol does; evaluation keeps them
+flagged so the metric can ignore them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.datasets import VOCDetection
+from torchvision.transforms import v2
+
+__all__ = ["VOC_CLASSES", "VOCBoxes", "collate"]
+
+VOC_CLASSES = (
+    "__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+_INDEX = {name: i for i, name in enumerate(VOC_CLASSES)}
+
+
+def _train_transform() -> v2.Transform:
+    return v2.Compose([
+        v2.RandomPhotometricDistort(p=1.0),
+        v2.RandomZoomOut(fill={tv_tensors.Image: (123, 117, 104), "others": 0}),
+        v2.RandomIoUCrop(),
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.SanitizeBoundingBoxes(labels_getter=lambda inputs: (inputs[1]["labels"], inputs[1]["difficult"])),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
+class VOCBoxes(torch.utils.data.Dataset):
+    """One VOC split as ``(image, target)`` pairs (see the module doc)."""
+
+    def __init__(self, root: str | os.PathLike, year: str, image_set: str, *, train: bool) -> None:
+        root = Path(root)
+        base = root / "VOCdevkit" / f"VOC{year}"
+        if not (base / "ImageSets" / "Main" / f"{image_set}.txt").is_file():
+            raise FileNotFoundError(
+                f"no PASCAL VOC {year} {image_set!r} split under {base} (looked for ImageSets/Main/{image_set}.txt); "
+                f"pass --data-dir to the folder holding VOCdevkit/ (torchvision's VOCDetection layout)"
+            )
+        self.voc = VOCDetection(str(root), year=year, image_set=image_set)
+        self.train = train
+        self.transform = _train_transform() if train else v2.ToDtype(torch.float32, scale=True)
+
+    def __len__(self) -> int:
+        return len(self.voc)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, annotation = self.voc[index]
+        objects = annotation["annotation"].get("object", [])
+        objects = objects if isinstance(objects, list) else [objects]
+        boxes, labels, difficult = [], [], []
+        for obj in objects:
+            if obj["name"] not in _INDEX:
+                raise ValueError(f"{self.voc.annotations[index]}: unknown VOC class {obj['name']!r}")
+            b = obj["bndbox"]
+            # VOC boxes are 1-based inclusive pixel indices; torchvision's are 0-based xyxy
+            boxes.append([float(b["xmin"]) - 1, float(b["ymin"]) - 1, float(b["xmax"]), float(b["ymax"])])
+            labels.append(_INDEX[obj["name"]])
+            difficult.append(str(obj.get("difficult", "0")) == "1")
+        box_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        label_t = torch.tensor(labels, dtype=torch.int64)
+        difficult_t = torch.tensor(difficult, dtype=torch.bool)
+        if self.train:
+            box_t, label_t, difficult_t = box_t[~difficult_t], label_t[~difficult_t], difficult_t[~difficult_t]
+        image = tv_tensors.Image(v2.functional.pil_to_tensor(image.convert("RGB")))
+        target: dict[str, Any] = {
+            "boxes": tv_tensors.BoundingBoxes(box_t, format="XYXY", canvas_size=tuple(image.shape[-2:])),
+            "labels": label_t,
+            "difficult": difficult_t,
+        }
+        image, target = self.transform(image, target)
+        target["boxes"] = target["boxes"].as_subclass(torch.Tensor)
+        return image.as_subclass(torch.Tensor), target
+
+
+def collate(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[list, list]:
+    """Detection batches are lists: images differ in size until the model resizes them."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)

@@ -1,0 +1,100 @@
+"""PASCAL VOC data, VOC mAP against hand-computed values, and ``biasloss detect`` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from voc_files import write_voc
+
+from biasloss.cli import main
+from biasloss.detection import VOCBoxes, average_precision, voc_map
+from biasloss.train.checkpoint import load_checkpoint
+
+
+def _gt(boxes, labels, difficult=None):
+    out = {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels)}
+    if difficult is not None:
+        out["difficult"] = torch.tensor(difficult)
+    return out
+
+
+def _det(boxes, scores, labels):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32), "scores": torch.tensor(scores),
+            "labels": torch.tensor(labels)}
+
+
+def test_map_by_hand():
+    # two dogs; detections: hit (0.9), miss (0.8), hit (0.7) -> precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1
+    gt = [_gt([[0, 0, 10, 10], [20, 20, 30, 30]], [1, 1])]
+    det = [_det([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]], [0.9, 0.8, 0.7], [1, 1, 1])]
+    # 11-point: recall thresholds 0..0.5 see precision 1, 0.6..1.0 see 2/3
+    assert voc_map(det, gt, 2)["map"] == pytest.approx((6 * 1 + 5 * 2 / 3) / 11)
+    # exact area under the envelope: 0.5 * 1 + 0.5 * 2/3
+    assert voc_map(det, gt, 2, use_07_metric=False)["map"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+
+
+def test_map_rules():
+    gt = [_gt([[0, 0, 10, 10], [20, 20, 30, 30]], [1, 2], difficult=[False, True])]
+    # a duplicate of a matched box is a false positive; a match with a difficult box counts neither way
+    det = [_det([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8, 0.7], [1, 1, 2])]
+    result = voc_map(det, gt, 3, use_07_metric=False)
+    assert result["ap"] == {1: pytest.approx(1.0)}  # class 2 has no positives: left out of the mean
+    assert voc_map([_det([], [], [])], [_gt([[0, 0, 5, 5]], [1])], 2)["map"] == 0.0
+    assert voc_map([_det([[0, 0, 5, 5]], [0.5], [1])], [_gt([[0, 0, 5, 5]], [1])], 2)["map"] == pytest.approx(1.0)
+    # IoU below 0.5 is a miss
+    assert voc_map([_det([[0, 0, 5, 10]], [0.5], [1])], [_gt([[0, 0, 12, 10]], [1])], 2)["map"] == 0.0
+    with pytest.raises(ValueError, match="images"):
+        voc_map([], [gt[0]], 2)
+    assert average_precision(torch.tensor([]), torch.tensor([])) == 0.0
+
+
+def test_voc_data(tmp_path):
+    root = write_voc(tmp_path)
+    val = VOCBoxes(root, "2012", "val", train=False)
+    image, target = val[1]
+    assert image.dtype == torch.float32 and image.shape == (3, 90, 120) and 0 <= image.min() <= image.max() <= 1
+    # VOC's 1-based inclusive corners become torchvision's 0-based xyxy
+    assert target["boxes"].tolist() == [[4.0, 7.0, 55.0, 68.0], [24.0, 17.0, 75.0, 78.0]]
+    assert target["labels"].tolist() == [7, 12] and target["difficult"].tolist() == [False, False]
+    train = VOCBoxes(root, "2012", "train", train=True)
+    assert len(train) == 4
+    _, target = train[3]  # its second object is difficult: dropped for training
+    assert len(target["labels"]) <= 1
+    for i in range(len(train)):
+        image, target = train[i]
+        h, w = image.shape[-2:]
+        assert (target["boxes"][:, 2] <= w).all() and (target["boxes"][:, 3] <= h).all()
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        VOCBoxes(root, "2007", "test", train=False)
+
+
+def test_detect_train_eval_resume(tmp_path, capsys):
+    root = write_voc(tmp_path / "data")
+    common = ["detect", "train", "--data-dir", str(root), "--train-set", "train", "--test-year", "2012",
+              "--test-set", "val", "--model", "skipblocknet_xs", "--batch-size", "2", "--workers", "1",
+              "--epochs", "2", "--out", str(tmp_path / "run")]
+    assert main(common) == 0
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2] and all(0 <= m["map"] <= 100 for m in lines)
+    capsys.readouterr()
+    assert main(["detect", "eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--workers", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["map"] == lines[-1]["map"] and result["images"] == 2
+    assert main(["detect", "train", "--resume", str(tmp_path / "run" / "last.pt"), "--epochs", "3"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 3
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "--data-dir is required"),
+    (["--data-dir", "DATA", "--batch-size", "1"], "at least 2"),
+    (["--data-dir", "DATA", "--test-set", "nope"], "no PASCAL VOC"),
+])
+def test_detect_errors_are_one_line(tmp_path, capsys, extra, message):
+    root = write_voc(tmp_path / "data")
+    argv = ["detect", "train", "--train-set", "train", "--test-year", "2012", "--test-set", "val", "--epochs", "1",
+            "--out", str(tmp_path / "run"), *[str(root) if a == "DATA" else a for a in extra]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("biasloss: error:") and message in err and "\n" not in err
