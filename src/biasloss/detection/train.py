@@ -103,6 +103,10 @@ def run_detect_train(args: Any) -> dict[str, Any]:
         train_loader.generator.set_state(ckpt["generator"])
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
+    log = out / "metrics.jsonl"
+    if log.exists():  # a resume from an earlier epoch than the log reaches: forget the later lines
+        kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= start]
+        log.write_text("".join(line + "\n" for line in kept))
     use_07 = cfg["test_year"] == "2007"
     print(f"biasloss detect: SSD {cfg['size']} on {cfg['model']}, VOC{cfg['year']} {cfg['train_set']} "
           f"({len(train_loader.dataset)} images) -> VOC{cfg['test_year']} {cfg['test_set']}, {cfg['epochs']} epochs, "
@@ -126,7 +130,7 @@ def run_detect_train(args: Any) -> dict[str, Any]:
         m_ap = evaluate_map(model, test_loader, device, use_07)
         metrics = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(steps, 1), 6), "map": round(m_ap, 4),
                    "lr": optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 3)}
-        with open(out / "metrics.jsonl", "a") as f:
+        with open(log, "a") as f:
             f.write(json.dumps(metrics) + "\n")
         best = max(best, m_ap)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
