@@ -163,6 +163,9 @@ class InvertedResidual(nn.Module):
         self.bn3 = norm_layer(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_block(x)
+
+    def forward_block(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             if not self.training and self._direct_ok():
                 return self._forward_direct(x)
@@ -208,15 +211,14 @@ def pool_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x, [h, w])
 
 
-class SkipBlock(nn.Module):
+class SkipBlock(InvertedResidual):
     """The paper's skip block: pool an early feature map to the size of the tensor it joins, then
-    1x1 expand, BN, ReLU, kxk depthwise, BN, ReLU, 1x1 project, BN (no activation).
+    an inverted residual without squeeze-excite (1x1 expand, BN, act, kxk depthwise, BN, act, 1x1
+    project, BN; the authors use ReLU).
 
     ``forward(x, ref)`` returns the term that is added to ``ref``; pooling to ``ref``'s size (not a
     fixed 28 or 14 as in the authors' model) is what lets the network run at any resolution.
     """
-
-    fuse_pairs = (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3"))
 
     def __init__(
         self,
@@ -227,28 +229,11 @@ class SkipBlock(nn.Module):
         act_layer: LayerFn,
         norm_layer: LayerFn,
     ) -> None:
-        super().__init__()
-        self.conv_pw = nn.Conv2d(in_chs, mid_chs, 1, bias=False)
-        self.bn1 = norm_layer(mid_chs)
-        self.act1 = act_layer(inplace=True)
-        self.conv_dw = nn.Conv2d(
-            mid_chs, mid_chs, kernel_size, 1, kernel_size // 2, groups=mid_chs, bias=False
-        )
-        self.bn2 = norm_layer(mid_chs)
-        self.act2 = act_layer(inplace=True)
-        self.conv_pwl = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
-        self.bn3 = norm_layer(out_chs)
+        super().__init__(in_chs, mid_chs, out_chs, kernel_size, 1, 0, act_layer, norm_layer)
+        self.has_skip = False  # its output is added where it joins, not to its own input
 
-    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        x = pool_to(x, ref)
-        if not torch.jit.is_scripting():
-            if not self.training and hookless(self._modules.values()):
-                x = conv_norm_act(x, self.conv_pw, self.bn1, self.act1)
-                x = conv_norm_act(x, self.conv_dw, self.bn2, self.act2)
-                return conv_norm_act(x, self.conv_pwl, self.bn3)
-        x = self.act1(self.bn1(self.conv_pw(x)))
-        x = self.act2(self.bn2(self.conv_dw(x)))
-        return self.bn3(self.conv_pwl(x))
+    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.forward_block(pool_to(x, ref))
 
 
 def init_weights(module: nn.Module, linear_like: Iterable[nn.Module] = ()) -> None:
