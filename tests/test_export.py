@@ -11,18 +11,7 @@ import torch
 from torch import nn
 
 from biasloss.models import fuse_bn, skipblocknet_m, skipblocknet_xs
-
-
-def _randomise_bn(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model
+from model_helpers import randomise_bn
 
 
 def _script(model: nn.Module) -> torch.jit.ScriptModule:
@@ -32,7 +21,7 @@ def _script(model: nn.Module) -> torch.jit.ScriptModule:
 
 
 def test_torchscript_script(tmp_path):
-    model = _randomise_bn(skipblocknet_xs(num_classes=10)).eval()
+    model = randomise_bn(skipblocknet_xs(num_classes=10)).eval()
     scripted = _script(model)
     path = tmp_path / "m.pt"
     scripted.save(str(path))
@@ -49,7 +38,7 @@ def test_torchscript_script(tmp_path):
 
 
 def test_torchscript_trace_fused():
-    model = fuse_bn(_randomise_bn(skipblocknet_xs(num_classes=10))).eval()
+    model = fuse_bn(randomise_bn(skipblocknet_xs(num_classes=10))).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -58,7 +47,7 @@ def test_torchscript_trace_fused():
 
 
 def test_fuse_bn_removes_every_batchnorm_and_keeps_the_function():
-    model = _randomise_bn(skipblocknet_xs()).eval()
+    model = randomise_bn(skipblocknet_xs()).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
@@ -73,7 +62,7 @@ def test_fuse_bn_removes_every_batchnorm_and_keeps_the_function():
 
 def test_fuse_bn_torchvision_mobilenet():
     torchvision = pytest.importorskip("torchvision")
-    model = _randomise_bn(torchvision.models.mobilenet_v3_small(num_classes=10)).eval()
+    model = randomise_bn(torchvision.models.mobilenet_v3_small(num_classes=10)).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
@@ -106,7 +95,7 @@ def test_onnx_matches_pytorch_and_is_lean(tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    model = _randomise_bn(skipblocknet_m()).eval()
+    model = randomise_bn(skipblocknet_m()).eval()
     x = torch.randn(2, 3, 224, 224)
     path = tmp_path / "skipblocknet_m.onnx"
     _export(model, x, path, dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))

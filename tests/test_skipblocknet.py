@@ -24,21 +24,9 @@ from biasloss.models import (
     skipblocknet_xs,
 )
 from biasloss.models._layers import pool_to
+from model_helpers import randomise_bn
 
 VARIANTS = ["skipblocknet_xs", "skipblocknet_s", "skipblocknet_m", "skipblocknet_l"]
-
-
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters, so eval-mode checks mean something."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model
 
 
 def test_registered_with_timm():
@@ -125,7 +113,7 @@ def test_features_only_out_indices_prunes():
 
 
 def test_forward_intermediates():
-    model = _randomise_bn(skipblocknet_s()).eval()
+    model = randomise_bn(skipblocknet_s()).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         final, inter = model.forward_intermediates(x)
@@ -211,7 +199,7 @@ def test_pool_to_is_adaptive_pooling(in_size, out_size):
 
 
 def test_eval_direct_path_equals_module_path_and_hooks_fire():
-    model = _randomise_bn(skipblocknet_m()).eval()
+    model = randomise_bn(skipblocknet_m()).eval()
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         direct = model(x)

@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Mapping, Union
 import torch
 from torch import nn
 
+from biasloss._io import read_torch_file
+
 __all__ = [
     "official_key_map",
     "convert_official_state_dict",
@@ -208,12 +210,6 @@ def _m_shapes(num_classes: int) -> Dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _load_file(path: _PathLike) -> Any:
-    from biasloss._io import read_torch_file
-
-    return read_torch_file(path)
-
-
 def load_official_weights(
     model: nn.Module, state_dict_or_path: Union[Mapping[str, Any], _PathLike]
 ) -> nn.Module:
@@ -231,7 +227,7 @@ def load_official_weights(
 
     if not isinstance(model, SkipblockNet):
         raise TypeError(f"load_official_weights needs a SkipblockNet, got {type(model).__name__}")
-    raw = _load_file(state_dict_or_path) if isinstance(state_dict_or_path, (str, os.PathLike)) else state_dict_or_path
+    raw = read_torch_file(state_dict_or_path) if isinstance(state_dict_or_path, (str, os.PathLike)) else state_dict_or_path
     converted = convert_official_state_dict(raw)
     own = model.state_dict()
     problems: List[str] = []

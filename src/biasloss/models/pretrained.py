@@ -24,7 +24,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .official import _examples, _load_file, _unwrap, convert_official_state_dict
+from biasloss._io import read_torch_file
+
+from .official import _examples, _unwrap, convert_official_state_dict
 
 __all__ = ["PretrainedReport", "load_pretrained"]
 
@@ -104,7 +106,7 @@ def load_pretrained(
     """
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
-        raw = _load_file(source)
+        raw = read_torch_file(source)
     else:
         name, raw = "the given state dict", source
     state = _source_state(raw)

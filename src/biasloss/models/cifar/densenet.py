@@ -76,12 +76,10 @@ class CifarDenseNet(CifarNet):
         bn_size: int = 4,
         compression: float = 1.0,
         block_drop_rate: float = 0.0,
-        num_classes: int = 100,
-        in_chans: int = 3,
-        drop_rate: float = 0.0,
-        global_pool: str = "avg",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(num_classes, in_chans, drop_rate, global_pool)
+        super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
+        in_chans = self.in_chans
         if not 0.0 < compression <= 1.0:
             raise ValueError(f"compression must be in (0, 1], got {compression!r}")
         # a bare convolution: every dense layer starts with BN-ReLU

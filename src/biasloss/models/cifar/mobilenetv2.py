@@ -50,12 +50,10 @@ class CifarMobileNetV2(CifarNet):
         width_mult: float = 1.0,
         rows: Sequence[tuple[int, int, int, int]] = _ROWS,
         round_nearest: int = 8,
-        num_classes: int = 100,
-        in_chans: int = 3,
-        drop_rate: float = 0.0,
-        global_pool: str = "avg",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(num_classes, in_chans, drop_rate, global_pool)
+        super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
+        in_chans = self.in_chans
         if width_mult <= 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
         conv_bn_relu6 = partial(Conv2dNormActivation, activation_layer=nn.ReLU6)

@@ -78,12 +78,10 @@ class CifarNASNetA(CifarNet):
         stem_multiplier: int = 3,
         num_reductions: int = 2,
         filter_scaling_rate: int = 2,
-        num_classes: int = 100,
-        in_chans: int = 3,
-        drop_rate: float = 0.0,
-        global_pool: str = "avg",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(num_classes, in_chans, drop_rate, global_pool)
+        super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
+        in_chans = self.in_chans
         if num_cells < 1 or num_conv_filters < 1 or stem_multiplier < 1:
             raise ValueError("num_cells, num_conv_filters and stem_multiplier must be >= 1")
         stem_chs = stem_multiplier * num_conv_filters

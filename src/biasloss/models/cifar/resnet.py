@@ -36,12 +36,10 @@ class CifarResNet(CifarNet):
         block: type[BasicBlock | Bottleneck] = BasicBlock,
         widths: Sequence[int] = _WIDTHS,
         stem_width: int = 64,
-        num_classes: int = 100,
-        in_chans: int = 3,
-        drop_rate: float = 0.0,
-        global_pool: str = "avg",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(num_classes, in_chans, drop_rate, global_pool)
+        super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
+        in_chans = self.in_chans
         if len(layers) != len(widths):
             raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)} differ in length")
         self.stem = Conv2dNormActivation(in_chans, stem_width, 3)

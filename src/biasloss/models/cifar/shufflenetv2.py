@@ -44,12 +44,10 @@ class CifarShuffleNetV2(CifarNet):
         self,
         stage_repeats: Sequence[int] = _REPEATS,
         stage_widths: Sequence[int] = _WIDTHS[1.0],
-        num_classes: int = 100,
-        in_chans: int = 3,
-        drop_rate: float = 0.0,
-        global_pool: str = "avg",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(num_classes, in_chans, drop_rate, global_pool)
+        super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
+        in_chans = self.in_chans
         if len(stage_widths) != len(stage_repeats) + 2:
             raise ValueError(
                 f"stage_widths needs stem, one width per stage and conv5: {len(stage_repeats) + 2} values, "

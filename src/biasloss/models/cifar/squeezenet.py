@@ -57,12 +57,10 @@ class CifarSqueezeNet(CifarNet):
         self,
         fires: Sequence[Sequence[tuple[int, int, int]]] = _FIRES_V1_0,
         stem_width: int = _STEM_CHS,
-        num_classes: int = 100,
-        in_chans: int = 3,
-        drop_rate: float = 0.0,
-        global_pool: str = "avg",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(num_classes, in_chans, drop_rate, global_pool)
+        super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
+        in_chans = self.in_chans
         self.stem = Conv2dNormActivation(in_chans, stem_width, 3)
         stages, taps = [], [("stem", stem_width, 1)]
         in_chs, reduction = stem_width, 1
