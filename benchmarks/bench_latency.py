@@ -222,12 +222,14 @@ def _ort_node_times(sess, runs: int) -> List[tuple]:
     """(op, input shapes, output shapes, mean microseconds) per node, from a profiled session."""
     with open(sess.end_profiling()) as f:
         events = json.load(f)
+    def shapes(items: List[dict]) -> tuple:
+        return tuple(tuple(v) for d in items for v in d.values())
+
     total: Dict[str, float] = {}
     key: Dict[str, tuple] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             a = e["args"]
-            shapes = lambda items: tuple(tuple(v) for d in items for v in d.values())  # noqa: E731
             key[e["name"]] = (a["op_name"], shapes(a.get("input_type_shape", [])),
                               shapes(a.get("output_type_shape", [])))
             total[e["name"]] = total.get(e["name"], 0.0) + e["dur"]

@@ -51,7 +51,7 @@ def evaluate_map(model: torch.nn.Module, loader: DataLoader, device: torch.devic
     return voc_map(detections, truths, len(VOC_CLASSES), use_07_metric=use_07_metric)["map"] * 100
 
 
-def _resolve(args: Any) -> dict[str, Any]:
+def _resolve(args: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     cfg = dict(_DEFAULTS)
     ckpt = None
     if args.resume:
@@ -67,7 +67,7 @@ def _resolve(args: Any) -> dict[str, Any]:
         raise ValueError("--data-dir is required: the folder holding VOCdevkit/")
     cfg["resume"], cfg["out"] = args.resume, args.out or (str(Path(args.resume).parent) if args.resume else None)
     cfg["out"] = cfg["out"] or f"runs/voc-ssd-{cfg['model']}-s{cfg['seed']}"
-    return cfg | {"_ckpt": ckpt}
+    return cfg, ckpt
 
 
 def _loaders(cfg: dict[str, Any], limit: int | None) -> tuple[DataLoader, DataLoader]:
@@ -85,8 +85,7 @@ def _loaders(cfg: dict[str, Any], limit: int | None) -> tuple[DataLoader, DataLo
 
 
 def run_detect_train(args: Any) -> dict[str, Any]:
-    cfg = _resolve(args)
-    ckpt = cfg.pop("_ckpt")
+    cfg, ckpt = _resolve(args)
     torch.manual_seed(cfg["seed"])
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_loader, test_loader = _loaders(cfg, args.limit)
