@@ -27,7 +27,7 @@ def test_feature_maps_at_300px():
     assert [tuple(f.shape[1:]) for f in feats.values()] == [
         (480, 19, 19), (672, 10, 10), (512, 5, 5), (256, 3, 3), (256, 2, 2), (128, 1, 1)]
     assert model.backbone.out_channels == [f.shape[1] for f in feats.values()]
-    assert model.backbone._c16_name == "stages.5.blocks.0.act1"  # expansion of the 16 -> 32 block
+    assert model.backbone.c16_name == "stages.5.blocks.0.bn1"  # expansion of the 16 -> 32 block
 
 
 def test_training_losses_reach_every_parameter():

@@ -160,7 +160,7 @@ def test_m_layout_is_the_authors():
         16, 24, 24, 40, 40, 40, 80, 80, 80, 80, 112, 112, 160, 160, 160]
     se = [b.se.conv_reduce.out_channels if hasattr(b.se, "conv_reduce") else 0 for b in blocks]
     assert se == [0, 0, 0, 24, 32, 64, 0, 0, 0, 0, 120, 168, 168, 240, 240]
-    assert [type(b.act1).__name__ for b in blocks] == ["Hardswish"] + ["ReLU"] * 4 + ["Hardswish"] * 10
+    assert [type(b.bn1.act).__name__ for b in blocks] == ["Hardswish"] + ["ReLU"] * 4 + ["Hardswish"] * 10
     skip1, skip2 = model.stages[2].skip, model.stages[3].skip
     assert (skip1.conv_pw.in_channels, skip1.conv_pw.out_channels, skip1.conv_dw.kernel_size[0],
             skip1.conv_pwl.out_channels) == (16, 96, 5, 40)
@@ -198,26 +198,21 @@ def test_pool_to_is_adaptive_pooling(in_size, out_size):
     torch.testing.assert_close(pool_to(x, ref), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_eval_direct_path_equals_module_path_and_hooks_fire():
-    model = randomise_bn(skipblocknet_m()).eval()
+def test_unpooled_head_applies_at_every_position():
+    # global_pool="": timm's MobileNetV3 convention, the hidden layer (and classifier) per position
+    model = randomise_bn(skipblocknet_xs(num_classes=5, global_pool="")).eval()
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
-        direct = model(x)
-        seen = []
-        target = model.stages[2].blocks[1].conv_dw  # a hooked layer takes the module path
-        h = target.register_forward_hook(lambda m, i, o: seen.append(o.shape))
-        hooked = model(x)
-        h.remove()
-        g = nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
-        modules = model(x)
-        g.remove()
-    assert seen == [torch.Size([2, 120, 12, 12])]
-    torch.testing.assert_close(direct, modules, rtol=0, atol=0)
-    torch.testing.assert_close(hooked, modules, rtol=0, atol=0)
-    # gradients flow through the eval-mode path too (e.g. for saliency maps)
-    xg = x.clone().requires_grad_()
-    model(xg).sum().backward()
-    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+        feats = model.forward_features(x)
+        dense = model(x)
+        hidden = model.forward_head(feats, pre_logits=True)
+        assert dense.shape == (2, 5, 3, 3) and hidden.shape == (2, 1024, 3, 3)
+        at = feats[:, :, 1, 2]  # one position, by hand: Linear, hard-swish, Linear
+        expected = model.classifier(F.hardswish(model.head_fc(at)))
+        torch.testing.assert_close(dense[:, :, 1, 2], expected, rtol=1e-5, atol=1e-5)
+        model.reset_classifier(5, "avg")
+        pooled = model.classifier(F.hardswish(model.head_fc(feats.mean((2, 3)))))
+        torch.testing.assert_close(model(x), pooled, rtol=1e-5, atol=1e-5)
 
 
 def test_pretrained_cfg():

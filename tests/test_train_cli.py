@@ -149,7 +149,9 @@ def test_compile_traces_the_training_step(tmp_path, monkeypatch):
     """``--compile`` wraps the model in torch.compile. Inductor's C++ build of the whole step takes
     minutes on a 2-core CPU, so the test compiles with the ``aot_eager`` backend: the same Dynamo
     capture and AOTAutograd forward/backward graphs, no code generation. The weights after a short
-    run match eager training."""
+    run match eager training to float32 reassociation: the captured backward sums in another order
+    (measured after these two steps on an Intel Xeon's oneDNN kernels: up to 6e-5, 2.5e-5 in
+    `conv_stem`, which the two steps move by 2.3e-2)."""
     import functools
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
@@ -159,7 +161,7 @@ def test_compile_traces_the_training_step(tmp_path, monkeypatch):
     assert _train(tmp_path, *common, out="eager") == 0
     a, b = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in ("compiled", "eager"))
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=2e-4, msg=key)
     torch._dynamo.reset()
 
 

@@ -1,16 +1,20 @@
 """Building blocks of SkipblockNet and an inference-time Conv+BatchNorm fusion.
 
-The blocks are written for speed at small batches, where a MobileNet spends a noticeable share of
-its time in Python rather than in kernels:
+Each block has one plain forward made of PyTorch modules and functions, so that every PyTorch tool
+can take the models apart: hooks, ``torch.fx`` (and what is built on it: torchvision's
+``create_feature_extractor``, FX quantization), ``torch.compile(fullgraph=True)``,
+``torch.export`` and TorchScript. No operation works in place on a tensor that a module returned
+(the one exception is inside timm's ``BatchNormAct2d``, below), so a forward hook sees exactly the
+tensor its module returned, with or without gradients.
+Inference speed comes from :func:`fuse_bn`, export and compilation, not from a second forward.
 
 * every layer is a named attribute (state-dict keys read ``conv_pw``/``bn1``/``conv_dw``/... as in
-  timm's MobileNetV3) and activations are PyTorch's fused built-ins, run in place;
-* in eval mode, when no hook is registered on the block's layers (nor a global module hook), a
-  block calls ``torch.conv2d``/``torch.batch_norm``/the activations directly with its layers'
-  parameters instead of going through each layer's ``nn.Module.__call__`` and Python ``forward``:
-  the same kernels and bit-identical outputs, without tens of microseconds of Python per block
-  (a few per cent of SkipblockNet-M's CPU latency at batch 1; see :func:`conv_norm_act`).
-  Training, TorchScript and any hooked layer take the ordinary module path;
+  timm's MobileNetV3);
+* a BatchNorm and the activation after it are one module, timm's ``BatchNormAct2d`` (the state-dict
+  keys of ``nn.BatchNorm2d``), whose activation runs in place on the BatchNorm's fresh result, a
+  tensor no module has returned: in-place speed without letting a hook see a tensor change
+  (separate out-of-place activations made SkipblockNet-M 15-20 % slower at batch 1 on the CPU,
+  from the extra allocations);
 * the squeeze-excite works on a ``(B, C, 1, 1)`` mean with 1x1 convolutions (no reshapes, in
   PyTorch or in an exported ONNX graph);
 * the skip block pools with a plain integer-kernel average pool whenever the sizes divide (what
@@ -19,18 +23,22 @@ its time in Python rather than in kernels:
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Callable, Iterable, Optional
+from functools import partial
+from typing import Any, Callable, Iterable, Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
+from timm.layers import BatchNormAct2d
 from torch import nn
-from torch.nn.modules import module as _nn_module
 
 __all__ = [
     "LayerFn",
-    "hookless",
-    "conv_norm_act",
+    "NormActFn",
+    "Conv2dAct",
+    "norm_act_from",
     "SqueezeExcite",
     "InvertedResidual",
     "SkipBlock",
@@ -40,65 +48,24 @@ __all__ = [
 ]
 
 LayerFn = Callable[..., nn.Module]
+#: ``norm_act(num_features, act_layer)``: a norm followed by ``act_layer()`` (``None``: no act)
+NormActFn = Callable[[int, Optional[LayerFn]], nn.Module]
 
 
-def hookless(modules: Iterable[nn.Module]) -> bool:
-    """True if none of ``modules`` has a forward/backward (pre-)hook and no global one is set.
+def norm_act_from(norm_layer: Optional[LayerFn] = None, **bn_kwargs: Any) -> NormActFn:
+    """The blocks' ``norm_act`` factory: timm's ``BatchNormAct2d`` (``nn.BatchNorm2d``'s keys, the
+    activation in place on the BatchNorm's fresh result) with ``bn_kwargs`` (eps, momentum), a plain
+    ``nn.BatchNorm2d`` where no activation follows, or for another ``norm_layer(num_features)``
+    that layer followed by the activation (``nn.Sequential``, keys ``bn1.0.*``)."""
+    def norm_act(num_features: int, act_layer: Optional[LayerFn] = None) -> nn.Module:
+        if norm_layer is None:
+            if act_layer is None:
+                return nn.BatchNorm2d(num_features, **bn_kwargs)
+            return BatchNormAct2d(num_features, act_layer=act_layer, inplace=True, **bn_kwargs)
+        norm = norm_layer(num_features)
+        return nn.Sequential(norm, act_layer()) if act_layer is not None else norm
 
-    Then calling their ``forward`` directly, or the functional ops they wrap, is
-    indistinguishable from calling the modules.
-    """
-    if (
-        _nn_module._global_forward_hooks
-        or _nn_module._global_forward_pre_hooks
-        or _nn_module._global_backward_hooks
-        or _nn_module._global_backward_pre_hooks
-    ):
-        return False
-    for m in modules:
-        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
-            return False
-    return True
-
-
-def conv_norm_act(
-    x: torch.Tensor, conv: nn.Module, norm: Optional[nn.Module], act: Optional[nn.Module] = None
-) -> torch.Tensor:
-    """``act(norm(conv(x)))`` for eval mode without the modules' call overhead.
-
-    Plain ``Conv2d``, running-stats ``BatchNorm2d``, ``Identity`` or ``None`` (a BatchNorm folded
-    away by :func:`fuse_bn`, or none), ``ReLU``, ``Hardswish`` and ``Hardsigmoid`` (in place) run
-    as the underlying ATen calls on the modules' parameters; anything else (a subclass, a
-    parametrized layer, another norm) is called as a module. Parameters are read from the
-    modules' ``_parameters``/``_buffers``, where ``torch.func.functional_call`` also puts its
-    substitutes.
-    """
-    if type(conv) is nn.Conv2d and conv.padding_mode == "zeros":
-        p = conv._parameters
-        x = torch.conv2d(x, p["weight"], p["bias"], conv.stride, conv.padding, conv.dilation, conv.groups)
-    else:
-        x = conv(x)
-    if norm is not None:
-        t = type(norm)
-        if t is nn.BatchNorm2d and norm.track_running_stats:
-            p, b = norm._parameters, norm._buffers
-            x = torch.batch_norm(
-                x, p["weight"], p["bias"], b["running_mean"], b["running_var"],
-                False, 0.0, norm.eps, torch.backends.cudnn.enabled,
-            )
-        elif t is not nn.Identity:
-            x = norm(x)
-    if act is not None:
-        t = type(act)
-        if t is nn.ReLU:
-            x = torch.relu_(x)
-        elif t is nn.Hardswish:
-            x = torch._C._nn.hardswish_(x)
-        elif t is nn.Hardsigmoid:
-            x = torch._C._nn.hardsigmoid_(x)
-        else:
-            x = act(x)
-    return x
+    return norm_act
 
 
 class SqueezeExcite(nn.Module):
@@ -111,25 +78,18 @@ class SqueezeExcite(nn.Module):
     def __init__(self, chs: int, rd_chs: int) -> None:
         super().__init__()
         self.conv_reduce = nn.Conv2d(chs, rd_chs, 1, bias=True)
-        self.act = nn.ReLU(inplace=True)
+        self.act = nn.ReLU()
         self.conv_expand = nn.Conv2d(rd_chs, chs, 1, bias=True)
-        self.gate = nn.Hardsigmoid(inplace=True)
+        self.gate = nn.Hardsigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)
         s = self.gate(self.conv_expand(self.act(self.conv_reduce(s))))
         return x * s
 
-    def forward_direct(self, x: torch.Tensor) -> torch.Tensor:
-        """Eval-mode forward without module call overhead (see :func:`conv_norm_act`)."""
-        s = x.mean((2, 3), keepdim=True)
-        s = conv_norm_act(s, self.conv_reduce, None, self.act)
-        s = conv_norm_act(s, self.conv_expand, None, self.gate)
-        return x * s if torch.is_grad_enabled() else x.mul_(s)
-
 
 class InvertedResidual(nn.Module):
-    """MobileNetV3 inverted residual: 1x1 expand, BN, act, kxk depthwise, BN, act, [SE], 1x1
+    """MobileNetV3 inverted residual: 1x1 expand, BN+act, kxk depthwise, BN+act, [SE], 1x1
     project, BN, plus the identity when stride is 1 and the width is unchanged.
 
     The 1x1 expansion is always present, even at expansion ratio 1 (the authors' base block).
@@ -146,52 +106,29 @@ class InvertedResidual(nn.Module):
         stride: int,
         se_chs: int,
         act_layer: LayerFn,
-        norm_layer: LayerFn,
+        norm_act: NormActFn,
     ) -> None:
         super().__init__()
         self.has_skip = stride == 1 and in_chs == out_chs
         self.conv_pw = nn.Conv2d(in_chs, mid_chs, 1, bias=False)
-        self.bn1 = norm_layer(mid_chs)
-        self.act1 = act_layer(inplace=True)
+        self.bn1 = norm_act(mid_chs, act_layer)
         self.conv_dw = nn.Conv2d(
             mid_chs, mid_chs, kernel_size, stride, kernel_size // 2, groups=mid_chs, bias=False
         )
-        self.bn2 = norm_layer(mid_chs)
-        self.act2 = act_layer(inplace=True)
+        self.bn2 = norm_act(mid_chs, act_layer)
         self.se = SqueezeExcite(mid_chs, se_chs) if se_chs > 0 else nn.Identity()
         self.conv_pwl = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
-        self.bn3 = norm_layer(out_chs)
+        self.bn3 = norm_act(out_chs, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_block(x)
 
     def forward_block(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            if not self.training and self._direct_ok():
-                return self._forward_direct(x)
-        y = self.act1(self.bn1(self.conv_pw(x)))
-        y = self.act2(self.bn2(self.conv_dw(y)))
+        y = self.bn1(self.conv_pw(x))
+        y = self.bn2(self.conv_dw(y))
         y = self.bn3(self.conv_pwl(self.se(y)))
         if self.has_skip:
             y = y + x
-        return y
-
-    @torch.jit.unused
-    def _direct_ok(self) -> bool:
-        se = self.se
-        return hookless(self._modules.values()) and (
-            type(se) is nn.Identity or (type(se) is SqueezeExcite and hookless(se._modules.values()))
-        )
-
-    @torch.jit.unused
-    def _forward_direct(self, x: torch.Tensor) -> torch.Tensor:
-        y = conv_norm_act(x, self.conv_pw, self.bn1, self.act1)
-        y = conv_norm_act(y, self.conv_dw, self.bn2, self.act2)
-        if type(self.se) is SqueezeExcite:
-            y = self.se.forward_direct(y)
-        y = conv_norm_act(y, self.conv_pwl, self.bn3)
-        if self.has_skip:
-            y += x
         return y
 
 
@@ -200,6 +137,9 @@ def pool_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
     When the sizes divide, adaptive pooling is a plain average pool with kernel = stride = the
     ratio; that path is several times faster on the CPU and exports to a single ONNX AveragePool.
+    The choice depends on the input's shape, so ``torch.fx`` records this function as one call
+    (:func:`torch.fx.wrap`) instead of tracing into it; ``torch.compile`` and ``torch.export``
+    trace through it with the shapes they see.
     """
     h, w = ref.shape[-2], ref.shape[-1]
     in_h, in_w = x.shape[-2], x.shape[-1]
@@ -211,9 +151,12 @@ def pool_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x, [h, w])
 
 
+torch.fx.wrap("pool_to")
+
+
 class SkipBlock(InvertedResidual):
     """The paper's skip block: pool an early feature map to the size of the tensor it joins, then
-    an inverted residual without squeeze-excite (1x1 expand, BN, act, kxk depthwise, BN, act, 1x1
+    an inverted residual without squeeze-excite (1x1 expand, BN+act, kxk depthwise, BN+act, 1x1
     project, BN; the authors use ReLU).
 
     ``forward(x, ref)`` returns the term that is added to ``ref``; pooling to ``ref``'s size (not a
@@ -227,9 +170,9 @@ class SkipBlock(InvertedResidual):
         out_chs: int,
         kernel_size: int,
         act_layer: LayerFn,
-        norm_layer: LayerFn,
+        norm_act: NormActFn,
     ) -> None:
-        super().__init__(in_chs, mid_chs, out_chs, kernel_size, 1, 0, act_layer, norm_layer)
+        super().__init__(in_chs, mid_chs, out_chs, kernel_size, 1, 0, act_layer, norm_act)
         self.has_skip = False  # its output is added where it joins, not to its own input
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -267,11 +210,26 @@ def init_weights(module: nn.Module, linear_like: Iterable[nn.Module] = ()) -> No
 # Conv + BatchNorm fusion for inference
 # ---------------------------------------------------------------------------------------------
 
-_BN_TYPES = (nn.BatchNorm2d,)
+_BN_TYPES = (nn.BatchNorm2d, BatchNormAct2d)
+
+
+class Conv2dAct(nn.Conv2d):
+    """A convolution and an activation applied in place to its fresh result: what :func:`fuse_bn`
+    makes of a convolution followed by timm's ``BatchNormAct2d`` (keys: the convolution's)."""
+
+    def __init__(self, *args: Any, act: nn.Module, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # F.conv2d rather than super().forward, which TorchScript cannot compile (zero padding only)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self.act(y)
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    fused = nn.Conv2d(
+    act = bn.act if isinstance(bn, BatchNormAct2d) and not isinstance(bn.act, nn.Identity) else None
+    fused = (partial(Conv2dAct, act=copy.deepcopy(act)) if act is not None else nn.Conv2d)(
         conv.in_channels,
         conv.out_channels,
         conv.kernel_size,
@@ -310,6 +268,7 @@ def _foldable(conv: Optional[nn.Module], bn: Optional[nn.Module]) -> bool:
         and type(bn) in _BN_TYPES
         and bn.track_running_stats  # type: ignore[union-attr]
         and conv.out_channels == bn.num_features  # type: ignore[union-attr]
+        and (type(bn) is not BatchNormAct2d or conv.padding_mode == "zeros")  # see Conv2dAct
     )
 
 
@@ -323,7 +282,8 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     * a module that lists its ``(conv, bn)`` attribute pairs in ``fuse_pairs``;
     * ``nn.Sequential`` children where a ``Conv2d`` is immediately followed by a ``BatchNorm2d``.
 
-    Each folded BatchNorm is replaced by ``nn.Identity``.
+    Each folded BatchNorm is replaced by ``nn.Identity``; the activation of a timm
+    ``BatchNormAct2d`` moves into the convolution (:class:`Conv2dAct`).
     """
     model.eval()
     for module in list(model.modules()):
@@ -333,10 +293,9 @@ def fuse_bn(model: nn.Module) -> nn.Module:
                 setattr(module, conv_name, _fold(conv, bn))  # type: ignore[arg-type]
                 setattr(module, bn_name, nn.Identity())
         if isinstance(module, nn.Sequential):
-            names = list(module._modules.keys())
-            for a, b in zip(names[:-1], names[1:]):
-                conv, bn = module._modules[a], module._modules[b]
+            for i in range(len(module) - 1):
+                conv, bn = module[i], module[i + 1]
                 if _foldable(conv, bn):
-                    module._modules[a] = _fold(conv, bn)  # type: ignore[arg-type]
-                    module._modules[b] = nn.Identity()
+                    module[i] = _fold(conv, bn)
+                    module[i + 1] = nn.Identity()
     return model

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDHead
+from torchvision.models.feature_extraction import create_feature_extractor
 
 from .skipblocknet import SKIPBLOCKNET_VARIANTS, SkipblockNet
 
@@ -41,7 +42,9 @@ class SkipblockNetSSDFeatures(nn.Module):
     """The six SSD feature maps from a SkipblockNet trunk (its classifier is dropped).
 
     ``forward(x)`` returns an ``OrderedDict`` of maps at strides 16, 32, 64, 128, 256 and 512 (for
-    300 px: 19, 10, 5, 3, 2, 1); ``out_channels`` lists their widths.
+    300 px: 19, 10, 5, 3, 2, 1); ``out_channels`` lists their widths. The trunk is torchvision's
+    :func:`~torchvision.models.feature_extraction.create_feature_extractor` of the SkipblockNet
+    (same modules and state-dict keys), returning the stride-16 expansion and the head's map.
     """
 
     def __init__(self, trunk: SkipblockNet, extra_chs: Sequence[int] = (512, 256, 256, 128)) -> None:
@@ -50,13 +53,10 @@ class SkipblockNetSSDFeatures(nn.Module):
             raise TypeError(f"trunk must be a SkipblockNet, got {type(trunk).__name__}")
         if trunk.small_input:
             raise ValueError("SSD needs the standard stride-32 layout (small_input=False)")
-        trunk.head_fc = trunk.head_act = trunk.head_drop = nn.Identity()
-        trunk.reset_classifier(0)
-        self.trunk = trunk
-        expansion = self._stride16_expansion(trunk)
-        self._c16: Optional[torch.Tensor] = None
-        expansion.register_forward_hook(self._keep_c16)
-        c16_chs = trunk.get_submodule(self._c16_name.rsplit(".", 1)[0]).conv_pw.out_channels
+        block_name = _stride16_to_32_block(trunk)
+        c16_chs = trunk.get_submodule(block_name).conv_pw.out_channels
+        self.c16_name = f"{block_name}.bn1"  # the stride-16 expansion (BatchNorm + act) in the trunk
+        self.trunk = create_feature_extractor(trunk, {self.c16_name: "c16", "bn2": "c32"})
         self.extras = nn.ModuleList()
         in_chs = trunk.num_features
         for out_chs in extra_chs:
@@ -67,32 +67,26 @@ class SkipblockNetSSDFeatures(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
 
-    def _stride16_expansion(self, trunk: SkipblockNet) -> nn.Module:
-        """The activation after the 1x1 expansion of the block that downsamples 16 -> 32."""
-        reduction = trunk.conv_stem.stride[0]
-        for i, stage in enumerate(trunk.stages):
-            for j, block in enumerate(stage.blocks):
-                stride = block.conv_dw.stride[0]
-                if reduction == 16 and stride == 2:
-                    self._c16_name = f"stages.{i}.blocks.{j}.act1"
-                    return block.act1
-                reduction *= stride
-        raise ValueError("the trunk has no stride-2 block at output stride 16")
-
-    def _keep_c16(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        self._c16 = output
-
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        self._c16 = None
-        x = self.trunk.forward_features(x)
-        c16, self._c16 = self._c16, None
-        if c16 is None:
-            raise RuntimeError(f"{self._c16_name} did not run")
-        maps = [c16, x]
+        taps = self.trunk(x)
+        x = taps["c32"]
+        maps = [taps["c16"], x]
         for block in self.extras:
             x = block(x)
             maps.append(x)
         return OrderedDict((str(i), m) for i, m in enumerate(maps))
+
+
+def _stride16_to_32_block(trunk: SkipblockNet) -> str:
+    """The name of the block that downsamples 16 -> 32 (SSDLite taps its expansion)."""
+    reduction = trunk.conv_stem.stride[0]
+    for i, stage in enumerate(trunk.stages):
+        for j, block in enumerate(stage.blocks):
+            stride = block.conv_dw.stride[0]
+            if reduction == 16 and stride == 2:
+                return f"stages.{i}.blocks.{j}"
+            reduction *= stride
+    raise ValueError("the trunk has no stride-2 block at output stride 16")
 
 
 def ssd_skipblocknet(

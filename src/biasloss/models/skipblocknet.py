@@ -21,7 +21,6 @@ included, and :class:`SkipblockNet` is built from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -31,15 +30,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ._layers import (
-    InvertedResidual,
-    LayerFn,
-    SkipBlock,
-    SqueezeExcite,
-    conv_norm_act,
-    hookless,
-    init_weights,
-)
+from ._layers import InvertedResidual, LayerFn, NormActFn, SkipBlock, SqueezeExcite, init_weights, norm_act_from
 
 __all__ = [
     "BlockDef",
@@ -176,11 +167,7 @@ class SkipblockStage(nn.Module):
     def forward(self, x: torch.Tensor, feats: List[torch.Tensor]) -> torch.Tensor:
         x = self.blocks(x)
         if self.skip is not None:
-            s = self.skip(feats[self.skip_src], x)
-            if not torch.jit.is_scripting():
-                if not torch.is_grad_enabled():
-                    return x.add_(s)
-            x = x + s
+            x = x + self.skip(feats[self.skip_src], x)
         return x
 
 
@@ -198,7 +185,7 @@ def _build_stages(
     in_chs: int,
     reduction: int,
     small_input: bool,
-    norm_layer: LayerFn,
+    norm_act: NormActFn,
     chs: Callable[[float], int],
 ) -> _Stages:
     """Turn the rows of ``cfg.stages`` into modules (see :class:`BlockDef`)."""
@@ -227,7 +214,7 @@ def _build_stages(
                 mid_chs = int(make_divisible(in_chs * row.expand, 8))
                 se_chs = int(make_divisible(mid_chs / 4, 8)) if row.se else 0
                 block = InvertedResidual(
-                    in_chs, mid_chs, out_chs, row.kernel_size, stride, se_chs, _ACT_LAYERS[row.act], norm_layer
+                    in_chs, mid_chs, out_chs, row.kernel_size, stride, se_chs, _ACT_LAYERS[row.act], norm_act
                 )
                 if isinstance(block.se, SqueezeExcite):
                     out.se_convs += [block.se.conv_reduce, block.se.conv_expand]
@@ -242,7 +229,7 @@ def _build_stages(
                     raise ValueError(f"stage {stage_idx}: skip source must be an earlier stage, got {row.src}")
                 src_chs = out.chs[row.src]
                 mid_chs = int(make_divisible(src_chs * row.expand, 8))
-                skip = SkipBlock(src_chs, mid_chs, in_chs, row.kernel_size, _ACT_LAYERS[row.act], norm_layer)
+                skip = SkipBlock(src_chs, mid_chs, in_chs, row.kernel_size, _ACT_LAYERS[row.act], norm_act)
                 skip_src = row.src
             else:
                 raise ValueError(f"unknown row kind {row.kind!r} (stage {stage_idx})")
@@ -253,13 +240,25 @@ def _build_stages(
     return out
 
 
+_POOL_TYPES = ("", "avg", "max", "avgmax")
+
+
+def _global_pool(pool_type: str) -> SelectAdaptivePool2d:
+    """timm's pooling; ``""`` is no pooling and no flattening (timm's convention)."""
+    if pool_type not in _POOL_TYPES:
+        raise ValueError(f"global_pool must be one of {_POOL_TYPES}, got {pool_type!r}")
+    return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
+
+
 class SkipblockNet(nn.Module):
     """SkipblockNet (timm model contract).
 
     ``forward_features(x)`` returns the pre-pool head feature map (960 channels for M; the
     features the Bias Loss uses), ``forward_head`` pools and classifies. State-dict keys:
     ``conv_stem``, ``bn1``, ``stages.{i}.blocks.{j}.{conv_pw,bn1,conv_dw,bn2,se,conv_pwl,bn3}``,
-    ``stages.{i}.skip.*``, ``conv_head``, ``bn2``, ``head_fc``, ``classifier``.
+    ``stages.{i}.skip.*``, ``conv_head``, ``bn2``, ``head_fc``, ``classifier``. A BatchNorm
+    followed by an activation is one ``timm.layers.BatchNormAct2d`` (``bn1``, ``bn2``; the
+    activation is its ``act``).
 
     Args:
         cfg: architecture (default: SkipblockNet-M).
@@ -269,8 +268,10 @@ class SkipblockNet(nn.Module):
         drop_rate: dropout before the classifier.
         bn_momentum, bn_eps: BatchNorm settings (PyTorch convention; the paper's ImageNet recipe
             uses momentum 0.01); ignored if ``norm_layer`` is given.
-        norm_layer: BatchNorm-like layer factory ``norm_layer(num_features)``.
-        global_pool: pooling type of timm's SelectAdaptivePool2d ("avg" or "max").
+        norm_layer: another norm, ``norm_layer(num_features)``; it is followed by a separate
+            activation (``nn.Sequential``: keys ``bn1.0.*``).
+        global_pool: pooling type of timm's SelectAdaptivePool2d: "avg", "max", "avgmax", or ""
+            for none (``forward`` then returns a ``(B, C, H, W)`` map, see :meth:`forward_head`).
     """
 
     fuse_pairs = (("conv_stem", "bn1"), ("conv_head", "bn2"))
@@ -297,11 +298,10 @@ class SkipblockNet(nn.Module):
             raise ValueError(f"width must be positive, got {cfg.width}")
         if num_classes < 0 or in_chans < 1:
             raise ValueError(f"need num_classes >= 0 and in_chans >= 1, got {num_classes}, {in_chans}")
-        if global_pool not in ("avg", "max"):
-            raise ValueError(f"global_pool must be 'avg' or 'max', got {global_pool!r}")
+        self.global_pool = _global_pool(global_pool)
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
-        norm_layer = norm_layer or partial(nn.BatchNorm2d, eps=bn_eps, momentum=bn_momentum)
+        norm_act = norm_act_from(norm_layer, eps=bn_eps, momentum=bn_momentum)
         self.cfg = cfg
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -316,26 +316,23 @@ class SkipblockNet(nn.Module):
         stem_chs = chs(cfg.stem_chs)
         stem_stride = 1 if small_input else 2
         self.conv_stem = nn.Conv2d(in_chans, stem_chs, 3, stem_stride, 1, bias=False)
-        self.bn1 = norm_layer(stem_chs)
-        self.act1 = nn.Hardswish(inplace=True)
+        self.bn1 = norm_act(stem_chs, nn.Hardswish)
 
         # stages, from the table
-        built = _build_stages(cfg, stem_chs, stem_stride, small_input, norm_layer, chs)
+        built = _build_stages(cfg, stem_chs, stem_stride, small_input, norm_act, chs)
         self.stages = nn.ModuleList(built.stages)
         in_chs = built.chs[-1]
 
         # pre-pool head: the features of the Bias Loss
         self.num_features = int(make_divisible(in_chs * cfg.head_expand, 8))
         self.conv_head = nn.Conv2d(in_chs, self.num_features, 1, bias=False)
-        self.bn2 = norm_layer(self.num_features)
-        self.act2 = nn.Hardswish(inplace=True)
+        self.bn2 = norm_act(self.num_features, nn.Hardswish)
 
         # classifier: pool, Linear, hard-swish, dropout, Linear
         hidden = cfg.head_hidden
         self.head_hidden_size = int(make_divisible(hidden * cfg.width, 8)) if cfg.width > 1.0 else hidden
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.head_fc = nn.Linear(self.num_features, self.head_hidden_size)
-        self.head_act = nn.Hardswish(inplace=True)
+        self.head_act = nn.Hardswish()
         self.head_drop = nn.Dropout(drop_rate)
         self.classifier = (
             nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
@@ -348,7 +345,7 @@ class SkipblockNet(nn.Module):
         self._feature_stages: List[int] = taps
         self.feature_info = [
             dict(num_chs=built.chs[i], reduction=built.reductions[i], module=f"stages.{i}") for i in taps
-        ] + [dict(num_chs=self.num_features, reduction=built.reductions[-1], module="conv_head")]
+        ] + [dict(num_chs=self.num_features, reduction=built.reductions[-1], module="bn2")]
 
         init_weights(self, linear_like=built.se_convs)
 
@@ -372,13 +369,12 @@ class SkipblockNet(nn.Module):
         return self.classifier
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the final Linear layer (``num_classes=0``: none, ``forward`` gives pre-logits)."""
+        """Replace the final Linear layer (``num_classes=0``: none, ``forward`` gives pre-logits)
+        and, if given, the pooling (``""``: none, ``forward`` gives a map; see :meth:`forward_head`)."""
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         if global_pool is not None:
-            if global_pool not in ("avg", "max"):
-                raise ValueError(f"global_pool must be 'avg' or 'max', got {global_pool!r}")
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = _global_pool(global_pool)
         self.num_classes = num_classes
         device = self.head_fc.weight.device if isinstance(self.head_fc, nn.Linear) else None
         if num_classes > 0:
@@ -390,10 +386,7 @@ class SkipblockNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> pre-pool feature map ``(B, num_features, H/32, W/32)`` (H/8 with small_input)."""
-        if not torch.jit.is_scripting():
-            if not self.training and hookless(self._stem_head_layers()):
-                return self._forward_features_direct(x)
-        x = self.act1(self.bn1(self.conv_stem(x)))
+        x = self.bn1(self.conv_stem(x))
         feats: List[torch.Tensor] = []
         for stage in self.stages:
             if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -401,42 +394,24 @@ class SkipblockNet(nn.Module):
             else:
                 x = stage(x, feats)
             feats.append(x)
-        return self.act2(self.bn2(self.conv_head(x)))
-
-    @torch.jit.unused
-    def _stem_head_layers(self) -> Tuple[nn.Module, ...]:
-        return (self.conv_stem, self.bn1, self.act1, self.conv_head, self.bn2, self.act2)
-
-    @torch.jit.unused
-    def _forward_features_direct(self, x: torch.Tensor) -> torch.Tensor:
-        # eval mode, no hooks on the stem/head layers: functional calls (see _layers.py); the
-        # stages are still called as modules, and their blocks decide for themselves
-        x = conv_norm_act(x, self.conv_stem, self.bn1, self.act1)
-        feats: List[torch.Tensor] = []
-        for stage in self.stages:
-            x = stage(x, feats)
-            feats.append(x)
-        return conv_norm_act(x, self.conv_head, self.bn2, self.act2)
+        return self.bn2(self.conv_head(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            if not self.training and hookless((self.head_fc, self.head_act, self.head_drop, self.classifier)):
-                return self._forward_head_direct(x, pre_logits)
-        x = self.head_act(self.head_fc(self.global_pool(x)))
-        if pre_logits:
-            return x
-        return self.classifier(self.head_drop(x))
+        """Pool, hidden layer, hard-swish, dropout, classifier.
 
-    @torch.jit.unused
-    def _forward_head_direct(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor:
+        With pooling off (``global_pool=""``) the hidden layer and the classifier apply at every
+        position, as timm's MobileNetV3 head does: ``(B, head_hidden_size or num_classes, H, W)``.
+        """
         x = self.global_pool(x)
-        x = _linear(x, self.head_fc)
-        x = torch._C._nn.hardswish_(x) if type(self.head_act) is nn.Hardswish else self.head_act(x)
-        if pre_logits:
-            return x
-        if type(self.head_drop) is not nn.Dropout:  # nn.Dropout is the identity in eval mode
-            x = self.head_drop(x)
-        return _linear(x, self.classifier)
+        dense = self.global_pool.is_identity()
+        if dense:
+            x = x.movedim(1, -1)  # (B, H, W, C): the Linear layers act on the channels
+        x = self.head_act(self.head_fc(x))
+        if not pre_logits:
+            x = self.classifier(self.head_drop(x))
+        if dense:
+            x = x.movedim(-1, 1)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -472,7 +447,7 @@ class SkipblockNet(nn.Module):
             last_stage = self._feature_stages[max_index]
 
         intermediates: List[torch.Tensor] = []
-        x = self.act1(self.bn1(self.conv_stem(x)))
+        x = self.bn1(self.conv_stem(x))
         feats: List[torch.Tensor] = []
         for i, stage in enumerate(self.stages):
             if i > last_stage:
@@ -485,7 +460,7 @@ class SkipblockNet(nn.Module):
             return intermediates
         if isinstance(self.conv_head, nn.Identity) and take_head:
             raise ValueError("the head convolution was pruned; its features cannot be taken")
-        x = self.act2(self.bn2(self.conv_head(x)))
+        x = self.bn2(self.conv_head(x))
         if take_head:
             intermediates.append(x)
         if intermediates_only:
@@ -505,7 +480,7 @@ class SkipblockNet(nn.Module):
             keep = self._feature_stages[max_index] + 1
             self.stages = self.stages[:keep]
             self.num_features = self.feature_info[max_index]["num_chs"]
-            self.conv_head, self.bn2, self.act2 = nn.Identity(), nn.Identity(), nn.Identity()
+            self.conv_head, self.bn2 = nn.Identity(), nn.Identity()
             prune_head = True
         if prune_head:
             self.head_fc, self.head_act = nn.Identity(), nn.Identity()
@@ -513,12 +488,6 @@ class SkipblockNet(nn.Module):
             self.reset_classifier(0)
         return take_indices
 
-
-def _linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    if type(layer) is nn.Linear:
-        p = layer._parameters
-        return torch._C._nn.linear(x, p["weight"], p["bias"])
-    return layer(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,6 +498,11 @@ def _linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 def _create_skipblocknet(variant: str, pretrained: bool = False, **kwargs: Any) -> SkipblockNet:
     from .official import official_filter_fn  # the authors' checkpoint, by file
 
+    # the cfg describes the model as built: its channels, and for small_input a CIFAR-size
+    # default input (32 px, pooled from 4x4) instead of ImageNet's 224 px (pooled from 7x7)
+    size, pool = (32, 4) if kwargs.get("small_input") else (224, 7)
+    overlay = dict(input_size=(kwargs.get("in_chans", 3), size, size), pool_size=(pool, pool))
+    overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
     return build_model_with_cfg(
         SkipblockNet,
         variant,
@@ -536,6 +510,7 @@ def _create_skipblocknet(variant: str, pretrained: bool = False, **kwargs: Any) 
         model_cfg=SKIPBLOCKNET_VARIANTS[variant],
         feature_cfg=dict(feature_cls="getter"),
         pretrained_filter_fn=official_filter_fn,
+        pretrained_cfg_overlay=overlay,
         **kwargs,
     )
 
