@@ -11,7 +11,6 @@ import pytest
 import timm
 import torch
 import torch.fx
-from timm.layers import BatchNormAct2d
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -200,14 +199,9 @@ def test_hooks_see_the_same_tensor_with_and_without_gradients(name, kwargs, side
         torch.testing.assert_close(no_grad[module_name], with_grad[module_name], rtol=0, atol=0,
                                    msg=lambda m: f"{module_name}: {m}")
     if isinstance(model, SkipblockNet):
-        # nothing changes a returned tensor afterwards. One documented exception: inside timm's
-        # BatchNormAct2d the activation works in place on the BatchNorm's result after it passed
-        # through the module's `drop`, an nn.Identity (docs/skipblocknet.md, Model tools)
-        inside_norm_act = {f"{n}.drop" for n, m in model.named_modules() if isinstance(m, BatchNormAct2d)}
-        assert inside_norm_act
+        # nothing changes a returned tensor afterwards (no in-place operation on one)
         for module_name, out in outputs.items():
-            if module_name not in inside_norm_act:
-                assert torch.equal(out, no_grad[module_name]), module_name
+            assert torch.equal(out, no_grad[module_name]), module_name
 
 
 def test_feature_tap_on_a_stage_is_mode_independent():

@@ -304,3 +304,21 @@ def test_state_dict_keys_are_stable():
     assert "stages.2.skip.conv_dw.weight" in keys and "stages.3.skip.bn3.running_var" in keys
     assert keys[-4:] == ["head_fc.weight", "head_fc.bias", "classifier.weight", "classifier.bias"]
     assert "conv_head.weight" in keys and "bn2.num_batches_tracked" in keys
+
+
+def test_batchnorm_act_is_batchnorm_then_activation():
+    from biasloss.models._layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    fused = BatchNormAct2d(6, nn.Hardswish, eps=1e-3, momentum=0.01)
+    plain = nn.BatchNorm2d(6, eps=1e-3, momentum=0.01)
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    x = torch.randn(4, 6, 5, 5)
+    for training in (True, True, False):  # two steps update the running statistics alike
+        fused.train(training), plain.train(training)
+        torch.testing.assert_close(fused(x.clone()), F.hardswish(plain(x.clone())), rtol=0, atol=0)
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[key], value, rtol=0, atol=0)
+    assert fused.num_batches_tracked.item() == 2
+    with pytest.raises(ValueError, match="momentum"):
+        BatchNormAct2d(6, nn.ReLU, momentum=None)

@@ -4,17 +4,17 @@ Each block has one plain forward made of PyTorch modules and functions, so that 
 can take the models apart: hooks, ``torch.fx`` (and what is built on it: torchvision's
 ``create_feature_extractor``, FX quantization), ``torch.compile(fullgraph=True)``,
 ``torch.export`` and TorchScript. No operation works in place on a tensor that a module returned
-(the one exception is inside timm's ``BatchNormAct2d``, below), so a forward hook sees exactly the
-tensor its module returned, with or without gradients.
+(a BatchNorm's activation works in place inside :class:`BatchNormAct2d`), so a forward hook sees
+exactly the tensor its module returned, with or without gradients.
 Inference speed comes from :func:`fuse_bn`, export and compilation, not from a second forward.
 
 * every layer is a named attribute (state-dict keys read ``conv_pw``/``bn1``/``conv_dw``/... as in
   timm's MobileNetV3);
-* a BatchNorm and the activation after it are one module, timm's ``BatchNormAct2d`` (the state-dict
-  keys of ``nn.BatchNorm2d``), whose activation runs in place on the BatchNorm's fresh result, a
-  tensor no module has returned: in-place speed without letting a hook see a tensor change
-  (separate out-of-place activations made SkipblockNet-M 15-20 % slower at batch 1 on the CPU,
-  from the extra allocations);
+* a BatchNorm and the activation after it are one module, :class:`BatchNormAct2d` (timm's
+  layout, the state-dict keys of ``nn.BatchNorm2d``), whose activation runs in place on the
+  BatchNorm's fresh result, a tensor no module has returned: in-place speed without letting a
+  hook see a tensor change (separate out-of-place activations made SkipblockNet-M 15-20 % slower
+  at batch 1 on the CPU);
 * the squeeze-excite works on a ``(B, C, 1, 1)`` mean with 1x1 convolutions (no reshapes, in
   PyTorch or in an exported ONNX graph);
 * the skip block pools with a plain integer-kernel average pool whenever the sizes divide (what
@@ -31,12 +31,12 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 import torch.fx
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d
 from torch import nn
 
 __all__ = [
     "LayerFn",
     "NormActFn",
+    "BatchNormAct2d",
     "Conv2dAct",
     "norm_act_from",
     "SqueezeExcite",
@@ -52,16 +52,42 @@ LayerFn = Callable[..., nn.Module]
 NormActFn = Callable[[int, Optional[LayerFn]], nn.Module]
 
 
+class BatchNormAct2d(nn.BatchNorm2d):
+    """``act(batch_norm(x))`` in one module, with exactly ``nn.BatchNorm2d``'s state dict.
+
+    The activation (``self.act``, a module that can be hooked) works in place on the BatchNorm's
+    result, a tensor that exists only inside this forward, so no hook sees a tensor change after
+    its module returned it. Written here rather than taken from ``timm.layers.BatchNormAct2d``
+    (same keys, same numbers, same speed in ``benchmarks/bench_latency.py``) because timm's runs
+    the activation on the output of a pass-through ``drop`` module, whose hooks would see that
+    output change. Running statistics are always tracked with an exponential average.
+    """
+
+    def __init__(self, num_features: int, act_layer: LayerFn, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        if momentum is None or not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
+        super().__init__(num_features, eps=eps, momentum=float(momentum))
+        self.act = act_layer(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        count, momentum = self.num_batches_tracked, self.momentum  # locals: TorchScript's Optional
+        if self.training and count is not None:
+            count.add_(1)
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, momentum if momentum is not None else 0.0, self.eps)
+        return self.act(x)
+
+
 def norm_act_from(norm_layer: Optional[LayerFn] = None, **bn_kwargs: Any) -> NormActFn:
-    """The blocks' ``norm_act`` factory: timm's ``BatchNormAct2d`` (``nn.BatchNorm2d``'s keys, the
-    activation in place on the BatchNorm's fresh result) with ``bn_kwargs`` (eps, momentum), a plain
+    """The blocks' ``norm_act`` factory: :class:`BatchNormAct2d` with ``bn_kwargs`` (eps,
+    momentum), a plain
     ``nn.BatchNorm2d`` where no activation follows, or for another ``norm_layer(num_features)``
     that layer followed by the activation (``nn.Sequential``, keys ``bn1.0.*``)."""
     def norm_act(num_features: int, act_layer: Optional[LayerFn] = None) -> nn.Module:
         if norm_layer is None:
             if act_layer is None:
                 return nn.BatchNorm2d(num_features, **bn_kwargs)
-            return BatchNormAct2d(num_features, act_layer=act_layer, inplace=True, **bn_kwargs)
+            return BatchNormAct2d(num_features, act_layer, **bn_kwargs)
         norm = norm_layer(num_features)
         return nn.Sequential(norm, act_layer()) if act_layer is not None else norm
 
@@ -215,7 +241,7 @@ _BN_TYPES = (nn.BatchNorm2d, BatchNormAct2d)
 
 class Conv2dAct(nn.Conv2d):
     """A convolution and an activation applied in place to its fresh result: what :func:`fuse_bn`
-    makes of a convolution followed by timm's ``BatchNormAct2d`` (keys: the convolution's)."""
+    makes of a convolution followed by a :class:`BatchNormAct2d` (keys: the convolution's)."""
 
     def __init__(self, *args: Any, act: nn.Module, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -282,8 +308,8 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     * a module that lists its ``(conv, bn)`` attribute pairs in ``fuse_pairs``;
     * ``nn.Sequential`` children where a ``Conv2d`` is immediately followed by a ``BatchNorm2d``.
 
-    Each folded BatchNorm is replaced by ``nn.Identity``; the activation of a timm
-    ``BatchNormAct2d`` moves into the convolution (:class:`Conv2dAct`).
+    Each folded BatchNorm is replaced by ``nn.Identity``; the activation of a
+    :class:`BatchNormAct2d` moves into the convolution (:class:`Conv2dAct`).
     """
     model.eval()
     for module in list(model.modules()):

@@ -257,8 +257,8 @@ class SkipblockNet(nn.Module):
     features the Bias Loss uses), ``forward_head`` pools and classifies. State-dict keys:
     ``conv_stem``, ``bn1``, ``stages.{i}.blocks.{j}.{conv_pw,bn1,conv_dw,bn2,se,conv_pwl,bn3}``,
     ``stages.{i}.skip.*``, ``conv_head``, ``bn2``, ``head_fc``, ``classifier``. A BatchNorm
-    followed by an activation is one ``timm.layers.BatchNormAct2d`` (``bn1``, ``bn2``; the
-    activation is its ``act``).
+    followed by an activation is one :class:`~biasloss.models._layers.BatchNormAct2d` (``bn1``,
+    ``bn2``; the activation is its ``act``).
 
     Args:
         cfg: architecture (default: SkipblockNet-M).
