@@ -189,6 +189,94 @@ def test_interrupted_run_is_resumed(tmp_path, monkeypatch):
     assert results["runs"][0]["status"] == "finished" and results["runs"][0]["epochs_done"] == 2
 
 
+def test_records_carry_each_run_and_a_grid_continues_from_them(grid, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from biasloss.train import runner
+
+    record = json.loads((grid / "records" / "skipblocknet_xs-bias-s1.json").read_text())
+    metrics = [json.loads(line) for line in (grid / "runs" / "skipblocknet_xs-bias-s1" / "metrics.jsonl")
+               .read_text().splitlines()]
+    assert record["metrics"] == metrics and record["final_top1"] == metrics[-1]["val_top1"]
+    assert record["seed"] == 1 and record["identity"]["loss"] == "bias" and record["identity"]["alpha"] == 0.3
+    assert record["command"].startswith("biasloss train --dataset digits --model skipblocknet_xs --loss bias "
+                                        "--seed 1 ") and "--resume" not in record["command"]
+    assert record["versions"]["torch"] and record["machine"]["logical_cpus"] >= 1
+    # published: records and results only, the run directories gone
+    published = tmp_path / "published"
+    shutil.copytree(grid, published, ignore=shutil.ignore_patterns("runs"))
+    monkeypatch.setattr(runner, "run_train", lambda args: pytest.fail(f"trained again: {args.out}"))
+    capsys.readouterr()
+    assert main(["reproduce", "grid", *TINY, "--losses", "ce", "bias", "--seeds", "0", "1",
+                 "--out", str(published)]) == 0
+    assert capsys.readouterr().out.count("skipped") == 4
+    assert (published / "results.json").read_text() == (grid / "results.json").read_text()
+    # a record of other settings is refused like a run directory of other settings
+    code = main(["reproduce", "grid", *TINY, "--losses", "bias", "--seeds", "0", "--alpha", "0.1",
+                 "--out", str(published)])
+    _one_line_error(capsys, code, "skipblocknet_xs-bias-s0.json", "--alpha 0.3, not 0.1")
+
+
+def test_interrupted_grid_gives_the_same_results_file(tmp_path):
+    common = ["--dataset", "digits", "--models", "skipblocknet_xs", "--epochs", "2", "--limit", "64",
+              "--batch-size", "32", "--no-progress", "--device", "cpu", "--losses", "ce", "bias", "--seeds", "0"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert main(["reproduce", "grid", *common, "--out", str(straight)]) == 0
+    # the interruption: the first run stopped after epoch 1 of 2 (as Ctrl-C at that point leaves it)
+    assert main(["train", "--dataset", "digits", "--model", "skipblocknet_xs", "--loss", "ce", "--seed", "0",
+                 "--epochs", "2", "--limit", "64", "--batch-size", "32", "--no-progress", "--device", "cpu",
+                 "--stop-after", "1", "--out", str(interrupted / "runs" / "skipblocknet_xs-ce-s0")]) == 0
+    assert main(["reproduce", "grid", *common, "--out", str(interrupted)]) == 0
+    assert (interrupted / "results.json").read_text() == (straight / "results.json").read_text()
+    assert (interrupted / "results.md").read_text() == (straight / "results.md").read_text()
+
+
+def test_loss_options_reach_the_trainer_and_the_identity(tmp_path, capsys):
+    from biasloss.train import runner
+
+    seen = []
+    real = runner.run_train
+
+    def spy(args):
+        seen.append((args.alpha, args.beta, args.scaling, args.clamp, args.label_smoothing))
+        return real(args)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(runner, "run_train", spy):
+        assert main(["reproduce", "grid", *TINY, "--losses", "bias", "--seeds", "0", "--alpha", "1.0",
+                     "--beta", "0", "--scaling", "running_min", "--no-clamp", "--label-smoothing", "0.1",
+                     "--out", str(tmp_path)]) == 0
+    assert seen == [(1.0, 0.0, "running_min", "none", 0.1)]
+    record = json.loads((tmp_path / "records" / "skipblocknet_xs-bias-s0.json").read_text())
+    assert "--alpha 1.0 --beta 0.0 --scaling running_min --no-clamp --label-smoothing 0.1" in record["command"]
+    md = (tmp_path / "results.md").read_text()
+    assert "alpha 1.0, beta 0.0, scaling running_min, clamp none, label smoothing 0.1" in md
+    ckpt = load_checkpoint(tmp_path / "runs" / "skipblocknet_xs-bias-s0" / "last.pt")
+    assert ckpt["args"]["clamp"] == "none"
+    capsys.readouterr()
+    code = main(["reproduce", "grid", *TINY, "--losses", "bias", "--seeds", "0", "--alpha", "1.0", "--beta", "0",
+                 "--scaling", "running_min", "--label-smoothing", "0.1", "--out", str(tmp_path)])
+    _one_line_error(capsys, code, "--clamp none, not [0.5, 1.5]")
+
+
+def test_a_run_repeats_to_the_digit_in_another_process(tmp_path):
+    # the same command and seed in two fresh processes: every metric but the timings is identical
+    import subprocess
+    import sys
+
+    def train(out: Path) -> list[dict]:
+        subprocess.run([sys.executable, "-m", "biasloss", "train", "--dataset", "digits", "--model", "skipblocknet_xs",
+                        "--loss", "bias", "--epochs", "2", "--limit", "128", "--batch-size", "32", "--seed", "3",
+                        "--no-progress", "--device", "cpu", "--out", str(out)], check=True, timeout=600,
+                       capture_output=True)
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in line.items() if k not in ("time_s", "train_img_s")} for line in lines]
+
+    first, second = train(tmp_path / "a"), train(tmp_path / "b")
+    assert len(first) == 2 and first == second
+
+
 # ---------------------------------------------------------------------------------------------
 # the command line
 # ---------------------------------------------------------------------------------------------

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["TorchFileError", "read_torch_file"]
+__all__ = ["TorchFileError", "atomic_write_text", "read_torch_file"]
 
 
 class TorchFileError(ValueError):
@@ -38,3 +40,22 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise TorchFileError(f"cannot read {os.fspath(path)}: {first} (truncated or corrupt?)") from None
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` all or nothing: a fresh temporary file beside it (never a fixed
+    name an existing link could redirect), flushed to disk, then renamed over ``path``. The parent
+    directory is created if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -13,8 +13,15 @@ Resumable: a run is *finished* when its ``last.pt`` holds the planned number of 
 partial epoch); finished runs are skipped, an unfinished run with a ``last.pt`` (Ctrl-C, a killed
 job, ``train --stop-after``) continues with ``--resume``, and the others start. Interrupt a grid at
 any time and start the same command again. A run directory trained with other settings
-(``--epochs``, whose schedule it followed, ``--limit``, ``--batch-size``, recipe, dataset) is an
-error, never silently mixed in or stretched to a new schedule.
+(``--epochs``, whose schedule it followed, ``--limit``, ``--batch-size``, recipe, dataset, the loss
+options ``--alpha --beta --scaling --clamp/--no-clamp --gamma --label-smoothing``) is an error,
+never silently mixed in or stretched to a new schedule.
+
+Records: each finished run also leaves ``<out>/records/<model>-<loss>-s<seed>.json`` (the train
+command, versions, machine, seed, final and best top-1, its ``metrics.jsonl`` lines). A run with a
+record and no run directory counts as finished, so a grid published without its checkpoints
+(``docs/results/``: records, ``results.md`` and ``results.json`` in git, ``runs/`` ignored) is
+continued by the same command on another machine, from the committed records.
 
 What is reported (``<out>/results.md`` and ``<out>/results.json``, rewritten after every run):
 
@@ -36,11 +43,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from biasloss._io import atomic_write_text
 
 __all__ = [
     "GRIDS",
@@ -59,6 +69,9 @@ __all__ = [
 ]
 
 LOSSES = ("ce", "focal", "bias")
+#: loss options a grid can set, with the trainer's defaults
+LOSS_OPTIONS: dict[str, Any] = {"alpha": 0.3, "beta": 0.3, "scaling": "batch", "clamp": [0.5, 1.5], "gamma": 2.0,
+                                "label_smoothing": None}
 LOSS_NAMES = {"ce": "CE", "focal": "focal", "bias": "bias"}
 METRIC = ("val_top1 (top-1 % on the test split, the trainer's evaluation weights) of the last epoch in each "
           "run's metrics.jsonl")
@@ -225,6 +238,17 @@ class _Settings:
     device: str | None = None
     workers: int | None = None
     progress: bool | None = None
+    # loss options (None: the trainer's default); the ablations of docs/results.md
+    alpha: float | None = None
+    beta: float | None = None
+    scaling: str | None = None
+    clamp: list[float] | str | None = None  # [low, high] or "none"
+    gamma: float | None = None
+    label_smoothing: float | None = None
+
+    def loss_options(self) -> dict[str, Any]:
+        """The loss options this grid sets (the others are the trainer's defaults)."""
+        return {k: getattr(self, k) for k in LOSS_OPTIONS if getattr(self, k) is not None}
 
     def train_argv(self, run: Run) -> list[str]:
         argv = ["train", "--dataset", self.dataset, "--model", run.model, "--loss", run.loss,
@@ -234,6 +258,12 @@ class _Settings:
                             ("--data-dir", self.data_dir), ("--device", self.device),
                             ("--workers", self.workers)):
             if value is not None:
+                argv += [flag, str(value)]
+        for key, value in self.loss_options().items():
+            flag = "--" + key.replace("_", "-")
+            if key == "clamp":
+                argv += ["--no-clamp"] if value == "none" else [flag, *map(str, value)]
+            else:
                 argv += [flag, str(value)]
         if self.progress is False:
             argv.append("--no-progress")
@@ -271,26 +301,56 @@ def _check_identity(run: Run, ckpt: Mapping[str, Any], settings: _Settings) -> N
 
     saved, recipe = ckpt.get("args") or {}, ckpt.get("recipe") or {}
     planned = get_recipe(settings.recipe)
-    wanted = {"dataset": settings.dataset, "model": run.model, "loss": run.loss, "seed": run.seed,
-              "recipe": settings.recipe, "limit": settings.limit,
-              "batch_size": settings.batch_size or planned.batch_size, "epochs": settings.epochs}
+    wanted = _identity(run, settings)
     have = {key: saved.get(key) for key in wanted}
     have["batch_size"] = saved.get("batch_size") or recipe.get("batch_size")
     have["epochs"] = recipe.get("epochs", saved.get("epochs"))  # the schedule it was planned with
+    for key, default in LOSS_OPTIONS.items():  # runs from before an option existed had its default
+        have[key] = saved.get(key) if saved.get(key) is not None else recipe.get(key, default)
+    _compare_identity(str(run.dir), have, wanted)
+
+
+def _identity(run: Run, settings: _Settings) -> dict[str, Any]:
+    """What a run must have been trained with to count as this grid's run (effective values)."""
+    from biasloss.train.recipes import get_recipe
+
+    planned = get_recipe(settings.recipe)
+    wanted = {"dataset": settings.dataset, "model": run.model, "loss": run.loss, "seed": run.seed,
+              "recipe": settings.recipe, "limit": settings.limit,
+              "batch_size": settings.batch_size or planned.batch_size, "epochs": settings.epochs}
+    for key, default in LOSS_OPTIONS.items():
+        value = getattr(settings, key)
+        wanted[key] = value if value is not None else (planned.label_smoothing if key == "label_smoothing" else default)
+    return wanted
+
+
+def _compare_identity(where: str, have: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
     for key, given in wanted.items():
-        if have[key] != given and not (key == "epochs" and have[key] is None):
+        value = have.get(key)
+        if isinstance(value, tuple):
+            value = list(value)
+        if value != given and not (key == "epochs" and value is None):
             flag = key.replace("_", "-")
-            raise ValueError(f"{run.dir} was trained with --{flag} {have[key]}, not {given}: "
+            raise ValueError(f"{where} was trained with --{flag} {value}, not {given}: "
                              f"use another --out, or delete that run")
 
 
-def _inspect(run: Run, settings: _Settings) -> None:
-    """Set ``run.status`` (new / resume / finished) and, when finished, its numbers."""
+def _inspect(run: Run, settings: _Settings, out: Path) -> None:
+    """Set ``run.status`` (new / resume / finished) and, when finished, its numbers: from the run
+    directory when it is there, else from the run's record (``<out>/records/<run>.json``, what a
+    published grid keeps once its run directories are gone)."""
     from biasloss.train.checkpoint import load_checkpoint
 
     last = run.dir / "last.pt"
     if not last.exists():
-        run.status = "new"
+        record = read_record(_record_path(run, out))
+        if record is None:
+            run.status = "new"
+            return
+        _compare_identity(str(_record_path(run, out)), record["identity"], _identity(run, settings))
+        run.status, run.epochs_done = "finished", settings.epochs
+        run.final_top1, run.final_top5, run.best_top1 = (record["final_top1"], record["final_top5"],
+                                                         record["best_top1"])
         return
     ckpt = load_checkpoint(last)
     _check_identity(run, ckpt, settings)
@@ -309,6 +369,8 @@ def _inspect(run: Run, settings: _Settings) -> None:
     run.status = "finished"
     run.final_top1, run.final_top5, run.best_top1 = (numbers["final_top1"], numbers["final_top5"],
                                                      numbers["best_top1"])
+    if not _record_path(run, out).exists():
+        _write_record(run, settings, out)
 
 
 def plan_grid(settings: _Settings, out: Path) -> list[Run]:
@@ -316,8 +378,79 @@ def plan_grid(settings: _Settings, out: Path) -> list[Run]:
     runs = [Run(m, loss, s, out / "runs" / f"{m}-{loss}-s{s}")
             for m in settings.models for loss in settings.losses for s in settings.seeds]
     for run in runs:
-        _inspect(run, settings)
+        _inspect(run, settings, out)
     return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-run records: what a published grid keeps (docs/results/), without checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _record_path(run: Run, out: Path) -> Path:
+    return out / "records" / f"{run.name}.json"
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A run's record (:func:`_write_record`), ``None`` if there is none."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        for key in ("identity", "final_top1", "final_top5", "best_top1"):
+            record[key]  # noqa: B018  (presence)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a run record ({e})") from None
+    return record
+
+
+def _write_record(run: Run, settings: _Settings, out: Path) -> None:
+    """``<out>/records/<run>.json``: the command that trains the run, the versions, the seed,
+    final and best top-1, and every ``metrics.jsonl`` line up to the planned last epoch."""
+    import platform
+    import shlex
+
+    import torch
+
+    import biasloss
+
+    lines: dict[int, dict[str, Any]] = {}
+    for text in (run.dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and isinstance(line.get("epoch"), int) and line["epoch"] <= settings.epochs:
+            lines[line["epoch"]] = line  # a resumed epoch's line replaces the earlier one
+    fresh = Run(run.model, run.loss, run.seed, run.dir)  # the command without --resume
+    record = {
+        "name": run.name,
+        "command": "biasloss " + " ".join(shlex.quote(a) for a in settings.train_argv(fresh)),
+        "identity": _identity(run, settings),
+        "seed": run.seed,
+        "final_top1": run.final_top1,
+        "final_top5": run.final_top5,
+        "best_top1": run.best_top1,
+        "train_time_s": round(math.fsum(line.get("time_s", 0.0) for line in lines.values()), 1),
+        "versions": {"biasloss": biasloss.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "machine": {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads()},
+        "metrics": [lines[e] for e in sorted(lines)],
+    }
+    atomic_write_text(_record_path(run, out), json.dumps(record, indent=1) + "\n")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,6 +536,8 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         f"Dataset {s['dataset']}, recipe {s['recipe']}, {s['epochs']} epochs"
         + (f", batch {s['batch_size']}" if s.get("batch_size") else "")
         + (f", first {s['limit']} images (--limit)" if s.get("limit") else "")
+        + "".join(f", {k.replace('_', ' ')} {'none' if v == 'none' else (' '.join(map(str, v)) if isinstance(v, list) else v)}"
+                  for k, v in ((k, s.get(k)) for k in LOSS_OPTIONS) if v is not None)
         + f"; seeds {', '.join(map(str, s['seeds']))}; {finished} of {len(results['runs'])} runs finished.",
         "",
         f"Ours: top-1 % = {METRIC}; mean ± sample standard deviation (n - 1) over seeds. "
@@ -451,15 +586,9 @@ def _write_results(runs: Sequence[Run], settings: _Settings, out: Path) -> dict[
         **aggregate(runs, settings),
     }
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
-    _atomic_write(out / "results.md", format_markdown(results))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "results.md", format_markdown(results))
     return results
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,7 +627,7 @@ def run_grid(settings: _Settings, out: Path, *, dry_run: bool = False) -> dict[s
             run_train(args)
         except CheckpointError as e:
             raise CheckpointError(f"{run.name}: {str(e).splitlines()[0]}") from None
-        _inspect(run, settings)
+        _inspect(run, settings, out)
         if run.status != "finished":
             raise RuntimeError(f"{run.name}: the trainer returned before epoch {settings.epochs}")
         _write_results(runs, settings, out)
@@ -548,6 +677,7 @@ def settings_from_args(args: argparse.Namespace) -> _Settings:
         command=args.grid, dataset=dataset, models=models, losses=losses, seeds=seeds, recipe=recipe.name,
         epochs=args.epochs or recipe.epochs, batch_size=args.batch_size, limit=args.limit,
         data_dir=args.data_dir, device=args.device, workers=args.workers, progress=args.progress,
+        **{key: getattr(args, key, None) for key in LOSS_OPTIONS},
     )
 
 
@@ -587,6 +717,13 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="default: the recipe's")
     p.add_argument("--limit", type=int, help="use only the first N train and test images (smoke runs)")
     p.add_argument("--recipe", help="default: the table's (cifar100, imagenet) or the dataset's")
+    p.add_argument("--alpha", type=float, help="Bias Loss alpha (default 0.3)")
+    p.add_argument("--beta", type=float, help="Bias Loss beta (default 0.3)")
+    p.add_argument("--scaling", choices=("batch", "running_min"), help="Bias Loss variance scaling (default batch)")
+    p.add_argument("--clamp", nargs=2, type=float, metavar=("LOW", "HIGH"), help="Bias Loss weight clamp (default 0.5 1.5)")
+    p.add_argument("--no-clamp", dest="clamp", action="store_const", const="none", help="unclamped Bias Loss weights")
+    p.add_argument("--gamma", type=float, help="focal loss gamma (default 2)")
+    p.add_argument("--label-smoothing", type=float, help="default: the recipe's")
     p.add_argument("--out", help="directory for runs/, results.md, results.json "
                                  "(default runs/reproduce-<grid>-<dataset>)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")

@@ -37,8 +37,8 @@ from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler, def
 __all__ = ["model_from_checkpoint", "run_eval", "run_train"]
 
 #: Arguments that define what is trained; a resume must not change them.
-IDENTITY_ARGS = ("dataset", "model", "loss", "recipe", "seed", "alpha", "beta", "scaling", "gamma", "limit",
-                 "batch_size", "lr", "weight_decay", "label_smoothing")
+IDENTITY_ARGS = ("dataset", "model", "loss", "recipe", "seed", "alpha", "beta", "scaling", "clamp", "gamma",
+                 "limit", "batch_size", "lr", "weight_decay", "label_smoothing")
 
 
 def _log(info: DistInfo, message: str) -> None:
@@ -71,7 +71,8 @@ def _resolve(args, ckpt: dict[str, Any] | None) -> None:
     recipe = get_recipe(args.recipe) if args.recipe else default_recipe(args.dataset)
     args.recipe = recipe.name
     # resumed runs keep their precision and memory format unless told otherwise
-    defaults = {"loss": "bias", "seed": 0, "alpha": 0.3, "beta": 0.3, "scaling": "batch", "gamma": 2.0,
+    defaults = {"loss": "bias", "seed": 0, "alpha": 0.3, "beta": 0.3, "scaling": "batch", "clamp": [0.5, 1.5],
+                "gamma": 2.0,
                 "model": recipe.model, "amp": "auto", "channels_last": True}
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
@@ -106,7 +107,9 @@ def _build_model(args, spec, recipe: Recipe | None = None) -> nn.Module:
 def _build_loss(args, recipe: Recipe, info: DistInfo) -> nn.Module:
     kwargs: dict[str, Any] = {"label_smoothing": recipe.label_smoothing}
     if args.loss == "bias":
+        clamp = getattr(args, "clamp", None) or [0.5, 1.5]  # checkpoints from before --clamp: the default
         kwargs.update(alpha=args.alpha, beta=args.beta, scaling=args.scaling,
+                      clamp=None if clamp == "none" else tuple(clamp),
                       sync=info.enabled and not args.no_loss_sync)
     elif args.loss == "focal":
         kwargs.update(gamma=args.gamma)
