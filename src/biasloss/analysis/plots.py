@@ -46,6 +46,8 @@ import torch
 __all__ = [
     "FORMATS",
     "MissingDependencyError",
+    "check_out",
+    "figure",
     "load_metrics",
     "load_results",
     "plot_curves",
@@ -53,6 +55,8 @@ __all__ = [
     "plot_tradeoff",
     "plot_weights",
     "register",
+    "save",
+    "style",
 ]
 
 #: Output formats, from the ``--out`` suffix.
@@ -72,7 +76,7 @@ class MissingDependencyError(ImportError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.4, 4.4)):
+def figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.4, 4.4)):
     """A figure on the Agg canvas and its axes (never pyplot)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -85,7 +89,7 @@ def _figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.4,
     return fig, [ax for row in axes for ax in row]
 
 
-def _check_out(out: str | Path) -> Path:
+def check_out(out: str | Path) -> Path:
     path = Path(out)
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"--out must end in {', '.join(FORMATS)} (the format follows the suffix); got {str(out)!r}")
@@ -94,7 +98,7 @@ def _check_out(out: str | Path) -> Path:
     return path
 
 
-def _save(fig, path: Path, dpi: int = 150) -> Path:
+def save(fig, path: Path, dpi: int = 150) -> Path:
     import matplotlib
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +110,7 @@ def _save(fig, path: Path, dpi: int = 150) -> Path:
     return path
 
 
-def _style(ax, xlabel: str, ylabel: str, title: str | None = None) -> None:
+def style(ax, xlabel: str, ylabel: str, title: str | None = None) -> None:
     ax.set_xlabel(xlabel, fontsize=11)
     ax.set_ylabel(ylabel, fontsize=11)
     if title:
@@ -186,7 +190,7 @@ def _draw_weights(ax, pairs: Sequence[tuple[float, float]], clamp, title: str) -
             ax.axhline(level, color="0.4", linewidth=0.8, linestyle=":")
     ax.set_xlim(0, 1)
     ax.set_ylim(lo, hi)
-    _style(ax, "scaled variance v", "weight z(v) = exp(αv) − β", title)
+    style(ax, "scaled variance v", "weight z(v) = exp(αv) − β", title)
     ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, frameon=False)
 
 
@@ -204,20 +208,20 @@ def plot_weights(
     fast high-variance samples gain weight). With them: one panel with the pairs (a single value
     of either is repeated). ``clamp=None`` draws the raw formula.
     """
-    path = _check_out(out)
+    path = check_out(out)
     clamp = _check_clamp(clamp)
     clamp_note = f", clamped to [{clamp[0]:g}, {clamp[1]:g}]" if clamp else ", no clamp"
     if alphas is None and betas is None:
-        fig, (ax1, ax2) = _figure(1, 2, size=(6.4, 5.2))
+        fig, (ax1, ax2) = figure(1, 2, size=(6.4, 5.2))
         _draw_weights(ax1, [(0.3, b) for b in (0.0, 0.1, 0.3, 0.5)], clamp,
                       "(a) β varies: the floor 1 − β down-weights low variance")
         _draw_weights(ax2, [(a, 0.3) for a in (0.1, 0.3, 0.6, 1.0, 1.5)], clamp,
                       "(b) α varies: the rise for high variance")
     else:
-        fig, (ax,) = _figure(1, 1, size=(7.0, 5.2))
+        fig, (ax,) = figure(1, 1, size=(7.0, 5.2))
         _draw_weights(ax, _pairs(alphas, betas), clamp, None)
     fig.suptitle(f"Bias Loss weight z(v) = exp(αv) − β{clamp_note} (paper: Figure 2)", fontsize=12)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +245,7 @@ def plot_loss(
     ``-log(1 - q)`` (a lower bound: with more classes the true class can get less). The shaded
     area is every value the Bias Loss can take for ``v`` in ``[0, 1]``.
     """
-    path = _check_out(out)
+    path = check_out(out)
     alpha, beta = _check_float("alpha", alpha), _check_float("beta", beta)
     clamp = _check_clamp(clamp)
     variances = [_check_float("variance", v) for v in variances]
@@ -253,7 +257,7 @@ def plot_loss(
     z_all = _weights(torch.linspace(0, 1, 101, dtype=torch.float64), alpha, beta, clamp)
     z_min, z_max = float(z_all.min()), float(z_all.max())
     cmap = matplotlib.colormaps["viridis"]
-    fig, axes = _figure(1, 2)
+    fig, axes = figure(1, 2)
     panels = (
         ("(a) correct predictions", "probability of the true class p", -torch.log(prob)),
         ("(b) incorrect predictions", "probability of the predicted (wrong) class q;  true class: 1 − q",
@@ -270,12 +274,12 @@ def plot_loss(
                     label=f"L_bias, v = {v:g}  (z = {z:.2f})")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 5)
-        _style(ax, xlabel, "loss", title)
+        style(ax, xlabel, "loss", title)
         ax.legend(fontsize=9, loc="upper center" if ax is axes[0] else "upper left", framealpha=0.9)
     clamp_note = f", clamp [{clamp[0]:g}, {clamp[1]:g}]" if clamp else ", no clamp"
     fig.suptitle(f"Cross-entropy vs Bias Loss L_bias = z(v)·L_ce  ({_greek(alpha, beta)}{clamp_note}; "
                  f"paper: Figure 3)", fontsize=12)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,9 +387,9 @@ def _draw_tradeoff(ax, key: str, paper: bool, user: Sequence[Mapping[str, Any]],
                        linewidths=0.6, zorder=4 if sk else 3,
                        label=("SkipblockNet + Bias Loss (paper)" if e.name == "SkipblockNet-XS" else
                               "other compact CNNs (paper)" if e.name == "MobileNetV2 0.5x" else None))
-            style = (dict(fontsize=8.5, fontweight="bold", color=_SKIPBLOCK_COLOR) if sk
+            text_style = (dict(fontsize=8.5, fontweight="bold", color=_SKIPBLOCK_COLOR) if sk
                      else dict(fontsize=7.5, color="0.25"))
-            labels.append((x, e.top1, e.name, style, 130 if sk else 28))
+            labels.append((x, e.top1, e.name, text_style, 130 if sk else 28))
     for r in user:
         if r["top1"] is None or r[key] is None:
             continue
@@ -395,7 +399,7 @@ def _draw_tradeoff(ax, key: str, paper: bool, user: Sequence[Mapping[str, Any]],
                    edgecolors="black", linewidths=1.2 if sk else 0.5, zorder=6, label=f"{label} (ours)")
         labels.insert(0, (r[key] / 1e6, r["top1"], r["label"],
                           dict(fontsize=8.5, fontstyle="italic", color=_SKIPBLOCK_COLOR if sk else _USER_COLOR), 110))
-    _style(ax, xlabel, "top-1 accuracy (%)")
+    style(ax, xlabel, "top-1 accuracy (%)")
     ax.margins(x=0.14, y=0.08)
     return labels
 
@@ -438,14 +442,14 @@ def _place_labels(ax, labels: Sequence[tuple]) -> None:
     line_px = np.vstack(line_px) if line_px else np.zeros((0, 2))
     legend = ax.get_legend()
     placed = [legend.get_window_extent(renderer)] if legend is not None else []
-    for i, (x, y, text, style, size) in enumerate(labels):
+    for i, (x, y, text, text_style, size) in enumerate(labels):
         best = None
         for distance, (dx, dy), ha, va in _SPOTS:
             far = distance > 3
             d = distance + math.sqrt(size) / 2  # from the marker's edge
             ann = ax.annotate(text, (x, y), xytext=(dx * d, dy * d), textcoords="offset points", ha=ha, va=va,
                               zorder=7, arrowprops=dict(arrowstyle="-", color="0.55", linewidth=0.5,
-                                                        shrinkA=0, shrinkB=3) if far else None, **style)
+                                                        shrinkA=0, shrinkB=3) if far else None, **text_style)
             box = ann.get_window_extent(renderer)
             outside = box.width * box.height - _overlap(box, frame)
             cost = (sum(_overlap(box, o) for o in placed) * 10 + outside * 10
@@ -481,7 +485,7 @@ def plot_tradeoff(
         x: ``"macs"``, ``"params"`` or ``"both"`` (two panels).
         paper: draw the paper's Table 1 (ImageNet, MACs as the paper counts them).
     """
-    path = _check_out(out)
+    path = check_out(out)
     if x not in ("macs", "params", "both"):
         raise ValueError(f"x must be 'macs', 'params' or 'both', got {x!r}")
     records = list(results)
@@ -490,7 +494,7 @@ def plot_tradeoff(
     if records and not any(r.get("top1") is not None for r in records):
         raise ValueError("no result has a top1 (merge the eval output, e.g. biasloss eval --json, with the profile)")
     keys = ("macs", "params") if x == "both" else (x,)
-    fig, axes = _figure(1, len(keys), size=(7.5, 5.6))
+    fig, axes = figure(1, len(keys), size=(7.5, 5.6))
     labels = {"macs": "MACs (millions)", "params": "parameters (millions)"}
     to_place = [_draw_tradeoff(ax, key, paper, records, labels[key]) for ax, key in zip(axes, keys)]
     if not any(to_place):
@@ -510,7 +514,7 @@ def plot_tradeoff(
     fig.suptitle(title, fontsize=12)
     for ax, points in zip(axes, to_place):
         _place_labels(ax, points)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,7 +591,7 @@ def plot_curves(
         metrics: keys of ``metrics.jsonl`` (``val_top1``, ``val_loss``, ``train_loss``, ``lr``, ...),
             or ``loss`` / ``top1`` for training (dashed) and validation (solid) together.
     """
-    path = _check_out(out)
+    path = check_out(out)
     if isinstance(runs, (str, Path)):
         runs = [runs]
     if not runs:
@@ -611,7 +615,7 @@ def plot_curves(
     cmap = matplotlib.colormaps["tab10"]
     ncols = min(len(metrics), 2)
     nrows = math.ceil(len(metrics) / ncols)
-    fig, axes = _figure(nrows, ncols, size=(6.4, 4.4))
+    fig, axes = figure(nrows, ncols, size=(6.4, 4.4))
     for ax, m in zip(axes, metrics):
         keys = _PAIRS.get(m, (m,))
         for i, (label, history) in enumerate(zip(labels, histories)):
@@ -627,7 +631,7 @@ def plot_curves(
                         label=None if dashed else label)
         ylabel = (" / ".join(_METRIC_NAMES.get(k, k) for k in keys)
                   if m in _PAIRS else _METRIC_NAMES.get(m, m))
-        _style(ax, "epoch", ylabel)
+        style(ax, "epoch", ylabel)
         if m == "lr":
             ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -639,7 +643,7 @@ def plot_curves(
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
     fig.suptitle(title or "Learning curves", fontsize=12)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,7 +652,7 @@ def plot_curves(
 
 
 def _no_kind(args: argparse.Namespace) -> int:
-    raise ValueError("choose what to plot: biasloss plot {weights,loss,tradeoff,curves} --out FILE")
+    raise ValueError("choose what to plot: biasloss plot {weights,loss,tradeoff,curves,samples} --out FILE")
 
 
 def _cli(fn):
@@ -687,6 +691,22 @@ def _tradeoff_cmd(args: argparse.Namespace) -> Path:
 @_cli
 def _curves_cmd(args: argparse.Namespace) -> Path:
     return plot_curves(args.out, args.runs, metrics=args.metric or ("val_top1",), title=args.title)
+
+
+@_cli
+def _samples_cmd(args: argparse.Namespace) -> str:
+    from biasloss.analysis.samples import plot_samples, sample_weights
+
+    for name in ("count", "limit"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name} must be positive, got {value}")
+    check_out(args.out)
+    if args.hist:
+        check_out(args.hist)
+    result = sample_weights(args.checkpoint, count=args.count, limit=args.limit, data_dir=args.data_dir,
+                            device=args.device or "cpu")
+    return " and ".join(map(str, plot_samples(result, args.out, args.hist)))
 
 
 def register(subparsers) -> None:
@@ -746,3 +766,18 @@ def register(subparsers) -> None:
     c.add_argument("--metric", nargs="+", metavar="M", help="default: val_top1")
     c.add_argument("--title")
     c.set_defaults(func=_curves_cmd)
+
+    sm = kinds.add_parser("samples", help="the training images the Bias Loss weighs least and most",
+                          description="Run a biasloss train checkpoint over its training split once (training "
+                                      "batch size, first epoch's order, no augmentation) and draw the --count "
+                                      "images with the lowest and the highest Bias Loss weight z(v) (batch "
+                                      "scaling, the run's alpha, beta and clamp), each with its feature variance "
+                                      "and weight; --hist also draws the histogram of all the weights.")
+    sm.add_argument("--checkpoint", required=True, help="a last.pt or best.pt written by train")
+    out_arg(sm)
+    sm.add_argument("--hist", metavar="FILE", help="also the histogram of the weights: .png, .svg or .pdf")
+    sm.add_argument("--count", type=int, default=8, help="images per row (default 8)")
+    sm.add_argument("--limit", type=int, help="only the first N training images")
+    sm.add_argument("--data-dir")
+    sm.add_argument("--device", help="cpu (default) or cuda")
+    sm.set_defaults(func=_samples_cmd)

@@ -466,7 +466,7 @@ def plot_histograms(
     bins: int = 40,
 ) -> Path:
     """Two panels: the kept layer's per-sample variances; the Bias Loss weights per evaluation batch."""
-    from biasloss.analysis.plots import FORMATS, _figure, _save, _style
+    from biasloss.analysis.plots import FORMATS, figure, save, style
 
     path = Path(out)
     if path.suffix.lower() not in FORMATS:
@@ -478,7 +478,7 @@ def plot_histograms(
     from matplotlib.ticker import MaxNLocator
 
     panels = 2 if result.weights is not None else 1
-    fig, axes = _figure(1, panels, size=(5.6, 4.2))
+    fig, axes = figure(1, panels, size=(5.6, 4.2))
     for ax in axes:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     v = result.per_sample.double().numpy()
@@ -488,7 +488,7 @@ def plot_histograms(
     ax.axvline(stats.avg, color="#d62728", linewidth=1.2, label=f"avg {_num(stats.avg)}")
     ax.legend(fontsize=9)
     ax.ticklabel_format(axis="x", useOffset=False)
-    _style(ax, f"per-sample variance of {stats.label}", "samples",
+    style(ax, f"per-sample variance of {stats.label}", "samples",
            f"{stats.name}: {result.samples} samples")
     if result.weights is not None:
         ax = axes[1]
@@ -505,11 +505,11 @@ def plot_histograms(
         shape = "x".join(map(str, result.feature_shape)) if result.feature_shape else "?"
         per = f"scaled per batch of {batch_size}" if batch_size else "scaled per evaluation batch"
         clamp_text = f", clamp [{clamp[0]:g}, {clamp[1]:g}]" if clamp is not None else ""
-        _style(ax, f"Bias Loss weight z(v) (α={alpha:g}, β={beta:g}{clamp_text})", "samples",
+        style(ax, f"Bias Loss weight z(v) (α={alpha:g}, β={beta:g}{clamp_text})", "samples",
                f"on the loss's feature map ({shape}), {per}")
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""What the Bias Loss does to a trained network's training set, in pictures (paper sec. 3, eq. 3).
+
+:func:`sample_weights` runs a ``biasloss train`` checkpoint over its training split once, in the
+training batch size and the first epoch's order, without augmentation, and gives every image the
+variance of its last feature map and the Bias Loss weight ``z(v)`` that the batch scaling gives it
+among the images of its batch (the checkpoint's alpha, beta and clamp). :func:`plot_samples` draws
+the images weighed least and most, each with its variance and weight, and the histogram of the
+weights over the epoch. Command: ``biasloss plot samples --checkpoint CKPT --out grid.png
+--hist weights.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from biasloss.losses import bias_weights, feature_variance
+
+__all__ = ["SampleWeights", "plot_samples", "sample_weights"]
+
+
+@dataclass
+class SampleWeights:
+    """Per training image: its index in the loader's order, variance and weight; the images kept
+    for drawing (the ``count`` lowest and highest weights); what produced them."""
+
+    variance: Tensor  # (N,) float32
+    weight: Tensor  # (N,) float32
+    lowest: list[tuple[Tensor, int, float, float]]  # (image C x H x W in [0, 1], label, variance, weight)
+    highest: list[tuple[Tensor, int, float, float]]
+    label: str
+    alpha: float
+    beta: float
+    clamp: tuple[float, float] | None
+
+
+def _clamp(saved: argparse.Namespace) -> tuple[float, float] | None:
+    clamp = getattr(saved, "clamp", None) or [0.5, 1.5]
+    return None if clamp == "none" else (float(clamp[0]), float(clamp[1]))
+
+
+def _keep(kept: list, images: Tensor, labels: Tensor, v: Tensor, w: Tensor, count: int, lowest: bool) -> list:
+    """Merge a batch into the running ``count`` lowest (or highest) weights."""
+    order = torch.argsort(w, descending=not lowest)[:count]
+    kept = kept + [(images[i].float().cpu(), int(labels[i]), float(v[i]), float(w[i])) for i in order.tolist()]
+    kept.sort(key=lambda item: item[3], reverse=not lowest)
+    return kept[:count]
+
+
+@torch.no_grad()
+def sample_weights(
+    checkpoint: str | Path, *, count: int = 8, limit: int | None = None, data_dir: str | None = None,
+    device: str | torch.device = "cpu",
+) -> SampleWeights:
+    """Variance and Bias Loss weight of every training image of a checkpoint's dataset.
+
+    Args:
+        checkpoint: a ``last.pt``/``best.pt`` of ``biasloss train`` (its evaluation weights).
+        count: how many of the lowest- and highest-weighted images to keep for drawing.
+        limit: only the first ``limit`` training images.
+        data_dir: where the dataset lives (default: where the run found it).
+    """
+    from biasloss.data import AugmentConfig, build_loaders
+    from biasloss.features import forward_with_features
+    from biasloss.train.checkpoint import load_checkpoint
+    from biasloss.train.runner import model_from_checkpoint
+
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a positive int, got {count!r}")
+    if limit is not None and limit < 2:
+        raise ValueError(f"limit must be at least 2, got {limit}")
+    device = torch.device(device)
+    ckpt = load_checkpoint(checkpoint)
+    saved = argparse.Namespace(**(ckpt.get("args") or {}))
+    if not getattr(saved, "dataset", None) or not getattr(saved, "model", None):
+        raise ValueError(f"{checkpoint}: not a biasloss train checkpoint (no dataset or model in its args)")
+    recipe = ckpt.get("recipe") or {}
+    batch = getattr(saved, "batch_size", None) or recipe.get("batch_size") or 128
+    train_loader, _, spec = build_loaders(
+        saved.dataset, data_dir=data_dir or getattr(saved, "data_dir", None), batch_size=batch,
+        eval_batch_size=batch, device=device, augment=AugmentConfig(), seed=getattr(saved, "seed", 0) or 0,
+        workers=2, limit=limit or getattr(saved, "limit", None),
+    )
+    model, _ = model_from_checkpoint(ckpt, spec, checkpoint)
+    model = model.to(device).eval()
+    alpha, beta = (0.3 if getattr(saved, k, None) is None else float(getattr(saved, k)) for k in ("alpha", "beta"))
+    clamp = _clamp(saved)
+    mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+    variances, weights, lowest, highest = [], [], [], []
+    train_loader.set_epoch(0)
+    try:
+        for images, labels in train_loader:
+            if images.shape[0] < 2:
+                continue  # a batch of one has no spread to scale against
+            _, features = forward_with_features(model, images)
+            v = feature_variance(features)
+            w = bias_weights(features, alpha=alpha, beta=beta, clamp=clamp)
+            variances.append(v.cpu())
+            weights.append(w.cpu())
+            shown = (images * std + mean).clamp(0, 1)
+            lowest = _keep(lowest, shown, labels, v, w, count, lowest=True)
+            highest = _keep(highest, shown, labels, v, w, count, lowest=False)
+    finally:
+        close = getattr(train_loader, "close", None)
+        if close is not None:
+            close()
+    if not variances:
+        raise ValueError("no training batch of two or more images to weigh")
+    return SampleWeights(torch.cat(variances), torch.cat(weights), lowest, highest,
+                         f"{saved.model} ({getattr(saved, 'loss', '?')}, epoch {ckpt.get('epoch')}) on {saved.dataset}",
+                         alpha, beta, clamp)
+
+
+def plot_samples(result: SampleWeights, out: str | Path, hist: str | Path | None = None) -> list[Path]:
+    """Two rows of images (lowest and highest weights, each titled with variance and weight) to
+    ``out``; the histogram of all weights to ``hist``. Returns the files written."""
+    from biasloss.analysis.plots import check_out, figure, save
+
+    out_path = check_out(out)
+    hist_path = check_out(hist) if hist is not None else None
+    count = max(len(result.lowest), len(result.highest))
+    fig, flat = figure(2, count, size=(1.6, 2.1))
+    axes = [flat[:count], flat[count:]]
+    for row, (title, items) in enumerate((("lowest weight", result.lowest), ("highest weight", result.highest))):
+        for col in range(count):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col >= len(items):
+                continue
+            image, label, v, w = items[col]
+            shown = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
+            ax.imshow(shown.numpy(), cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1)
+            ax.set_title(f"v={v:.5g}\nz={w:.3f} (y={label})", fontsize=7)
+        axes[row][0].text(-0.15, 0.5, title, transform=axes[row][0].transAxes, rotation=90,
+                          va="center", ha="right", fontsize=9)
+    fig.suptitle(f"Bias Loss weights of training images: {result.label}", fontsize=9)
+    written = [save(fig, out_path)]
+    if hist_path is not None:
+        fig, (ax,) = figure()
+        ax.hist(result.weight.numpy(), bins=50, color="#4477aa")
+        clamp = "no clamp" if result.clamp is None else f"clamp [{result.clamp[0]:g}, {result.clamp[1]:g}]"
+        ax.set_xlabel(f"weight z(v) (alpha {result.alpha:g}, beta {result.beta:g}, {clamp}, batch scaling)")
+        ax.set_ylabel("training images")
+        ax.set_title(f"{len(result.weight)} images, mean weight {result.weight.mean():.3f}: {result.label}",
+                     fontsize=9)
+        written.append(save(fig, hist_path))
+    return written
