@@ -7,11 +7,11 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import torch
 
-__all__ = ["TorchFileError", "atomic_write_text", "read_torch_file"]
+__all__ = ["TorchFileError", "atomic_write", "atomic_write_text", "read_torch_file"]
 
 
 class TorchFileError(ValueError):
@@ -42,16 +42,17 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         raise TorchFileError(f"cannot read {os.fspath(path)}: {first} (truncated or corrupt?)") from None
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` all or nothing: a fresh temporary file beside it (never a fixed
-    name an existing link could redirect), flushed to disk, then renamed over ``path``. The parent
-    directory is created if needed."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], object], *, binary: bool = True) -> Path:
+    """Write ``path`` all or nothing: ``write(f)`` fills a fresh temporary file beside it (never a
+    fixed name an existing link could redirect), which is flushed to disk and renamed over
+    ``path``. A crash or a kill mid-write leaves the previous file intact and no partial one. The
+    parent directory is created if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,3 +60,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write` of a text."""
+    return atomic_write(path, lambda f: f.write(text), binary=False)
