@@ -422,7 +422,10 @@ def _write_record(run: Run, settings: _Settings, out: Path) -> None:
             continue
         if isinstance(line, dict) and isinstance(line.get("epoch"), int) and line["epoch"] <= settings.epochs:
             lines[line["epoch"]] = line  # a resumed epoch's line replaces the earlier one
-    fresh = Run(run.model, run.loss, run.seed, run.dir)  # the command without --resume
+    # the command without --resume, with the run directory relative to where the grid ran when
+    # it lies below it (a record names no path of one machine)
+    run_dir = Path(os.path.relpath(run.dir)) if run.dir.resolve().is_relative_to(Path.cwd()) else run.dir
+    fresh = Run(run.model, run.loss, run.seed, run_dir)
     record = {
         "name": run.name,
         "command": "biasloss " + " ".join(shlex.quote(a) for a in settings.train_argv(fresh)),
