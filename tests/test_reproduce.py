@@ -217,6 +217,46 @@ def test_records_carry_each_run_and_a_grid_continues_from_them(grid, tmp_path, m
     _one_line_error(capsys, code, "skipblocknet_xs-bias-s0.json", "--alpha 0.3, not 0.1")
 
 
+def test_variance_of_every_ce_and_bias_run_with_paired_differences(grid, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from biasloss.analysis.variance import checkpoint_variance
+    from biasloss.train import runner
+
+    copy = tmp_path / "grid"
+    shutil.copytree(grid, copy)
+    monkeypatch.setattr(runner, "run_train", lambda args: pytest.fail(f"trained again: {args.out}"))
+    argv = ["reproduce", "grid", *TINY, "--losses", "ce", "bias", "--seeds", "0", "1", "--variance"]
+    assert main([*argv, "--out", str(copy)]) == 0
+    assert capsys.readouterr().out.count("feature variance measured") == 4
+    measured = {}
+    for loss in ("ce", "bias"):
+        for seed in (0, 1):
+            record = json.loads((copy / "records" / f"skipblocknet_xs-{loss}-s{seed}.json").read_text())
+            layers = record["variance"]["layers"]
+            assert [layer["label"] for layer in layers][:2] == ["5th conv", "20th conv"]
+            assert layers[2]["label"].startswith("last conv")
+            measured[loss, seed] = layers
+    # the record holds what `biasloss variance --checkpoint` measures
+    direct = checkpoint_variance(copy / "runs" / "skipblocknet_xs-bias-s1" / "last.pt", device="cpu")
+    assert [s.as_dict() for s in direct.layers] == [
+        {k: layer[k] for k in ("avg", "max", "min")} for layer in measured["bias", 1]]
+    rows = json.loads((copy / "results.json").read_text())["variance"]
+    assert len(rows) == 3 * 3  # layers x (avg, max, min)
+    last_max = next(r for r in rows if r["layer"].startswith("last conv") and r["stat"] == "max")
+    diffs = [measured["bias", s][2]["max"] - measured["ce", s][2]["max"] for s in (0, 1)]
+    assert last_max["difference"]["diffs"] == pytest.approx(diffs)
+    assert last_max["cells"]["ce"]["mean"] == pytest.approx((measured["ce", 0][2]["max"] + measured["ce", 1][2]["max"]) / 2)
+    md = (copy / "results.md").read_text()
+    assert "Per-sample feature variance (Table 5's question)" in md and md.count("| `skipblocknet_xs` | ") == 1 + 9
+    # published without run directories: the table stays, nothing is measured again
+    published = tmp_path / "published"
+    shutil.copytree(copy, published, ignore=shutil.ignore_patterns("runs"))
+    assert main([*argv, "--out", str(published)]) == 0
+    assert "measured" not in capsys.readouterr().out
+    assert json.loads((published / "results.json").read_text())["variance"] == rows
+
+
 def test_interrupted_grid_gives_the_same_results_file(tmp_path):
     common = ["--dataset", "digits", "--models", "skipblocknet_xs", "--epochs", "2", "--limit", "64",
               "--batch-size", "32", "--no-progress", "--device", "cpu", "--losses", "ce", "bias", "--seeds", "0"]

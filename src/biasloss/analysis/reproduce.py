@@ -35,7 +35,11 @@ What is reported (``<out>/results.md`` and ``<out>/results.json``, rewritten aft
   (same initialisation and data order);
 - the paper's numbers beside ours where the dataset is the paper's and the model maps to a row
   (Table 4 and the authors' README for CIFAR-100, Table 3 for ImageNet). The paper reports single
-  runs of 200 (CIFAR-100) or ~350 (ImageNet) epochs, without intervals.
+  runs of 200 (CIFAR-100) or ~350 (ImageNet) epochs, without intervals;
+- with ``--variance``, Table 5's question (section 5.5): ``biasloss variance`` of every CE and Bias
+  Loss run's final model (``last.pt``; the 5th, 20th and last conv layer, the test split), kept in
+  the run's record, and per model and layer the CE and Bias Loss means of avg / max / min with the
+  paired difference ``bias - ce`` and its interval, as for top-1.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ __all__ = [
     "Run",
     "aggregate",
     "format_markdown",
+    "measure_variance",
     "mean_std",
     "paired_difference",
     "plan_grid",
@@ -245,6 +250,7 @@ class _Settings:
     clamp: list[float] | str | None = None  # [low, high] or "none"
     gamma: float | None = None
     label_smoothing: float | None = None
+    variance: bool = False  # Table 5's measurement of every CE and Bias Loss run (not part of a run)
 
     def loss_options(self) -> dict[str, Any]:
         """The loss options this grid sets (the others are the trainer's defaults)."""
@@ -465,6 +471,61 @@ def _paper_row(dataset: str, model: str) -> PaperRow | None:
     return PAPER.get(dataset, {}).get(model)
 
 
+VARIANCE_LOSSES = ("ce", "bias")  # Table 5 compares these two
+VARIANCE_STATS = ("avg", "max", "min")
+
+
+def measure_variance(runs: Sequence[Run], settings: _Settings, out: Path) -> None:
+    """Table 5's measurement (:func:`biasloss.analysis.variance.checkpoint_variance`: 5th, 20th and
+    last conv layer, test split) of every finished CE and Bias Loss run's ``last.pt``, added to
+    the run's record once. A run whose record has it already is skipped, and so is one without a
+    run directory (its checkpoint is gone: said so, the table has one seed fewer)."""
+    from biasloss.analysis.variance import checkpoint_variance
+
+    for run in runs:
+        if run.status != "finished" or run.loss not in VARIANCE_LOSSES:
+            continue
+        path = _record_path(run, out)
+        record = read_record(path)
+        if record is None or "variance" in record:
+            continue
+        last = run.dir / "last.pt"
+        if not last.is_file():
+            print(f"{run.name}: no {last} to measure the feature variance of; left out", flush=True)
+            continue
+        result = checkpoint_variance(last, device=settings.device, data_dir=settings.data_dir)
+        record["variance"] = {"samples": result.samples, "num_convs": result.num_convs,
+                              "layers": [{"label": s.label, "name": s.name, **s.as_dict()} for s in result.layers]}
+        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+        print(f"{run.name}: feature variance measured on {result.samples} test images", flush=True)
+
+
+def variance_table(runs: Sequence[Run], settings: _Settings, out: Path) -> list[dict[str, Any]]:
+    """Rows per (model, layer, stat): CE and Bias Loss mean ± std over seeds and the paired
+    difference bias - CE, from the records :func:`measure_variance` wrote; ``[]`` if none has it."""
+    rows: list[dict[str, Any]] = []
+    for model in settings.models:
+        by_loss: dict[str, dict[int, list[dict[str, Any]]]] = {loss: {} for loss in VARIANCE_LOSSES}
+        for run in runs:
+            if run.model != model or run.loss not in VARIANCE_LOSSES or run.status != "finished":
+                continue
+            record = read_record(_record_path(run, out))
+            if record and "variance" in record:
+                by_loss[run.loss][run.seed] = record["variance"]["layers"]
+        if not any(by_loss.values()):
+            continue
+        first = next(layers for values in by_loss.values() for layers in values.values())
+        for k, layer in enumerate(first):
+            for stat in VARIANCE_STATS:
+                values = {loss: {seed: layers[k][stat] for seed, layers in seeds.items()}
+                          for loss, seeds in by_loss.items()}
+                cells = {loss: dict(zip(("mean", "std"), mean_std(list(v.values()))), n=len(v))
+                         for loss, v in values.items()}
+                rows.append({"model": model, "layer": layer["label"], "module": layer["name"], "stat": stat,
+                             "cells": cells, "difference": paired_difference(values["bias"], values["ce"])})
+    return rows
+
+
 def aggregate(runs: Sequence[Run], settings: _Settings) -> dict[str, Any]:
     """Cells (mean, std, n per model and loss) and paired differences against ``ce``."""
     cells, differences = [], []
@@ -573,6 +634,8 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         lines.append(f"The paper reports no {s['dataset']} numbers. For reference its Bias Loss gains over "
                      "cross-entropy are +0.4 to +1.5 points on CIFAR-100 (Table 4) and +0.5 to +0.7 on "
                      "ImageNet (Table 3).")
+    if results.get("variance"):
+        lines += ["", *format_variance(results["variance"])]
     missing = [r["dir"] for r in results["runs"] if r["status"] != "finished"]
     if missing:
         lines.append("")
@@ -581,13 +644,48 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _num(x: float | None, signed: bool = False) -> str:
+    """Variances span orders of magnitude: three significant digits."""
+    if x is None:
+        return "–"
+    return f"{x:+.3g}" if signed else f"{x:.3g}"
+
+
+def format_variance(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: Table 5's question, one row per model, layer and statistic."""
+    lines = ["## Per-sample feature variance (Table 5's question)", "",
+             "Per-sample unbiased variance of a layer's output map over the test split, for each CE and Bias "
+             "Loss run's final model (`biasloss variance`); avg / max / min over the images, then mean ± "
+             "std over seeds, and the difference bias − CE paired by seed [95 % t interval].", "",
+             "| model | layer | stat | CE | bias | bias − CE [95 % CI] | bias / CE |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        cells, diff = row["cells"], row["difference"]
+        text = {}
+        for loss in VARIANCE_LOSSES:
+            c = cells[loss]
+            text[loss] = "–" if not c["n"] else (
+                f"{_num(c['mean'])}" + ("" if c["std"] is None else f" ± {_num(c['std'])}") + f" (n={c['n']})")
+        if diff["ci95"] is None:
+            d = _num(diff["mean"], True)
+        else:
+            d = f"{_num(diff['mean'], True)} [{_num(diff['ci95'][0], True)}, {_num(diff['ci95'][1], True)}]"
+        ce, bias = cells["ce"]["mean"], cells["bias"]["mean"]
+        ratio = f"{bias / ce:.2f}" if ce and bias is not None else "–"
+        lines.append(f"| `{row['model']}` | {row['layer']} (`{row['module']}`) | {row['stat']} | {text['ce']} | "
+                     f"{text['bias']} | {d} | {ratio} |")
+    return lines
+
+
 def _write_results(runs: Sequence[Run], settings: _Settings, out: Path) -> dict[str, Any]:
     results = {
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("device", "workers", "progress")},
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("device", "workers", "progress", "variance")},
         "metric": METRIC,
         "runs": [r.record(out) for r in runs],
         **aggregate(runs, settings),
     }
+    variance = variance_table(runs, settings, out)
+    if variance:
+        results["variance"] = variance
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", format_markdown(results))
@@ -634,6 +732,8 @@ def run_grid(settings: _Settings, out: Path, *, dry_run: bool = False) -> dict[s
         if run.status != "finished":
             raise RuntimeError(f"{run.name}: the trainer returned before epoch {settings.epochs}")
         _write_results(runs, settings, out)
+    if settings.variance:
+        measure_variance(runs, settings, out)
     results = _write_results(runs, settings, out)
     return results
 
@@ -680,7 +780,7 @@ def settings_from_args(args: argparse.Namespace) -> _Settings:
         command=args.grid, dataset=dataset, models=models, losses=losses, seeds=seeds, recipe=recipe.name,
         epochs=args.epochs or recipe.epochs, batch_size=args.batch_size, limit=args.limit,
         data_dir=args.data_dir, device=args.device, workers=args.workers, progress=args.progress,
-        **{key: getattr(args, key, None) for key in LOSS_OPTIONS},
+        **{key: getattr(args, key, None) for key in LOSS_OPTIONS}, variance=bool(getattr(args, "variance", False)),
     )
 
 
@@ -733,5 +833,8 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, help="DataLoader workers for folder datasets (default 4)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bars")
+    p.add_argument("--variance", action="store_true",
+                   help="also measure the feature variance (Table 5: 5th, 20th, last conv) of every CE and "
+                        "bias run's final model into its record, and tabulate bias - CE")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state; train nothing")
     p.set_defaults(func=_run)

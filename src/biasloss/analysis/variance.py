@@ -60,6 +60,7 @@ __all__ = [
     "PAPER_TABLE5",
     "LayerStats",
     "VarianceResult",
+    "checkpoint_variance",
     "collect_variance",
     "conv_layers",
     "format_table",
@@ -582,6 +583,25 @@ def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     return {"model": model.to(device), "loader": loader, "dataset": dataset, "label": label, "batch": batch,
             "alpha": 0.3 if alpha is None else alpha, "beta": 0.3 if beta is None else beta,
             "model_name": model_name}
+
+
+def checkpoint_variance(
+    checkpoint: str | Path,
+    layers: Sequence[int | str] = DEFAULT_LAYERS,
+    *,
+    split: str = "test",
+    device: str | None = None,
+    data_dir: str | None = None,
+) -> VarianceResult:
+    """What ``biasloss variance --checkpoint CKPT`` measures: the per-sample variance statistics
+    of ``layers`` for the checkpoint's evaluation weights, on its own dataset's ``split`` at its
+    training batch size and ``--limit`` (Table 5, section 5.5)."""
+    if split not in ("test", "train"):
+        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+    args = argparse.Namespace(checkpoint=str(checkpoint), model=None, dataset=None, data_dir=data_dir,
+                              limit=None, batch_size=None, split=split, seed=0, workers=None)
+    setup = _setup(args, _device(device))
+    return collect_variance(setup["model"], setup["loader"], layers, keep=None)
 
 
 def _run(args: argparse.Namespace) -> int:
