@@ -246,6 +246,7 @@ def test_variance_of_every_ce_and_bias_run_with_paired_differences(grid, tmp_pat
     last_max = next(r for r in rows if r["layer"].startswith("last conv") and r["stat"] == "max")
     diffs = [measured["bias", s][2]["max"] - measured["ce", s][2]["max"] for s in (0, 1)]
     assert last_max["difference"]["diffs"] == pytest.approx(diffs)
+    assert last_max["ratio"]["geomean"] == pytest.approx(math.exp(sum(math.log(measured["bias", s][2]["max"] / measured["ce", s][2]["max"]) for s in (0, 1)) / 2))
     assert last_max["cells"]["ce"]["mean"] == pytest.approx((measured["ce", 0][2]["max"] + measured["ce", 1][2]["max"]) / 2)
     md = (copy / "results.md").read_text()
     assert "Per-sample feature variance (Table 5's question)" in md and md.count("| `skipblocknet_xs` | ") == 1 + 9

@@ -522,8 +522,23 @@ def variance_table(runs: Sequence[Run], settings: _Settings, out: Path) -> list[
                 cells = {loss: dict(zip(("mean", "std"), mean_std(list(v.values()))), n=len(v))
                          for loss, v in values.items()}
                 rows.append({"model": model, "layer": layer["label"], "module": layer["name"], "stat": stat,
-                             "cells": cells, "difference": paired_difference(values["bias"], values["ce"])})
+                             "cells": cells, "difference": paired_difference(values["bias"], values["ce"]),
+                             "ratio": _paired_ratio(values["bias"], values["ce"])})
     return rows
+
+
+def _paired_ratio(treatment: Mapping[int, float], baseline: Mapping[int, float]) -> dict[str, Any] | None:
+    """``treatment / baseline`` seed by seed as a geometric mean with its 95 % interval: the paired
+    difference of logarithms, exponentiated. Variances of one layer span orders of magnitude from
+    seed to seed, so a ratio describes them better than a difference. ``None`` if a value is <= 0."""
+    seeds = set(treatment) & set(baseline)
+    if any(treatment[s] <= 0 or baseline[s] <= 0 for s in seeds):
+        return None
+    logs = paired_difference({s: math.log(treatment[s]) for s in seeds}, {s: math.log(baseline[s]) for s in seeds})
+    if logs["mean"] is None:
+        return None
+    return {"n": logs["n"], "geomean": math.exp(logs["mean"]),
+            "ci95": None if logs["ci95"] is None else [math.exp(v) for v in logs["ci95"]]}
 
 
 def aggregate(runs: Sequence[Run], settings: _Settings) -> dict[str, Any]:
@@ -656,8 +671,11 @@ def format_variance(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["## Per-sample feature variance (Table 5's question)", "",
              "Per-sample unbiased variance of a layer's output map over the test split, for each CE and Bias "
              "Loss run's final model (`biasloss variance`); avg / max / min over the images, then mean ± "
-             "std over seeds, and the difference bias − CE paired by seed [95 % t interval].", "",
-             "| model | layer | stat | CE | bias | bias − CE [95 % CI] | bias / CE |", "|---|---|---|---|---|---|---|"]
+             "std over seeds; bias − CE paired by seed, and bias / CE paired by seed as a geometric mean (the "
+             "paired difference of logarithms: variances of one layer span orders of magnitude from seed to "
+             "seed), each with its 95 % t interval.", "",
+             "| model | layer | stat | CE | bias | bias − CE [95 % CI] | bias / CE [95 % CI] |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         cells, diff = row["cells"], row["difference"]
         text = {}
@@ -669,8 +687,9 @@ def format_variance(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             d = _num(diff["mean"], True)
         else:
             d = f"{_num(diff['mean'], True)} [{_num(diff['ci95'][0], True)}, {_num(diff['ci95'][1], True)}]"
-        ce, bias = cells["ce"]["mean"], cells["bias"]["mean"]
-        ratio = f"{bias / ce:.2f}" if ce and bias is not None else "–"
+        r = row.get("ratio")
+        ratio = "–" if r is None else f"{r['geomean']:.2f}" + (
+            "" if r["ci95"] is None else f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]")
         lines.append(f"| `{row['model']}` | {row['layer']} (`{row['module']}`) | {row['stat']} | {text['ce']} | "
                      f"{text['bias']} | {d} | {ratio} |")
     return lines
