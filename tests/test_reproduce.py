@@ -258,6 +258,50 @@ def test_variance_of_every_ce_and_bias_run_with_paired_differences(grid, tmp_pat
     assert json.loads((published / "results.json").read_text())["variance"] == rows
 
 
+def test_ablation_against_a_finished_baseline_grid(grid, tmp_path, monkeypatch, capsys):
+    from biasloss.analysis import reproduce
+    from biasloss.train import runner
+
+    variants = {"no-clamp": {"clamp": "none"}, "alpha1.0-beta0": {"alpha": 1.0, "beta": 0.0}}
+    monkeypatch.setattr(reproduce, "ABLATIONS", variants)
+    trained = []
+    real = runner.run_train
+
+    def spy(args):
+        trained.append((args.out, args.alpha, args.beta, args.clamp))
+        return real(args)
+
+    monkeypatch.setattr(runner, "run_train", spy)
+    out = tmp_path / "ablation"
+    argv = ["reproduce", "ablation", *TINY, "--seeds", "0", "1", "--out", str(out)]
+    assert main([*argv, "--baseline", str(grid)]) == 0
+    # the baseline grid is read, never trained into; each variant trains its Bias Loss runs
+    assert sorted(f"{Path(o).parent.parent.name}/{Path(o).name} {a} {b} {c}" for o, a, b, c in trained) == [
+        "alpha1.0-beta0/skipblocknet_xs-bias-s0 1.0 0.0 None", "alpha1.0-beta0/skipblocknet_xs-bias-s1 1.0 0.0 None",
+        "no-clamp/skipblocknet_xs-bias-s0 None None none", "no-clamp/skipblocknet_xs-bias-s1 None None none"]
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["name"]: row for row in results["rows"]}
+    assert list(rows) == ["ce (cross-entropy)", "default Bias Loss", "no-clamp", "alpha1.0-beta0"]
+
+    def top1(where, loss, seed):
+        return json.loads((where / "records" / f"skipblocknet_xs-{loss}-s{seed}.json").read_text())["final_top1"]
+
+    row = rows["alpha1.0-beta0"]
+    assert row["vs_default"]["diffs"] == pytest.approx(
+        [top1(out / "alpha1.0-beta0", "bias", s) - top1(grid, "bias", s) for s in (0, 1)])
+    assert row["vs_ce"]["diffs"] == pytest.approx(
+        [top1(out / "alpha1.0-beta0", "bias", s) - top1(grid, "ce", s) for s in (0, 1)])
+    assert rows["ce (cross-entropy)"]["mean"] == pytest.approx((top1(grid, "ce", 0) + top1(grid, "ce", 1)) / 2)
+    md = (out / "results.md").read_text()
+    assert "| alpha1.0-beta0 | alpha 1.0, beta 0.0 |" in md and "| no-clamp | clamp none |" in md
+    # a baseline without the runs is refused (not trained into); loss options are the ablation's own
+    capsys.readouterr()
+    code = main([*argv[:-1], str(tmp_path / "other"), "--seeds", "0", "1", "2", "--baseline", str(grid)])
+    _one_line_error(capsys, code, "lacks finished runs", "skipblocknet_xs-ce-s2")
+    code = main([*argv, "--alpha", "0.5"])
+    _one_line_error(capsys, code, "leave out --alpha")
+
+
 def test_interrupted_grid_gives_the_same_results_file(tmp_path):
     common = ["--dataset", "digits", "--models", "skipblocknet_xs", "--epochs", "2", "--limit", "64",
               "--batch-size", "32", "--no-progress", "--device", "cpu", "--losses", "ce", "bias", "--seeds", "0"]
@@ -365,6 +409,7 @@ def test_corrupt_checkpoint_in_a_run_dir_is_one_line(tmp_path, capsys):
 
 
 def test_module_exports():
-    assert set(reproduce.GRIDS) == {"table4", "table3", "grid"}
+    assert set(reproduce.GRIDS) == {"table4", "table3", "grid", "ablation"}
+    assert "running_min" in reproduce.ABLATIONS and reproduce.ABLATIONS["no-clamp"] == {"clamp": "none"}
     assert reproduce.GRIDS["table4"].models == ("cifar_shufflenetv2", "cifar_mobilenetv2_075", "cifar_nasnet_a",
                                                "cifar_squeezenet", "cifar_densenet_k12")

@@ -59,6 +59,7 @@ from biasloss._io import atomic_write_text
 __all__ = [
     "GRIDS",
     "PAPER",
+    "ABLATIONS",
     "GridSpec",
     "Run",
     "aggregate",
@@ -69,6 +70,7 @@ __all__ = [
     "plan_grid",
     "read_run",
     "register",
+    "run_ablation",
     "run_grid",
     "t_quantile_975",
 ]
@@ -135,6 +137,21 @@ GRIDS: dict[str, GridSpec] = {
                                     "cifar_squeezenet", "cifar_densenet_k12"), LOSSES, "cifar100"),
     "table3": GridSpec("imagenet", ("mobilenetv3_large_100", "skipblocknet_m"), ("ce", "bias"), "imagenet"),
     "grid": GridSpec(None, ("skipblocknet_xs",), LOSSES, None),
+    "ablation": GridSpec(None, ("skipblocknet_xs",), ("ce", "bias"), None),
+}
+
+#: The Bias Loss ablations of ``reproduce ablation`` (issue 10, docs/results.md): each a grid of
+#: Bias Loss runs that changes the paper's defaults (alpha = beta = 0.3, batch min-max scaling,
+#: weights clamped to [0.5, 1.5], no label smoothing) in the options given.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "running_min": {"scaling": "running_min"},  # the authors' code's "global" scaling
+    "no-clamp": {"clamp": "none"},
+    "alpha0.1-beta0": {"alpha": 0.1, "beta": 0.0},
+    "alpha0.1-beta0.3": {"alpha": 0.1, "beta": 0.3},
+    "alpha0.3-beta0": {"alpha": 0.3, "beta": 0.0},
+    "alpha1.0-beta0": {"alpha": 1.0, "beta": 0.0},
+    "alpha1.0-beta0.3": {"alpha": 1.0, "beta": 0.3},
+    "label-smoothing0.1": {"label_smoothing": 0.1},
 }
 
 
@@ -757,6 +774,102 @@ def run_grid(settings: _Settings, out: Path, *, dry_run: bool = False) -> dict[s
     return results
 
 
+def run_ablation(settings: _Settings, out: Path, *, baseline: Path | None = None,
+                 dry_run: bool = False) -> dict[str, Any] | None:
+    """The Bias Loss ablations (:data:`ABLATIONS`) of one model: each a grid of Bias Loss runs in
+    ``<out>/<name>/``, against the paper's default Bias Loss and cross-entropy of the same seeds.
+    Those come from ``baseline`` (a finished ``reproduce grid`` of the same model, dataset and
+    epochs; never trained into) or else are trained in ``<out>/default/``. Writes
+    ``<out>/results.md`` and ``results.json``: per variant the mean ± std top-1 and its paired
+    differences against the default Bias Loss and against cross-entropy."""
+    from dataclasses import replace
+
+    settings = replace(settings, command="grid")  # each part is an ordinary grid
+    base = replace(settings, losses=["ce", "bias"], variance=False)
+    if baseline is not None:
+        runs = plan_grid(base, baseline)
+        missing = [r.name for r in runs if r.status != "finished"]
+        if missing:
+            raise ValueError(f"--baseline {str(baseline)!r} lacks finished runs {', '.join(missing)}: finish them "
+                             "with 'biasloss reproduce grid ... --losses ce bias', or leave out --baseline to "
+                             "train them here")
+        base_runs: list[Run] | None = runs
+    else:
+        run_grid(base, out / "default", dry_run=dry_run)
+        base_runs = None if dry_run else plan_grid(base, out / "default")
+    variants: dict[str, list[Run]] = {}
+    for name, options in ABLATIONS.items():
+        variant = replace(settings, losses=["bias"], variance=False, **options)
+        if dry_run:
+            run_grid(variant, out / name, dry_run=True)
+            continue
+        run_grid(variant, out / name)
+        variants[name] = plan_grid(variant, out / name)
+    if dry_run or base_runs is None:
+        return None
+    results = _ablation_results(settings, base_runs, variants, out, baseline)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "results.md", format_ablation(results))
+    return results
+
+
+def _ablation_results(settings: _Settings, base_runs: Sequence[Run], variants: Mapping[str, Sequence[Run]],
+                      out: Path, baseline: Path | None) -> dict[str, Any]:
+    def top1(runs: Sequence[Run], loss: str = "bias") -> dict[int, float]:
+        return {r.seed: r.final_top1 for r in runs if r.loss == loss and r.final_top1 is not None}
+
+    def time_s(runs: Sequence[Run], where: Path, loss: str = "bias") -> float | None:
+        times = [(read_record(_record_path(r, where)) or {}).get("train_time_s") for r in runs if r.loss == loss]
+        return mean_std([t for t in times if t is not None])[0]
+
+    ce, default = top1(base_runs, "ce"), top1(base_runs)
+    where = baseline if baseline is not None else out / "default"
+    rows = []
+    for name, options, runs, root in [("ce (cross-entropy)", {}, base_runs, where),
+                                      ("default Bias Loss", {}, base_runs, where),
+                                      *((n, ABLATIONS[n], v, out / n) for n, v in variants.items())]:
+        loss = "ce" if name.startswith("ce") else "bias"
+        values = top1(runs, loss)
+        mean, std = mean_std(list(values.values()))
+        rows.append({"name": name, "options": options, "n": len(values), "seeds": sorted(values), "mean": mean,
+                     "std": std, "train_time_s": time_s(runs, root, loss),
+                     "vs_default": None if loss == "ce" else paired_difference(values, default),
+                     "vs_ce": None if loss == "ce" else paired_difference(values, ce)})
+    return {"settings": {k: v for k, v in asdict(settings).items()
+                         if k not in ("device", "workers", "progress", "variance", "losses")},
+            "metric": METRIC, "baseline": str(where), "rows": rows}
+
+
+def format_ablation(results: Mapping[str, Any]) -> str:
+    """``results.md`` of ``reproduce ablation``."""
+    s = results["settings"]
+    lines = [
+        f"# biasloss reproduce: Bias Loss ablations of `{', '.join(s['models'])}`",
+        "",
+        f"Dataset {s['dataset']}, recipe {s['recipe']}, {s['epochs']} epochs"
+        + (f", batch {s['batch_size']}" if s.get("batch_size") else "")
+        + (f", first {s['limit']} images (--limit)" if s.get("limit") else "")
+        + f"; seeds {', '.join(map(str, s['seeds']))}. Each variant changes the paper's defaults (alpha = beta "
+        "= 0.3, batch min-max scaling, weights clamped to [0.5, 1.5], no label smoothing) in the options "
+        f"shown; the default Bias Loss and cross-entropy runs are those of `{results['baseline']}`.",
+        "",
+        f"Top-1 % = {METRIC}; mean ± sample standard deviation over seeds. Differences paired by seed, "
+        "mean [95 % Student-t interval].",
+        "",
+        "| variant | options | top-1 | − default bias [95 % CI] | − CE [95 % CI] | train time a run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        options = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row["options"].items()) or "–"
+        cell = _fmt_cell(row)
+        vs_default = "–" if row["vs_default"] is None or row["name"] == "default Bias Loss" else _fmt_diff(row["vs_default"])
+        vs_ce = "–" if row["vs_ce"] is None else _fmt_diff(row["vs_ce"])
+        seconds = "–" if row["train_time_s"] is None else f"{row['train_time_s']:.0f} s"
+        lines.append(f"| {row['name']} | {options} | {cell} | {vs_default} | {vs_ce} | {seconds} |")
+    return "\n".join(lines) + "\n"
+
+
 def _model_name(name: str, command: str) -> str:
     from biasloss.models import is_model, unknown_model_error
 
@@ -808,6 +921,21 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.grid}-{settings.dataset}"
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {str(out)!r} is a file; give a directory")
+    if args.grid == "ablation":
+        if len(settings.models) != 1:
+            raise ValueError("reproduce ablation takes one model (--models NAME)")
+        given = [f"--{k.replace('_', '-')}" for k in LOSS_OPTIONS if getattr(args, k, None) is not None]
+        given += ["--losses"] * bool(args.losses) + ["--variance"] * bool(args.variance)
+        if given:
+            raise ValueError(f"reproduce ablation sets the losses and loss options itself; leave out {' '.join(given)}")
+        baseline = Path(args.baseline) if args.baseline else None
+        ablation = run_ablation(settings, out, baseline=baseline, dry_run=args.dry_run)
+        if ablation is not None:
+            print(format_ablation(ablation), end="")
+            print(f"wrote {out / 'results.md'} and {out / 'results.json'}", file=sys.stderr)
+        return 0
+    if args.baseline:
+        raise ValueError("--baseline is for reproduce ablation")
     results = run_grid(settings, out, dry_run=args.dry_run)
     if results is not None:
         print(format_markdown(results), end="")
@@ -825,9 +953,10 @@ def register(subparsers) -> None:
                     "last epoch's test top-1 per cell, the paired difference bias - CE with a 95 % t "
                     "interval over seeds, and the paper's numbers. table4: CIFAR-100 zoo x ce/focal/bias; "
                     "table3: MobileNetV3-Large and SkipblockNet-M on ImageNet x ce/bias; grid: any dataset "
-                    "(default fashion-mnist).",
+                    "(default fashion-mnist); ablation: the Bias Loss variants (running_min scaling, no clamp, "
+                    "alpha x beta, label smoothing) of one model against its default Bias Loss and CE.",
     )
-    p.add_argument("grid", choices=tuple(GRIDS), help="table4, table3 or grid")
+    p.add_argument("grid", choices=tuple(GRIDS), help="table4, table3, grid or ablation")
     p.add_argument("--dataset", help="table4: cifar100, table3: imagenet, grid: fashion-mnist (defaults)")
     p.add_argument("--data-dir")
     p.add_argument("--models", nargs="+", metavar="MODEL",
@@ -855,5 +984,8 @@ def register(subparsers) -> None:
     p.add_argument("--variance", action="store_true",
                    help="also measure the feature variance (Table 5: 5th, 20th, last conv) of every CE and "
                         "bias run's final model into its record, and tabulate bias - CE")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="ablation: a finished grid of the same model whose CE and bias runs are the baseline "
+                        "(default: trained in <out>/default)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state; train nothing")
     p.set_defaults(func=_run)
