@@ -1,4 +1,5 @@
-"""``biasloss detect train|eval``: SSD with a SkipblockNet backbone on PASCAL VOC (paper Table 6).
+"""``biasloss detect train|eval``: SSD with a SkipblockNet backbone on PASCAL VOC (paper Table 6);
+``biasloss detect make-scenes``: the Fashion-MNIST scenes in VOC's layout (:mod:`.scenes`).
 
 The paper's recipe (section 5.4): VOC 2012 trainval for training, VOC 2007 test for mAP, 300 x 300
 input, SGD with learning rate 0.01 and cosine annealing, batch 42, 200 epochs. Defaults follow it;
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from biasloss.detection.metrics import voc_map
+from biasloss.detection.scenes import make_scenes
 from biasloss.detection.voc import VOC_CLASSES, VOCBoxes, collate
 from biasloss.models import create_model, load_pretrained
 from biasloss.models.detection import ssd_skipblocknet
@@ -158,7 +160,7 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
 
 
 def register(subparsers) -> None:
-    """``biasloss detect train|eval``."""
+    """``biasloss detect train|eval|make-scenes``."""
     p = subparsers.add_parser("detect", help="SSD with a SkipblockNet backbone on PASCAL VOC (Table 6)")
     sub = p.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train SSD on VOC; mAP on the test split every epoch")
@@ -184,6 +186,17 @@ def register(subparsers) -> None:
     e.add_argument("--device")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_eval)
+    m = sub.add_parser("make-scenes", help="write the Fashion-MNIST scenes detection dataset in VOC's layout",
+                       description="Fashion-MNIST garments, tinted and scaled, on cluttered backgrounds: a "
+                                   "deterministic stand-in for PASCAL VOC, read by VOCBoxes(..., classes="
+                                   "SCENE_CLASSES). Defaults: 4000 train and 1000 test scenes of 128 px, seed 0.")
+    m.add_argument("--out", required=True, help="a new or empty directory (it will hold VOCdevkit/VOC2007)")
+    m.add_argument("--train", type=int, help="train scenes (default 4000), garments from Fashion-MNIST's train split")
+    m.add_argument("--test", type=int, help="test scenes (default 1000), garments from its test split")
+    m.add_argument("--size", type=int, help="image side in pixels, 48..512 (default 128)")
+    m.add_argument("--seed", type=int, help="default 0")
+    m.add_argument("--data-dir", help="where Fashion-MNIST is looked for (default: standard places)")
+    m.set_defaults(func=_make_scenes)
 
 
 def _train(args) -> int:
@@ -195,4 +208,16 @@ def _eval(args) -> int:
     result = run_detect_eval(args)
     print(json.dumps(result) if args.json else f"{result['model']} SSD: mAP {result['map']:.2f} on "
           f"{result['images']} test images (epoch {result['epoch']})")
+    return 0
+
+
+def _make_scenes(args) -> int:
+    given = {k: getattr(args, k) for k in ("train", "test", "size", "seed") if getattr(args, k) is not None}
+    existed = (Path(args.out) / "scenes.json").is_file()
+    out = make_scenes(args.out, data_dir=args.data_dir, **given)
+    info = json.loads((out / "scenes.json").read_text())
+    p, objects = info["params"], info["objects"]
+    print(f"{'already there, the same dataset' if existed else 'wrote'}: {p['train']} train scenes "
+          f"({objects['train']} objects) and {p['test']} test scenes ({objects['test']} objects), "
+          f"{p['size']}x{p['size']} px, seed {p['seed']}, in {out} (VOCdevkit/VOC2007)")
     return 0

@@ -2,6 +2,8 @@
 
 Reads with :class:`torchvision.datasets.VOCDetection` and returns ``(image, target)``: a float
 image in [0, 1] and ``{"boxes": (N, 4) xyxy pixels, "labels": (N,) in 1..20, "difficult": (N,)}``.
+Other class lists in the same layout (the Fashion-MNIST scenes of :mod:`.scenes`) are read with
+``classes=``: a name's label is its index there.
 Training augmentation is that of torchvision's SSD reference (``transforms.v2`` with box support):
 photometric distortion, zoom out, IoU crop, horizontal flip. The SSD model resizes to its input
 size itself. Training drops ``difficult`` boxes, as the VOC protocol does; evaluation keeps them
@@ -11,6 +13,7 @@ flagged so the metric can ignore them.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,6 @@ VOC_CLASSES = (
     "__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
-_INDEX = {name: i for i, name in enumerate(VOC_CLASSES)}
 
 
 def _train_transform() -> v2.Transform:
@@ -40,9 +42,15 @@ def _train_transform() -> v2.Transform:
 
 
 class VOCBoxes(torch.utils.data.Dataset):
-    """One VOC split as ``(image, target)`` pairs (see the module doc)."""
+    """One VOC split as ``(image, target)`` pairs (see the module doc); ``classes[i]`` is the XML
+    name of label ``i`` (index 0 the background)."""
 
-    def __init__(self, root: str | os.PathLike, year: str, image_set: str, *, train: bool) -> None:
+    def __init__(self, root: str | os.PathLike, year: str, image_set: str, *, train: bool,
+                 classes: Sequence[str] = VOC_CLASSES) -> None:
+        if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+            raise TypeError(f"classes must be a sequence of class names, got {classes!r}")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"classes must be distinct, got {list(classes)}")
         root = Path(root)
         base = root / "VOCdevkit" / f"VOC{year}"
         if not (base / "ImageSets" / "Main" / f"{image_set}.txt").is_file():
@@ -52,6 +60,8 @@ class VOCBoxes(torch.utils.data.Dataset):
             )
         self.voc = VOCDetection(str(root), year=year, image_set=image_set)
         self.train = train
+        self.classes = tuple(classes)
+        self._index = {name: i for i, name in enumerate(self.classes)}
         self.transform = _train_transform() if train else v2.ToDtype(torch.float32, scale=True)
 
     def __len__(self) -> int:
@@ -63,12 +73,13 @@ class VOCBoxes(torch.utils.data.Dataset):
         objects = objects if isinstance(objects, list) else [objects]
         boxes, labels, difficult = [], [], []
         for obj in objects:
-            if obj["name"] not in _INDEX:
-                raise ValueError(f"{self.voc.annotations[index]}: unknown VOC class {obj['name']!r}")
+            if obj["name"] not in self._index:
+                raise ValueError(f"{self.voc.annotations[index]}: unknown class {obj['name']!r} "
+                                 f"(the classes given: {', '.join(self.classes[1:])})")
             b = obj["bndbox"]
             # VOC boxes are 1-based inclusive pixel indices; torchvision's are 0-based xyxy
             boxes.append([float(b["xmin"]) - 1, float(b["ymin"]) - 1, float(b["xmax"]), float(b["ymax"])])
-            labels.append(_INDEX[obj["name"]])
+            labels.append(self._index[obj["name"]])
             difficult.append(str(obj.get("difficult", "0")) == "1")
         box_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         label_t = torch.tensor(labels, dtype=torch.int64)
