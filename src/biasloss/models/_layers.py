@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import copy
 import math
-from functools import partial
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = [
     "LayerFn",
@@ -254,38 +254,17 @@ class Conv2dAct(nn.Conv2d):
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """``conv`` with ``bn`` folded in (torch's ``fuse_conv_bn_eval``); a :class:`Conv2dAct` when
+    ``bn`` carries an activation."""
+    folded = fuse_conv_bn_eval(conv.eval(), bn.eval())
     act = bn.act if isinstance(bn, BatchNormAct2d) and not isinstance(bn.act, nn.Identity) else None
-    fused = (partial(Conv2dAct, act=copy.deepcopy(act)) if act is not None else nn.Conv2d)(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
-    with torch.no_grad():
-        var = bn.running_var if bn.running_var is not None else torch.ones_like(bn.weight)
-        mean = bn.running_mean if bn.running_mean is not None else torch.zeros_like(bn.weight)
-        gamma = bn.weight if bn.weight is not None else torch.ones_like(var)
-        beta = bn.bias if bn.bias is not None else torch.zeros_like(var)
-        scale = gamma / torch.sqrt(var + bn.eps)
-        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
-        fused.bias.copy_((bias - mean) * scale + beta)
-    fused.weight.requires_grad_(conv.weight.requires_grad)
-    fused.to(memory_format=_memory_format(conv.weight))
+    if act is None:
+        return folded
+    fused = Conv2dAct(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                      device=conv.weight.device, dtype=conv.weight.dtype, act=copy.deepcopy(act))
+    fused.weight, fused.bias = folded.weight, folded.bias
     return fused
-
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _foldable(conv: Optional[nn.Module], bn: Optional[nn.Module]) -> bool:
