@@ -25,6 +25,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import biasloss
+from biasloss._io import atomic_write_text
 from biasloss.data import build_loaders, get_dataset_spec
 from biasloss.features import FeatureTap
 from biasloss.losses import create_loss, needs_features
@@ -167,21 +168,84 @@ def _jsonable(args) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
 
 
-def _rewrite_metrics(path: Path, upto_epoch: int) -> None:
-    """Keep the metrics lines of the epochs a resumed checkpoint already holds."""
-    if not path.exists():
+#: The files of a run directory: their presence means the directory holds a run.
+RUN_FILES = ("metrics.jsonl", "last.pt", "best.pt")
+
+
+def _check_out(out: Path, resume: str | None) -> None:
+    """Refuse to mix two runs in one directory: a fresh run needs an ``--out`` without a run in
+    it, and a resume writes into its own run directory or into one that holds no run yet."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; give a directory")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if not held:
         return
+    if resume is not None and Path(resume).resolve().parent == out.resolve():
+        return
+    what = f"resumes {resume}, a run of another directory" if resume else "would start a new run there"
+    raise ValueError(f"--out {out} already holds a run ({', '.join(held)}) and this command {what}; continue "
+                     f"that run with --resume {out / 'last.pt'}, or give a new --out")
+
+
+class _RunLock:
+    """An exclusive lock on a run directory for the whole run (``fcntl.flock`` on ``.lock``,
+    released when the process ends, however it ends): a second training on the same ``--out``
+    is refused instead of interleaving its metrics and checkpoints with the first."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".lock"
+        self._file: Any = None
+
+    def __enter__(self) -> _RunLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return self
+        self._file = open(self.path, "a+")  # noqa: SIM115  (held open for the run)
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip()
+            self._file.close()
+            raise ValueError(f"--out {self.path.parent} is in use by another training"
+                             + (f" (pid {holder})" if holder else "") + "; wait for it or give another --out") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _read_metrics(path: Path, upto_epoch: int) -> list[str]:
+    """The lines of ``metrics.jsonl`` for epochs ``<= upto_epoch`` (unreadable lines dropped)."""
+    if not path.exists():
+        return []
     kept = []
     for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, AttributeError):
             if json.loads(line).get("epoch", 0) <= upto_epoch:
                 kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
+    return kept
+
+
+def _start_metrics(out: Path, resume: str, upto_epoch: int) -> None:
+    """A resumed run's ``metrics.jsonl``: the resumed run's lines up to its checkpoint's epoch,
+    whether it continues in its own directory or in a new one."""
+    lines = _read_metrics(Path(resume).parent / "metrics.jsonl", upto_epoch)
+    atomic_write_text(out / "metrics.jsonl", "".join(line + "\n" for line in lines))
 
 
 def run_train(args) -> dict[str, Any]:
     """Train as ``args`` says; returns the last epoch's metrics."""
     ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None and not ckpt["args"]:
+        raise CheckpointError(f"{args.resume} holds no training arguments, so what it trained is unknown; "
+                              "it cannot be resumed")
     _resolve(args, ckpt)
     info, device = init_distributed(args.device)
     try:
@@ -197,6 +261,12 @@ def _train(
     spec = get_dataset_spec(args.dataset)
     recipe = _recipe(args)
     out = Path(args.out) if args.out else Path("runs") / f"{args.dataset}-{args.model}-{args.loss}-s{args.seed}"
+    # from here on Ctrl-C / SIGTERM stop the run cleanly (after the step in progress, with a checkpoint)
+    stop = cleanup.enter_context(_StopFlag())
+    if info.is_main:
+        _check_out(out, args.resume)
+        out.mkdir(parents=True, exist_ok=True)
+        cleanup.enter_context(_RunLock(out))
     torch.manual_seed(args.seed)
     train_loader, val_loader, spec = build_loaders(
         args.dataset, data_dir=args.data_dir, batch_size=recipe.batch_size,
@@ -247,11 +317,9 @@ def _train(
         start_epoch, start_step = ckpt["epoch"], ckpt.get("step", 0)
         best = ckpt.get("best_top1", -math.inf)
         if info.is_main:
-            _rewrite_metrics(out / "metrics.jsonl", start_epoch)
+            _start_metrics(out, args.resume, start_epoch)
         _log(info, f"resumed from {args.resume} at epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
 
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     _log(info, f"biasloss {biasloss.__version__}: {args.model} ({n_params / 1e6:.2f}M params) on {args.dataset} "
                f"[{train_loader.num_samples * info.world_size} train images], "
@@ -279,50 +347,49 @@ def _train(
 
     last_epoch = min(recipe.epochs, args.stop_after) if args.stop_after else recipe.epochs
     metrics: dict[str, Any] = {}
-    with _StopFlag() as stop:
-        for epoch in range(start_epoch, last_epoch):
-            train_loader.set_epoch(epoch)
-            t0 = time.perf_counter()
-            result = train_one_epoch(
-                train_net, criterion, optimizer, scheduler, train_loader, epoch=epoch, seed=args.seed,
-                device=device, amp_dtype=amp_dtype, scaler=scaler, ema=ema,
-                start_step=start_step if epoch == start_epoch else 0,
-                should_stop=lambda: stop.requested, progress=args.progress,
-            )
-            if result.interrupted:
-                if info.is_main:
-                    save_checkpoint(state(epoch, result.steps, None), out / "last.pt")
-                _log(info, f"interrupted at epoch {epoch + 1}, step {result.steps}: wrote {out / 'last.pt'}; "
-                           f"continue with --resume {out / 'last.pt'}")
-                raise SystemExit(130)
-            val = evaluate(eval_net, criterion, val_loader, device=device, amp_dtype=amp_dtype,
-                           progress=args.progress)
-            metrics = {
-                "epoch": epoch + 1,
-                "train_loss": round(result.loss, 6),
-                "train_top1": round(result.top1, 4),
-                "val_loss": round(val.loss, 6),
-                "val_top1": round(val.top1, 4),
-                "val_top5": round(val.top5, 4),
-                "lr": optimizer.param_groups[0]["lr"],
-                "time_s": round(time.perf_counter() - t0, 3),
-                "train_img_s": round(result.throughput * info.world_size, 1),
-            }
-            improved = val.top1 > best
-            best = max(best, val.top1)
+    for epoch in range(start_epoch, last_epoch):
+        train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        result = train_one_epoch(
+            train_net, criterion, optimizer, scheduler, train_loader, epoch=epoch, seed=args.seed,
+            device=device, amp_dtype=amp_dtype, scaler=scaler, ema=ema,
+            start_step=start_step if epoch == start_epoch else 0,
+            should_stop=lambda: stop.requested, progress=args.progress,
+        )
+        if result.interrupted:
             if info.is_main:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                snapshot = state(epoch + 1, 0, metrics)
-                save_checkpoint(snapshot, out / "last.pt")
-                if improved:
-                    save_checkpoint(snapshot, out / "best.pt")
-            _log(info, f"epoch {epoch + 1}/{recipe.epochs}  train loss {result.loss:.4f} top1 {result.top1:.2f}  "
-                       f"val loss {val.loss:.4f} top1 {val.top1:.2f} top5 {val.top5:.2f}  "
-                       f"{metrics['time_s']:.1f}s ({metrics['train_img_s']:.0f} img/s)")
-            if stop.requested:
-                _log(info, f"stopped after epoch {epoch + 1}: resume with --resume {out / 'last.pt'}")
-                raise SystemExit(130)
+                save_checkpoint(state(epoch, result.steps, None), out / "last.pt")
+            _log(info, f"interrupted at epoch {epoch + 1}, step {result.steps}: wrote {out / 'last.pt'}; "
+                       f"continue with --resume {out / 'last.pt'}")
+            raise SystemExit(130)
+        val = evaluate(eval_net, criterion, val_loader, device=device, amp_dtype=amp_dtype,
+                       progress=args.progress)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": round(result.loss, 6),
+            "train_top1": round(result.top1, 4),
+            "val_loss": round(val.loss, 6),
+            "val_top1": round(val.top1, 4),
+            "val_top5": round(val.top5, 4),
+            "lr": optimizer.param_groups[0]["lr"],
+            "time_s": round(time.perf_counter() - t0, 3),
+            "train_img_s": round(result.throughput * info.world_size, 1),
+        }
+        improved = val.top1 > best
+        best = max(best, val.top1)
+        if info.is_main:  # the checkpoint first: the log never runs ahead of last.pt
+            snapshot = state(epoch + 1, 0, metrics)
+            save_checkpoint(snapshot, out / "last.pt")
+            if improved:
+                save_checkpoint(snapshot, out / "best.pt")
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        _log(info, f"epoch {epoch + 1}/{recipe.epochs}  train loss {result.loss:.4f} top1 {result.top1:.2f}  "
+                   f"val loss {val.loss:.4f} top1 {val.top1:.2f} top5 {val.top5:.2f}  "
+                   f"{metrics['time_s']:.1f}s ({metrics['train_img_s']:.0f} img/s)")
+        if stop.requested:
+            _log(info, f"stopped after epoch {epoch + 1}: resume with --resume {out / 'last.pt'}")
+            raise SystemExit(130)
     return metrics
 
 

@@ -1,0 +1,103 @@
+"""A run directory holds one run: ``biasloss train`` never mixes two runs in one ``--out``, never
+lets two trainings write one directory at once, and never writes a log line ahead of its
+checkpoint (issue 13: lost or mixed work)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from pathlib import Path
+
+import pytest
+
+from biasloss.cli import main
+from biasloss.train import runner
+from biasloss.train.checkpoint import load_checkpoint, save_checkpoint
+
+pytest.importorskip("sklearn")
+
+FAST = ["--dataset", "digits", "--model", "skipblocknet_xs", "--batch-size", "32", "--limit", "64",
+        "--no-progress", "--device", "cpu"]
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.name != ".lock"}
+
+
+def _error(capsys, code: int, *needles: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("biasloss: error: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory) -> Path:
+    """A finished 2-epoch run."""
+    out = tmp_path_factory.mktemp("a") / "run"
+    assert main(["train", *FAST, "--epochs", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_a_new_run_into_a_run_directory_is_refused(run_a, capsys):
+    before = _files(run_a)
+    code = main(["train", *FAST, "--epochs", "2", "--seed", "1", "--out", str(run_a)])
+    _error(capsys, code, "already holds a run", "--resume", "new --out")
+    assert _files(run_a) == before
+
+
+def test_a_resume_writes_only_into_its_own_or_a_new_directory(run_a, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["train", *FAST, "--epochs", "1", "--out", str(other)]) == 0
+    before_a, before_other = _files(run_a), _files(other)
+    # into a directory holding a different run: refused, nothing touched
+    code = main(["train", *FAST, "--epochs", "3", "--resume", str(run_a / "last.pt"), "--out", str(other)])
+    _error(capsys, code, "already holds a run", "another directory")
+    assert _files(other) == before_other and _files(run_a) == before_a
+    # into a new directory: a branch of run A, its log starting with A's epochs
+    branch = tmp_path / "branch"
+    assert main(["train", *FAST, "--epochs", "3", "--resume", str(run_a / "last.pt"), "--out", str(branch)]) == 0
+    lines = (branch / "metrics.jsonl").read_text().splitlines()
+    assert lines[:2] == (run_a / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert _files(run_a) == before_a
+
+
+def test_a_second_training_on_a_locked_directory_is_refused(tmp_path, capsys):
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:  # what a running training holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code = main(["train", *FAST, "--epochs", "1", "--out", str(out)])
+    _error(capsys, code, "in use by another training")
+    assert not (out / "metrics.jsonl").exists() and not (out / "last.pt").exists()
+    # released: the directory is usable again
+    assert main(["train", *FAST, "--epochs", "1", "--out", str(out)]) == 0
+
+
+def test_a_checkpoint_without_arguments_is_not_resumed(run_a, tmp_path, capsys):
+    state = load_checkpoint(run_a / "last.pt")
+    state["args"] = {}
+    save_checkpoint(state, tmp_path / "empty.pt")
+    code = main(["train", "--resume", str(tmp_path / "empty.pt"), "--out", str(tmp_path / "x"), "--no-progress"])
+    _error(capsys, code, "empty.pt", "no training arguments")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_log_never_runs_ahead_of_the_checkpoint(tmp_path, monkeypatch):
+    real = runner.save_checkpoint
+    calls = []
+
+    def failing(state, path):
+        calls.append(state["epoch"])
+        if state["epoch"] == 2:
+            raise OSError(28, "No space left on device")
+        return real(state, path)
+
+    monkeypatch.setattr(runner, "save_checkpoint", failing)
+    out = tmp_path / "full"
+    with pytest.raises(OSError):
+        main(["train", *FAST, "--epochs", "2", "--out", str(out)])
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
