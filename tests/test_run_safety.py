@@ -76,6 +76,40 @@ def test_a_second_training_on_a_locked_directory_is_refused(tmp_path, capsys):
     assert main(["train", *FAST, "--epochs", "1", "--out", str(out)]) == 0
 
 
+def test_temporary_files_of_a_killed_write_are_removed(run_a, tmp_path):
+    import shutil
+
+    run = tmp_path / "killed"
+    shutil.copytree(run_a, run)
+    for name in (".last.pt.abc123.tmp", ".best.pt.x.tmp", ".metrics.jsonl.q.tmp"):
+        (run / name).write_bytes(b"partial")
+    (run / "notes.tmp").write_text("mine")
+    assert main(["train", *FAST, "--epochs", "3", "--resume", str(run / "last.pt"), "--out", str(run)]) == 0
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "last.pt", "metrics.jsonl", "notes.tmp"]
+
+
+def test_a_figure_is_written_all_or_nothing(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from biasloss.analysis.plots import save
+
+    fig = plt.figure()
+    path = save(fig, tmp_path / "f.png")
+    before = path.read_bytes()
+    assert before[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fig, "savefig", full_disk)
+    with pytest.raises(OSError):
+        save(fig, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["f.png"]
+    plt.close(fig)
+
+
 def test_a_checkpoint_without_arguments_is_not_resumed(run_a, tmp_path, capsys):
     state = load_checkpoint(run_a / "last.pt")
     state["args"] = {}

@@ -43,6 +43,8 @@ from typing import Any
 
 import torch
 
+from biasloss._io import atomic_write
+
 __all__ = [
     "FORMATS",
     "MissingDependencyError",
@@ -101,13 +103,12 @@ def check_out(out: str | Path) -> Path:
 def save(fig, path: Path, dpi: int = 150) -> Path:
     import matplotlib
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Reproducible SVG/PDF: fixed ids, no creation date.
+    # Reproducible SVG/PDF: fixed ids, no creation date. Written all or nothing (a full disk
+    # leaves the previous figure, not an empty one).
+    fmt = path.suffix.lower().lstrip(".")
     with matplotlib.rc_context({"svg.hashsalt": "biasloss"}):
-        metadata = {"Date": None} if path.suffix.lower() == ".svg" else (
-            {"CreationDate": None} if path.suffix.lower() == ".pdf" else None)
-        fig.savefig(path, dpi=dpi, metadata=metadata)
-    return path
+        metadata = {"Date": None} if fmt == "svg" else ({"CreationDate": None} if fmt == "pdf" else None)
+        return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, metadata=metadata))
 
 
 def style(ax, xlabel: str, ylabel: str, title: str | None = None) -> None:

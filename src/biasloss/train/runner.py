@@ -267,6 +267,9 @@ def _train(
         _check_out(out, args.resume)
         out.mkdir(parents=True, exist_ok=True)
         cleanup.enter_context(_RunLock(out))
+        for name in RUN_FILES:  # temporary files of writes a kill -9 cut short (the lock says no one writes)
+            for stale in out.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
     torch.manual_seed(args.seed)
     train_loader, val_loader, spec = build_loaders(
         args.dataset, data_dir=args.data_dir, batch_size=recipe.batch_size,
