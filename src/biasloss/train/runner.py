@@ -385,8 +385,8 @@ def _train(
             save_checkpoint(snapshot, out / "last.pt")
             if improved:
                 save_checkpoint(snapshot, out / "best.pt")
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            log = out / "metrics.jsonl"  # rewritten whole, atomically: never a torn line
+            atomic_write_text(log, (log.read_text() if log.exists() else "") + json.dumps(metrics) + "\n")
         _log(info, f"epoch {epoch + 1}/{recipe.epochs}  train loss {result.loss:.4f} top1 {result.top1:.2f}  "
                    f"val loss {val.loss:.4f} top1 {val.top1:.2f} top5 {val.top5:.2f}  "
                    f"{metrics['time_s']:.1f}s ({metrics['train_img_s']:.0f} img/s)")
