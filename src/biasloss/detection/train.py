@@ -63,6 +63,12 @@ def _resolve(args: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     for key in ("epochs", "batch_size", "size", "workers"):
         if cfg[key] <= 0:
             raise ValueError(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit must be positive, got {args.limit}")
+    if not (math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
+        raise ValueError(f"--lr must be a positive number, got {cfg['lr']}")
+    if not (math.isfinite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0):
+        raise ValueError(f"--weight-decay must be a number >= 0, got {cfg['weight_decay']}")
     if cfg["batch_size"] < 2:
         raise ValueError("--batch-size must be at least 2 (the smallest extra map's BatchNorm needs two samples)")
     if not cfg.get("data_dir"):

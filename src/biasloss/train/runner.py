@@ -82,8 +82,10 @@ def _resolve(args, ckpt: dict[str, Any] | None) -> None:
         value = getattr(args, name, None)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if args.lr is not None and not args.lr > 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    if args.weight_decay is not None and not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise ValueError(f"--weight-decay must be a number >= 0, got {args.weight_decay}")
 
 
 def _recipe(args) -> Recipe:
