@@ -32,3 +32,18 @@ def test_bad_numbers_are_refused_before_any_work(argv, flag, tmp_path, capsys):
     assert code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("biasloss: error: ") and flag in err, err
     assert not (tmp_path / "run").exists()
+
+
+BAD_DEVICES = [["train", *FAST], ["eval", "--checkpoint", "x.pt"], ["variance", "--model", "skipblocknet_xs"],
+               ["profile", "skipblocknet_xs"], ["detect", "train", "--data-dir", "x"]]
+
+
+@pytest.mark.parametrize("argv", BAD_DEVICES, ids=[a[0] if a[0] != "detect" else "detect" for a in BAD_DEVICES])
+@pytest.mark.parametrize("device", ["foo", "cuda:99"])
+def test_a_device_that_is_not_there_is_named(argv, device, tmp_path, capsys):
+    extra = ["--out", str(tmp_path / "run")] if argv[0] in ("train", "detect") else []
+    code = main([*argv, *extra, "--device", device])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "--device" in err and device in err, err
+    assert not (tmp_path / "run").exists()

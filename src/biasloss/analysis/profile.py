@@ -432,16 +432,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available")
-    return dev
-
-
 def profile_models(
     names: Sequence[str],
     *,
@@ -486,7 +476,9 @@ def profile_models(
                                   ("warmup", warmup, 0), ("throughput_reps", throughput_reps, 1),
                                   ("threads", threads, 1)):
         _check_count(label, value, minimum)
-    dev = _resolve_device(device)
+    from biasloss.train.distributed import resolve_device
+
+    dev = resolve_device(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     models: dict[str, nn.Module] = {}

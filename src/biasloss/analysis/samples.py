@@ -67,13 +67,14 @@ def sample_weights(
     from biasloss.data import AugmentConfig, build_loaders
     from biasloss.features import forward_with_features
     from biasloss.train.checkpoint import load_checkpoint
+    from biasloss.train.distributed import resolve_device
     from biasloss.train.runner import model_from_checkpoint
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive int, got {count!r}")
     if limit is not None and limit < 2:
         raise ValueError(f"limit must be at least 2, got {limit}")
-    device = torch.device(device)
+    device = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
     saved = argparse.Namespace(**(ckpt.get("args") or {}))
     if not getattr(saved, "dataset", None) or not getattr(saved, "model", None):

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from biasloss.features import FeatureTap, forward_with_features
 from biasloss.losses import bias_weights, feature_variance
+from biasloss.train.distributed import resolve_device
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -518,13 +519,6 @@ def plot_histograms(
 # ---------------------------------------------------------------------------------------------
 
 
-def _device(name: str | None) -> torch.device:
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but CUDA is not available here")
-    return device
-
-
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value <= 0:
         raise ValueError(f"--{name} must be positive, got {value}")
@@ -600,7 +594,7 @@ def checkpoint_variance(
         raise ValueError(f"split must be 'test' or 'train', got {split!r}")
     args = argparse.Namespace(checkpoint=str(checkpoint), model=None, dataset=None, data_dir=data_dir,
                               limit=None, batch_size=None, split=split, seed=0, workers=None)
-    setup = _setup(args, _device(device))
+    setup = _setup(args, resolve_device(device))
     return collect_variance(setup["model"], setup["loader"], layers, keep=None)
 
 
@@ -618,7 +612,7 @@ def _run(args: argparse.Namespace) -> int:
         if Path(args.hist).suffix.lower() not in FORMATS:
             raise ValueError(f"--hist must end in {', '.join(FORMATS)}; got {args.hist!r}")
     layers = args.layers or list(DEFAULT_LAYERS)
-    setup = _setup(args, _device(args.device))
+    setup = _setup(args, resolve_device(args.device))
     result = collect_variance(setup["model"], setup["loader"], layers, keep="last" if args.hist else None,
                               weights=bool(args.hist), alpha=setup["alpha"], beta=setup["beta"])
     if args.json:

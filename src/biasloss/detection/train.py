@@ -25,6 +25,7 @@ from biasloss.detection.voc import VOC_CLASSES, VOCBoxes, collate
 from biasloss.models import create_model, load_pretrained
 from biasloss.models.detection import ssd_skipblocknet
 from biasloss.train.checkpoint import load_checkpoint, save_checkpoint
+from biasloss.train.distributed import resolve_device
 from biasloss.train.engine import NonFiniteLossError
 
 __all__ = ["build_detector", "evaluate_map", "register", "run_detect_eval", "run_detect_train"]
@@ -95,7 +96,7 @@ def _loaders(cfg: dict[str, Any], limit: int | None) -> tuple[DataLoader, DataLo
 def run_detect_train(args: Any) -> dict[str, Any]:
     cfg, ckpt = _resolve(args)
     torch.manual_seed(cfg["seed"])
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     train_loader, test_loader = _loaders(cfg, args.limit)
     model = build_detector(cfg["model"], cfg["size"], None if ckpt else cfg.get("init")).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
@@ -157,7 +158,7 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
     if args.data_dir:
         cfg["data_dir"] = args.data_dir
     cfg["workers"] = args.workers or cfg["workers"]
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     _, test_loader = _loaders(cfg | {"batch_size": 2}, args.limit)
     model = build_detector(cfg["model"], cfg["size"]).to(device)
     model.load_state_dict(ckpt["model"])

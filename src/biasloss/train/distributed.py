@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "cleanup_distributed", "init_distributed"]
+__all__ = ["DistInfo", "cleanup_distributed", "init_distributed", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -26,18 +26,36 @@ class DistInfo:
         return self.rank == 0
 
 
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """The device ``--device`` names (default: CUDA where there is one, else the CPU); a
+    ``ValueError`` naming the flag for a name that is no device or a device this machine lacks."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device (cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} asked for, but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name} asked for, but MPS is not available here")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {name}: only cpu, cuda and mps are supported")
+    return dev
+
+
 def init_distributed(device: str | None) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on the CPU) and pick the
     device: ``cuda:LOCAL_RANK`` when CUDA is there and ``device`` does not say otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda asked for, but CUDA is not available here")
         if dev.index is None:
             dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
         torch.cuda.set_device(dev)

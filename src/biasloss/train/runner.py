@@ -400,11 +400,11 @@ def _train(
 
 def run_eval(args) -> dict[str, Any]:
     """Top-1 / top-5 of a training checkpoint on its dataset's test split."""
-    ckpt = load_checkpoint(args.checkpoint)
-    saved = argparse_namespace(ckpt["args"])
-    dataset = args.dataset or saved.dataset
     info, device = init_distributed(args.device)
     try:
+        ckpt = load_checkpoint(args.checkpoint)
+        saved = argparse_namespace(ckpt["args"])
+        dataset = args.dataset or saved.dataset
         spec = get_dataset_spec(dataset)
         saved_spec = get_dataset_spec(saved.dataset)
         if (spec.num_classes, spec.in_chans) != (saved_spec.num_classes, saved_spec.in_chans):
