@@ -47,3 +47,37 @@ def test_a_device_that_is_not_there_is_named(argv, device, tmp_path, capsys):
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "--device" in err and device in err, err
     assert not (tmp_path / "run").exists()
+
+
+def _outs(tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    ro.chmod(0o555)
+    return {"is a file": tmp_path / "afile", "parent is a file": tmp_path / "afile" / "run",
+            "read-only": ro / "run"}
+
+
+@pytest.mark.parametrize("case", ["is a file", "parent is a file", "read-only"])
+def test_an_output_place_that_cannot_be_written_is_named_before_any_work(case, tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    out = _outs(tmp_path)[case]
+    if case == "read-only":  # as a read-only file system answers (root would write a 0o555 directory)
+        real = tempfile.TemporaryFile
+
+        def read_only(*args, **kwargs):
+            if str(kwargs.get("dir", "")).startswith(str(tmp_path / "readonly")):
+                raise OSError(errno.EROFS, "Read-only file system")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    for argv in (["train", *FAST, "--out", str(out)],
+                 ["reproduce", "grid", "--dataset", "digits", "--models", "skipblocknet_xs", "--epochs", "1",
+                  "--limit", "64", "--seeds", "0", "--losses", "ce", "--out", str(out)],
+                 ["plot", "weights", "--out", str(out / "fig.png")]):
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (argv[0], err)
+        assert len(err.splitlines()) == 1 and "--out" in err and "Traceback" not in err, (argv[0], err)

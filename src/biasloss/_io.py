@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
 import zipfile
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any, Callable
 
 import torch
 
-__all__ = ["TorchFileError", "atomic_write", "atomic_write_text", "read_torch_file"]
+__all__ = ["TorchFileError", "atomic_path", "atomic_write", "atomic_write_text", "read_torch_file", "writable_dir", "writable_file"]
 
 
 class TorchFileError(ValueError):
@@ -42,23 +44,55 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         raise TorchFileError(f"cannot read {os.fspath(path)}: {first} (truncated or corrupt?)") from None
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], object], *, binary: bool = True) -> Path:
-    """Write ``path`` all or nothing: ``write(f)`` fills a fresh temporary file beside it (never a
-    fixed name an existing link could redirect), which is flushed to disk and renamed over
-    ``path``. A crash or a kill mid-write leaves the previous file intact and no partial one. The
-    parent directory is created if needed."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temporary path beside ``path`` (never a fixed name an existing link could
+    redirect) to write to; when the block ends without an error it is flushed to disk and
+    renamed over ``path``, otherwise removed. A crash or a kill mid-write leaves the previous file
+    intact and no partial one. The parent directory is created if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], object], *, binary: bool = True) -> Path:
+    """Write ``path`` all or nothing (:func:`atomic_path`): ``write(f)`` fills the temporary file."""
+    with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w") as f:
+        write(f)
+    return Path(path)
+
+
+def writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a directory a file can be written in, created if needed: checked before any
+    work, so that a read-only or misnamed output place is one ``ValueError`` naming ``flag``,
+    not an error after an epoch."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {str(path)!r} is a file; give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {str(path)!r}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a file that can be written: not a directory, in a writable directory (created
+    if needed); ``ValueError`` naming ``flag`` otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {str(path)!r} is a directory; give a file name")
+    writable_dir(path.parent, flag=f"{flag} {str(path)!r}: its directory")
     return path
 
 

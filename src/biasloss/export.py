@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from biasloss._io import atomic_path, writable_file
 
 __all__ = ["FORMATS", "export_checkpoint"]
 
@@ -116,6 +117,7 @@ def export_checkpoint(
 
     path = Path(out)
     fmt = _format_for(path, fmt)
+    writable_file(path)
     model, which, spec = _load_model(checkpoint)
     size = spec.image_size if image_size is None else image_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
@@ -128,10 +130,8 @@ def export_checkpoint(
     metadata = {"biasloss_model": str(model.__class__.__name__), "dataset": spec.name,
                 "input": f"{spec.in_chans}x{size}x{size}", "mean": json.dumps(list(spec.mean)),
                 "std": json.dumps(list(spec.std)), "num_classes": str(reference.shape[-1])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp_path:
+        tmp = str(tmp_path)
         how = fmt
         if fmt == "onnx":
             _export_onnx(model, x, tmp, dynamic_batch, metadata)
@@ -147,9 +147,6 @@ def export_checkpoint(
         scale = float(reference.abs().max()) or 1.0
         if diff is not None and not diff <= _TOLERANCE * max(scale, 1.0):
             raise ValueError(f"the exported model differs from PyTorch by {diff:.3g} (logits up to {scale:.3g})")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return {
         "path": str(path), "format": how, "weights": which, "bn_fused": fuse,
         "input": ["batch" if fmt == "onnx" and dynamic_batch else 2, spec.in_chans, size, size],

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from biasloss._io import atomic_write
+from biasloss._io import atomic_write, writable_file
 
 __all__ = [
     "FORMATS",
@@ -95,9 +95,7 @@ def check_out(out: str | Path) -> Path:
     path = Path(out)
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"--out must end in {', '.join(FORMATS)} (the format follows the suffix); got {str(out)!r}")
-    if path.is_dir():
-        raise IsADirectoryError(f"--out {str(out)!r} is a directory; give a file name")
-    return path
+    return writable_file(path)
 
 
 def save(fig, path: Path, dpi: int = 150) -> Path:

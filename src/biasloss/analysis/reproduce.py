@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from biasloss._io import atomic_write_text
+from biasloss._io import atomic_write_text, writable_dir
 
 __all__ = [
     "GRIDS",
@@ -919,8 +919,10 @@ def settings_from_args(args: argparse.Namespace) -> _Settings:
 def _run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.grid}-{settings.dataset}"
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {str(out)!r} is a file; give a directory")
+    if not args.dry_run:
+        writable_dir(out)
+    elif out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; give a directory")
     if args.grid == "ablation":
         if len(settings.models) != 1:
             raise ValueError("reproduce ablation takes one model (--models NAME)")

@@ -25,7 +25,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import biasloss
-from biasloss._io import atomic_write_text
+from biasloss._io import atomic_write_text, writable_dir
 from biasloss.data import build_loaders, get_dataset_spec
 from biasloss.features import FeatureTap
 from biasloss.losses import create_loss, needs_features
@@ -177,8 +177,6 @@ RUN_FILES = ("metrics.jsonl", "last.pt", "best.pt")
 def _check_out(out: Path, resume: str | None) -> None:
     """Refuse to mix two runs in one directory: a fresh run needs an ``--out`` without a run in
     it, and a resume writes into its own run directory or into one that holds no run yet."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file; give a directory")
     held = [name for name in RUN_FILES if (out / name).exists()]
     if not held:
         return
@@ -267,7 +265,7 @@ def _train(
     stop = cleanup.enter_context(_StopFlag())
     if info.is_main:
         _check_out(out, args.resume)
-        out.mkdir(parents=True, exist_ok=True)
+        writable_dir(out)
         cleanup.enter_context(_RunLock(out))
         for name in RUN_FILES:  # temporary files of writes a kill -9 cut short (the lock says no one writes)
             for stale in out.glob(f".{name}.*.tmp"):
