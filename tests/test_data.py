@@ -287,9 +287,19 @@ def _corrupt(kind: str, folder: Path) -> None:
         lab.write_bytes(idx_bytes(np.full(50, 10, np.uint8)))
     elif kind == "ndim":  # images stored as 1-D
         path.write_bytes(idx_bytes(np.zeros(50 * 784, np.uint8)))
+    elif kind == "negative":  # signed int32 labels, one of them -3
+        labels = np.zeros(50, ">i4")
+        labels[7] = -3
+        (folder / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, 0x0C, 1]) + struct.pack(">I", 50) + labels.tobytes())
+    elif kind.startswith("size"):  # 8 x 8 or 1 x 1 images instead of 28 x 28
+        side = int(kind[4:])
+        path.write_bytes(idx_bytes(np.zeros((50, side, side), np.uint8)))
+    elif kind == "huge":  # dimensions whose product passes 2**63
+        path.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**32 - 1) + b"\x00" * 64)
 
 
-@pytest.mark.parametrize("kind", ["magic", "notidx", "truncated", "long", "empty", "badgz", "count", "label", "ndim"])
+@pytest.mark.parametrize("kind", ["magic", "notidx", "truncated", "long", "empty", "badgz", "count", "label", "ndim",
+                                  "negative", "size8", "size1", "huge"])
 def test_fashion_mnist_corrupt(tmp_path, no_debian, kind):
     write_fashion(tmp_path, fashion_arrays(), gz=False)
     _corrupt(kind, tmp_path)

@@ -8,6 +8,7 @@ with a one-line message (the places tried, how to get the data) when none has th
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import zlib
@@ -89,7 +90,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < header:
         raise DatasetCorruptError(f"{path} is truncated (header needs {header} bytes, file has {len(raw)})")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: no overflow past 2**63
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "longer than its header says"
         raise DatasetCorruptError(
@@ -152,8 +153,12 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, download: b
         if labels.ndim != 1 or len(labels) != len(images):
             raise DatasetCorruptError(
                 f"{label_file}: labels of shape {labels.shape} for the {len(images)} images of {image_file.name}")
-        if len(labels) and int(labels.max()) >= 10:
-            raise DatasetCorruptError(f"{label_file}: label {int(labels.max())} outside [0, 10)")
+        if images.shape[1:] != (28, 28):
+            raise DatasetCorruptError(f"{image_file}: Fashion-MNIST images are 28 x 28, these are "
+                                      f"{images.shape[1]} x {images.shape[2]}")
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < 10:
+            bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+            raise DatasetCorruptError(f"{label_file}: label {bad} outside [0, 10)")
     return ArrayData(
         torch.from_numpy(arrays["train_images"][..., None]),
         torch.from_numpy(arrays["train_labels"].astype(np.int64)),
