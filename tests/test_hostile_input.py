@@ -81,3 +81,37 @@ def test_an_output_place_that_cannot_be_written_is_named_before_any_work(case, t
         err = capsys.readouterr().err.strip()
         assert code == 2, (argv[0], err)
         assert len(err.splitlines()) == 1 and "--out" in err and "Traceback" not in err, (argv[0], err)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", *FAST, "--out", str(out)]) == 0
+    return out / "last.pt"
+
+
+@pytest.mark.parametrize("args", [{}, {"dataset": "digits"}, {"model": "skipblocknet_xs"}, {"dataset": 3, "model": None}],
+                         ids=["empty", "no-model", "no-dataset", "wrong-types"])
+def test_a_checkpoint_whose_arguments_lack_keys_is_named(trained, args, tmp_path, capsys):
+    from biasloss.train.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(trained)
+    state["args"] = args
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(state, bad)
+    for argv in (["eval", "--checkpoint", str(bad), "--device", "cpu"],
+                 ["export", "--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")],
+                 ["variance", "--checkpoint", str(bad), "--device", "cpu"]):
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (argv[0], err)
+        assert len(err.splitlines()) == 1 and "bad.pt" in err and "Traceback" not in err, (argv[0], err)
+
+
+def test_a_checkpoint_with_only_dataset_and_model_still_evaluates(trained, tmp_path, capsys):
+    from biasloss.train.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(trained)
+    state["args"] = {"dataset": "digits", "model": "skipblocknet_xs", "limit": 64}  # an older checkpoint's few keys
+    save_checkpoint(state, tmp_path / "old.pt")
+    assert main(["eval", "--checkpoint", str(tmp_path / "old.pt"), "--device", "cpu", "--no-progress"]) == 0

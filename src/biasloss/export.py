@@ -41,11 +41,11 @@ def _format_for(path: Path, fmt: str | None) -> str:
 
 def _load_model(checkpoint: str | os.PathLike) -> tuple[nn.Module, str, Any]:
     from biasloss.data import get_dataset_spec
-    from biasloss.train.checkpoint import load_checkpoint
+    from biasloss.train.checkpoint import load_checkpoint, training_args
     from biasloss.train.runner import model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
-    spec = get_dataset_spec(ckpt["args"]["dataset"])
+    spec = get_dataset_spec(training_args(ckpt, checkpoint).dataset)
     if ckpt.get("num_classes"):  # folder datasets: the classes found in the data
         spec = dataclasses.replace(spec, num_classes=int(ckpt["num_classes"]))
     model, which = model_from_checkpoint(ckpt, spec, checkpoint)

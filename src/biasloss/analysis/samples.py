@@ -66,7 +66,7 @@ def sample_weights(
     """
     from biasloss.data import AugmentConfig, build_loaders
     from biasloss.features import forward_with_features
-    from biasloss.train.checkpoint import load_checkpoint
+    from biasloss.train.checkpoint import load_checkpoint, training_args
     from biasloss.train.distributed import resolve_device
     from biasloss.train.runner import model_from_checkpoint
 
@@ -76,9 +76,7 @@ def sample_weights(
         raise ValueError(f"limit must be at least 2, got {limit}")
     device = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
-    saved = argparse.Namespace(**(ckpt.get("args") or {}))
-    if not getattr(saved, "dataset", None) or not getattr(saved, "model", None):
-        raise ValueError(f"{checkpoint}: not a biasloss train checkpoint (no dataset or model in its args)")
+    saved = training_args(ckpt, checkpoint)
     recipe = ckpt.get("recipe") or {}
     batch = getattr(saved, "batch_size", None) or recipe.get("batch_size") or 128
     train_loader, _, spec = build_loaders(

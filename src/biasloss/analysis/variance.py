@@ -529,12 +529,12 @@ def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
     The checkpoint logic mirrors ``biasloss eval`` (``train.runner.run_eval``)."""
     from biasloss.data import AugmentConfig, build_loaders, get_dataset_spec
-    from biasloss.train.checkpoint import load_checkpoint
+    from biasloss.train.checkpoint import load_checkpoint, training_args
     from biasloss.train.runner import _build_model, model_from_checkpoint
 
     if args.checkpoint:
         ckpt = load_checkpoint(args.checkpoint)
-        saved = argparse.Namespace(**ckpt["args"])
+        saved = training_args(ckpt, args.checkpoint)
         recipe = ckpt.get("recipe") or {}
         dataset = args.dataset or saved.dataset
         spec, saved_spec = get_dataset_spec(dataset), get_dataset_spec(saved.dataset)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import torch
 
 from biasloss._io import TorchFileError, atomic_write, read_torch_file
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "training_args"]
 
 #: Keys every checkpoint written by ``biasloss train`` holds.
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "loss", "args")
@@ -18,6 +19,25 @@ REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "loss", "args")
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or not one of ours."""
+
+
+#: What a checkpoint's ``args`` must name to be evaluated, exported or measured.
+TRAINING_KEYS = ("dataset", "model")
+#: Values for arguments a checkpoint may lack (written by an older version, or edited).
+ARG_DEFAULTS: dict[str, Any] = {"data_dir": None, "batch_size": None, "eval_batch_size": None, "seed": 0,
+                                "limit": None, "channels_last": True, "amp": "auto", "loss": None,
+                                "alpha": None, "beta": None, "clamp": [0.5, 1.5], "scaling": "batch"}
+
+
+def training_args(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> argparse.Namespace:
+    """The ``biasloss train`` arguments a checkpoint was written with, as a namespace; the keys an
+    older or edited checkpoint lacks take :data:`ARG_DEFAULTS`. :class:`CheckpointError` when it
+    does not name its dataset and model."""
+    saved = ckpt.get("args")
+    if not isinstance(saved, dict) or any(not isinstance(saved.get(k), str) for k in TRAINING_KEYS):
+        raise CheckpointError(f"{os.fspath(path)}: its training arguments do not name "
+                              f"{' and '.join(TRAINING_KEYS)}; not a checkpoint 'biasloss train' wrote")
+    return argparse.Namespace(**(ARG_DEFAULTS | saved))
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -30,7 +30,7 @@ from biasloss.data import build_loaders, get_dataset_spec
 from biasloss.features import FeatureTap
 from biasloss.losses import create_loss, needs_features
 from biasloss.models import create_model, list_models, load_pretrained
-from biasloss.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from biasloss.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, training_args
 from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed
 from biasloss.train.engine import ModelWithFeatures, evaluate, train_one_epoch
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler, default_recipe, get_recipe
@@ -401,7 +401,7 @@ def run_eval(args) -> dict[str, Any]:
     info, device = init_distributed(args.device)
     try:
         ckpt = load_checkpoint(args.checkpoint)
-        saved = argparse_namespace(ckpt["args"])
+        saved = training_args(ckpt, args.checkpoint)
         dataset = args.dataset or saved.dataset
         spec = get_dataset_spec(dataset)
         saved_spec = get_dataset_spec(saved.dataset)
@@ -433,7 +433,7 @@ def run_eval(args) -> dict[str, Any]:
 def model_from_checkpoint(ckpt: dict[str, Any], spec, path: str | os.PathLike = "checkpoint") -> tuple[nn.Module, str]:
     """The model a training checkpoint describes, holding the weights ``train`` evaluated
     (the EMA's when there is one); returns ``(model, "ema" | "model")``."""
-    saved = argparse_namespace(ckpt["args"])
+    saved = training_args(ckpt, path)
     model = _build_model(saved, spec)
     weights, which = ckpt["model"], "model"
     if ckpt.get("eval_weights") == "ema" and ckpt.get("ema"):
@@ -444,9 +444,3 @@ def model_from_checkpoint(ckpt: dict[str, Any], spec, path: str | os.PathLike = 
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit {saved.model}: {str(e).splitlines()[0]}") from None
     return model, which
-
-
-def argparse_namespace(values: dict[str, Any]):
-    import argparse
-
-    return argparse.Namespace(**values)
