@@ -69,7 +69,7 @@ def test_other_resolution_and_unfused(run, tmp_path):
 def test_errors_are_one_line(run, tmp_path, capsys):
     for argv, message in [
         (["--out", str(tmp_path / "m.bin")], "cannot tell the format"),
-        (["--out", str(tmp_path / "m.onnx"), "--image-size", "4"], "image size"),
+        (["--out", str(tmp_path / "m.onnx"), "--image-size", "4"], "--image-size"),
     ]:
         assert main(["export", "--checkpoint", str(run / "last.pt"), *argv]) == 2
         err = capsys.readouterr().err.strip()

@@ -115,3 +115,18 @@ def test_a_checkpoint_with_only_dataset_and_model_still_evaluates(trained, tmp_p
     state["args"] = {"dataset": "digits", "model": "skipblocknet_xs", "limit": 64}  # an older checkpoint's few keys
     save_checkpoint(state, tmp_path / "old.pt")
     assert main(["eval", "--checkpoint", str(tmp_path / "old.pt"), "--device", "cpu", "--no-progress"]) == 0
+
+
+def test_an_input_size_the_model_cannot_take_is_named(trained, tmp_path, capsys):
+    cases = [(["export", "--checkpoint", str(trained), "--image-size", "1", "--out", str(tmp_path / "m.onnx")],
+              "--image-size"),
+             # SqueezeNet's pooling cannot reduce a 4 px map; it runs at 224 px, so the size is to blame
+             (["profile", "cifar_squeezenet", "--input-size", "4", "--device", "cpu", "--reps", "1"], "--input-size"),
+             # 3 x 200,000 x 200,000 floats: 480 GB
+             (["profile", "skipblocknet_xs", "--input-size", "200000", "--device", "cpu", "--reps", "1"], "memory")]
+    for argv, needle in cases:
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (argv[0], err)
+        assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, (argv[0], err)
+    assert not (tmp_path / "m.onnx").exists()

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from biasloss._checks import try_input
 from biasloss._io import atomic_path, writable_file
 
 __all__ = ["FORMATS", "export_checkpoint"]
@@ -121,12 +122,11 @@ def export_checkpoint(
     model, which, spec = _load_model(checkpoint)
     size = spec.image_size if image_size is None else image_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"image size must be an int >= 8, got {size!r}")
+        raise ValueError(f"--image-size must be an int >= 8, got {size!r}")
     if fuse:
         fuse_bn(model)
     x = torch.randn(2, spec.in_chans, size, size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        reference = model(x)
+    reference = try_input(model, x, f"--image-size {size}", spec.image_size)
     metadata = {"biasloss_model": str(model.__class__.__name__), "dataset": spec.name,
                 "input": f"{spec.in_chans}x{size}x{size}", "mean": json.dumps(list(spec.mean)),
                 "std": json.dumps(list(spec.std)), "num_classes": str(reference.shape[-1])}

@@ -44,6 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from biasloss._checks import is_out_of_memory, try_input
+
 __all__ = [
     "MAC_COUNTER",
     "PAPER_MODELS",
@@ -486,6 +488,7 @@ def profile_models(
     shape = (1, in_chans, input_size, input_size)
     for name in names:
         model = _create_model(name, num_classes=num_classes, in_chans=in_chans, small_input=small_input).eval()
+        try_input(model, shape, f"--input-size {input_size}", 32 if small_input else 224)
         paper = paper_figures(name)
         results[name] = {
             "model": name,
@@ -507,8 +510,14 @@ def profile_models(
             results[name]["latency"] = stats
             results[name]["latency_ms"] = stats["median"]
     if latency and throughput:
-        xb = torch.randn((batch, *shape[1:]), generator=generator).to(device=dev, memory_format=memory_format)
-        tp = measure_throughput(models, xb, reps=throughput_reps, warmup=min(warmup, 2) or 1, threads=None)
+        try:
+            xb = torch.randn((batch, *shape[1:]), generator=generator).to(device=dev, memory_format=memory_format)
+            tp = measure_throughput(models, xb, reps=throughput_reps, warmup=min(warmup, 2) or 1, threads=None)
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            raise ValueError(f"--batch {batch} at --input-size {input_size} does not fit in memory; "
+                             "give a smaller --batch or --no-throughput") from None
         for name, stats in tp.items():
             results[name]["throughput"] = stats
             results[name]["throughput_img_s"] = stats["img_per_s"]
