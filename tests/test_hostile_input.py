@@ -130,3 +130,9 @@ def test_an_input_size_the_model_cannot_take_is_named(trained, tmp_path, capsys)
         assert code == 2, (argv[0], err)
         assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, (argv[0], err)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_detect_eval_of_a_classifier_checkpoint_is_one_line(trained, capsys):
+    code = main(["detect", "eval", "--checkpoint", str(trained), "--data-dir", "x", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "biasloss eval" in err and str(trained) in err, err

@@ -24,7 +24,7 @@ from biasloss.detection.scenes import make_scenes
 from biasloss.detection.voc import VOC_CLASSES, VOCBoxes, collate
 from biasloss.models import create_model, load_pretrained
 from biasloss.models.detection import ssd_skipblocknet
-from biasloss.train.checkpoint import load_checkpoint, save_checkpoint
+from biasloss.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from biasloss.train.distributed import resolve_device
 from biasloss.train.engine import NonFiniteLossError
 
@@ -154,6 +154,9 @@ def run_detect_train(args: Any) -> dict[str, Any]:
 
 def run_detect_eval(args: Any) -> dict[str, Any]:
     ckpt = load_checkpoint(args.checkpoint)
+    if "best_map" not in ckpt:
+        raise CheckpointError(f"{args.checkpoint} is not a 'biasloss detect train' checkpoint (a classifier's? "
+                              "evaluate those with 'biasloss eval')")
     cfg = dict(_DEFAULTS) | ckpt["args"]
     if args.data_dir:
         cfg["data_dir"] = args.data_dir
@@ -161,7 +164,11 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
     device = resolve_device(args.device)
     _, test_loader = _loaders(cfg | {"batch_size": 2}, args.limit)
     model = build_detector(cfg["model"], cfg["size"]).to(device)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{args.checkpoint}: weights do not fit SSD on {cfg['model']}: "
+                              f"{str(e).splitlines()[0]}") from None
     m_ap = evaluate_map(model, test_loader, device, cfg["test_year"] == "2007")
     return {"map": round(m_ap, 4), "images": len(test_loader.dataset), "epoch": ckpt["epoch"], "model": cfg["model"]}
 
