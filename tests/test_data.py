@@ -71,13 +71,14 @@ def cifar_arrays(num_classes: int, n_train: int, n_test: int, seed: int = 0):
             rng.integers(0, 256, (n_test, 3072), dtype=np.uint8), rng.integers(0, num_classes, n_test).tolist())
 
 
-def write_cifar(root: Path, num_classes: int, n_train: int = 40, n_test: int = 15, seed: int = 0):
+def write_cifar(root: Path, num_classes: int, n_train: int = 40, n_test: int = 15, seed: int = 0,
+                protocol: int = pickle.DEFAULT_PROTOCOL):
     """torchvision's CIFAR 'python version': pickled dicts with uint8 'data' (N, 3072) rows (R, G, B planes)."""
     train_x, train_y, test_x, test_y = cifar_arrays(num_classes, n_train, n_test, seed)
 
     def dump(path: Path, obj: dict) -> None:
         with open(path, "wb") as f:
-            pickle.dump(obj, f)
+            pickle.dump(obj, f, protocol=protocol)
 
     if num_classes == 10:
         folder = root / "cifar-10-batches-py"
@@ -341,10 +342,11 @@ def test_digits():
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])
 @pytest.mark.parametrize("num_classes", [10, 100])
-def test_cifar(tmp_path, num_classes):
+def test_cifar(tmp_path, num_classes, protocol):
     name = f"cifar{num_classes}"
-    train_x, train_y, test_x, test_y = write_cifar(tmp_path, num_classes)
+    train_x, train_y, test_x, test_y = write_cifar(tmp_path, num_classes, protocol=protocol)
     train, test, spec = build_loaders(name, data_dir=tmp_path, batch_size=16)
     assert spec.num_classes == num_classes and spec.in_chans == 3 and spec.image_size == 32
     assert (train.num_samples, test.num_samples, len(train), len(test)) == (40, 15, 3, 1)
