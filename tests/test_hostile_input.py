@@ -136,3 +136,52 @@ def test_detect_eval_of_a_classifier_checkpoint_is_one_line(trained, capsys):
     code = main(["detect", "eval", "--checkpoint", str(trained), "--data-dir", "x", "--device", "cpu"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "biasloss eval" in err and str(trained) in err, err
+
+
+def test_a_full_disk_while_writing_is_one_line_and_keeps_the_previous_file(trained, tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained.parent, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"}
+    real = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    code = main(["train", "--resume", str(run / "last.pt"), "--epochs", "2", "--out", str(run), "--no-progress"])
+    monkeypatch.setattr(os, "fsync", real)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "cannot write" in err and "No space left" in err and "intact" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before
+    for argv in (["export", "--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "m.pt")],
+                 ["plot", "weights", "--out", str(tmp_path / "w.png")]):
+        monkeypatch.setattr(os, "fsync", full)
+        code = main(argv)
+        monkeypatch.setattr(os, "fsync", real)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err, (argv[0], err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_an_unreadable_image_in_a_folder_dataset_is_named(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        for cls in ("n01", "n02"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (40, 40), (i * 40, 100, 50)).save(d / f"{i}.JPEG")
+    (root / "train" / "n02" / "2.JPEG").write_bytes(b"\\xff\\xd8\\xff\\xe0 truncated")
+    code = main(["train", "--dataset", "imagenet", "--data-dir", str(root), "--model", "skipblocknet_xs",
+                 "--epochs", "1", "--batch-size", "4", "--workers", "1", "--no-progress", "--device", "cpu",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "2.JPEG" in err and "cannot be read as an image" in err and "Traceback" not in err, err

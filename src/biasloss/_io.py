@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import tempfile
@@ -13,11 +14,19 @@ from typing import IO, Any, Callable
 
 import torch
 
-__all__ = ["TorchFileError", "atomic_path", "atomic_write", "atomic_write_text", "read_torch_file", "writable_dir", "writable_file"]
+__all__ = ["OutputError", "TorchFileError", "atomic_path", "atomic_write", "atomic_write_text", "read_torch_file", "writable_dir", "writable_file"]
 
 
 class TorchFileError(ValueError):
     """A file that ``torch.load(..., weights_only=True)`` cannot read."""
+
+
+class OutputError(OSError):
+    """An output file could not be written (full disk, read-only place, no permission); the
+    previous file, if any, is intact. The message names the file."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
 def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -44,23 +53,35 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         raise TorchFileError(f"cannot read {os.fspath(path)}: {first} (truncated or corrupt?)") from None
 
 
+# the file system's answers that mean "this output cannot be written here"
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A fresh temporary path beside ``path`` (never a fixed name an existing link could
     redirect) to write to; when the block ends without an error it is flushed to disk and
     renamed over ``path``, otherwise removed. A crash or a kill mid-write leaves the previous file
-    intact and no partial one. The parent directory is created if needed."""
+    intact and no partial one. The parent directory is created if needed. A full disk, a
+    read-only place or a refused permission is an :class:`OutputError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if isinstance(e, OutputError) or e.errno not in _WRITE_ERRNOS:
+            raise
+        intact = "; the previous file is intact" if path.exists() else ""
+        raise OutputError(e.errno, f"cannot write {path}: {e.strerror}{intact}") from None
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], object], *, binary: bool = True) -> Path:

@@ -160,8 +160,21 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from biasloss.train.checkpoint import CheckpointError
     from biasloss.train.engine import NonFiniteLossError
 
+    from biasloss._io import OutputError
+
     return (ValueError, TypeError, FileNotFoundError, DatasetNotFoundError, CheckpointError,
-            NonFiniteLossError, PermissionError, IsADirectoryError, NotADirectoryError)
+            NonFiniteLossError, PermissionError, IsADirectoryError, NotADirectoryError, OutputError)
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's first line; for one raised in a DataLoader worker (re-raised with the worker's
+    traceback as its message) the original message, the traceback's last line."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].startswith("Caught ") and len(lines) > 1 and "Original Traceback" in str(error):
+        return lines[-1].split(": ", 1)[-1]  # "DatasetCorruptError: <message>"
+    return lines[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,6 +191,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _expected_errors() as e:
         if os.environ.get("BIASLOSS_DEBUG"):
             raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"biasloss: error: {message}", file=sys.stderr)
+        print(f"biasloss: error: {_one_line(e)}", file=sys.stderr)
         return 1 if type(e).__name__ == "NonFiniteLossError" else 2

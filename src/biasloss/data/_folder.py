@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ._augment import normalize
 from ._plan import EpochBatches, epoch_generator
-from ._specs import AugmentConfig
+from ._specs import AugmentConfig, DatasetCorruptError
 
 __all__ = ["FolderLoader", "eval_transform", "train_transform"]
 
@@ -67,14 +67,18 @@ class _SeededDataset(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        if isinstance(key, tuple):
-            index, seed = key
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        try:
             image, label = self.base[index]
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                image = self.transform(image)
-        else:
-            image, label = self.base[key]
+        except OSError as e:  # PIL: unidentified or truncated image files are OSErrors
+            samples = getattr(self.base, "samples", None)
+            where = samples[index][0] if samples else f"image {index}"
+            raise DatasetCorruptError(f"{where} cannot be read as an image ({e}); remove or replace it, then "
+                                      "resume from the last checkpoint") from None
+        if seed is None:
+            return self.transform(image), int(label)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             image = self.transform(image)
         return image, int(label)
 
