@@ -1,13 +1,37 @@
-"""Careless and hostile input (issue 13): every bad value is refused before any work, with exit
-code 2, one line naming the flag, no traceback, and nothing written."""
+"""Careless and hostile input (issue 13), by class: every bad flag, file or place is refused with
+exit code 2, one line naming the culprit, no traceback, and every file that was there before the
+command byte-identical after it. (Runs mixed or lost through ``--out``/``--resume``, a second
+writer and a kill: ``tests/test_run_safety.py``.)"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from biasloss.cli import main
 
 pytest.importorskip("sklearn")
+
+
+def _snapshot(*roots: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for root in roots if root.exists()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def refused(capsys, argv: list[str], *needles: str, watch: tuple[Path, ...] = ()) -> str:
+    """Run the CLI with ``argv``: exit code 2, one ``biasloss: error:`` line holding every needle,
+    no traceback, and the files under ``watch`` unchanged (none added, none altered)."""
+    before = _snapshot(*watch)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (argv, err)
+    assert len(err.splitlines()) == 1 and err.startswith("biasloss: error: ") and "Traceback" not in err, (argv, err)
+    for needle in needles:
+        assert needle in err, (argv, needle, err)
+    assert _snapshot(*watch) == before, argv
+    return err
 
 FAST = ["--dataset", "digits", "--model", "skipblocknet_xs", "--batch-size", "32", "--limit", "64",
         "--no-progress", "--device", "cpu", "--epochs", "1"]
@@ -27,10 +51,7 @@ BAD_NUMBERS = [
 
 @pytest.mark.parametrize(("argv", "flag"), BAD_NUMBERS, ids=[" ".join(a[-3:]) for a, _ in BAD_NUMBERS])
 def test_bad_numbers_are_refused_before_any_work(argv, flag, tmp_path, capsys):
-    code = main([*argv, "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("biasloss: error: ") and flag in err, err
+    refused(capsys, [*argv, "--out", str(tmp_path / "run")], flag, watch=(tmp_path,))
     assert not (tmp_path / "run").exists()
 
 
@@ -42,10 +63,7 @@ BAD_DEVICES = [["train", *FAST], ["eval", "--checkpoint", "x.pt"], ["variance", 
 @pytest.mark.parametrize("device", ["foo", "cuda:99"])
 def test_a_device_that_is_not_there_is_named(argv, device, tmp_path, capsys):
     extra = ["--out", str(tmp_path / "run")] if argv[0] in ("train", "detect") else []
-    code = main([*argv, *extra, "--device", device])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "--device" in err and device in err, err
+    refused(capsys, [*argv, *extra, "--device", device], "--device", device, watch=(tmp_path,))
     assert not (tmp_path / "run").exists()
 
 
@@ -77,10 +95,7 @@ def test_an_output_place_that_cannot_be_written_is_named_before_any_work(case, t
                  ["reproduce", "grid", "--dataset", "digits", "--models", "skipblocknet_xs", "--epochs", "1",
                   "--limit", "64", "--seeds", "0", "--losses", "ce", "--out", str(out)],
                  ["plot", "weights", "--out", str(out / "fig.png")]):
-        code = main(argv)
-        err = capsys.readouterr().err.strip()
-        assert code == 2, (argv[0], err)
-        assert len(err.splitlines()) == 1 and "--out" in err and "Traceback" not in err, (argv[0], err)
+        refused(capsys, argv, "--out", watch=(tmp_path,))
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +117,7 @@ def test_a_checkpoint_whose_arguments_lack_keys_is_named(trained, args, tmp_path
     for argv in (["eval", "--checkpoint", str(bad), "--device", "cpu"],
                  ["export", "--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")],
                  ["variance", "--checkpoint", str(bad), "--device", "cpu"]):
-        code = main(argv)
-        err = capsys.readouterr().err.strip()
-        assert code == 2, (argv[0], err)
-        assert len(err.splitlines()) == 1 and "bad.pt" in err and "Traceback" not in err, (argv[0], err)
+        refused(capsys, argv, "bad.pt", watch=(tmp_path, trained.parent))
 
 
 def test_a_checkpoint_with_only_dataset_and_model_still_evaluates(trained, tmp_path, capsys):
@@ -125,17 +137,13 @@ def test_an_input_size_the_model_cannot_take_is_named(trained, tmp_path, capsys)
              # 3 x 200,000 x 200,000 floats: 480 GB
              (["profile", "skipblocknet_xs", "--input-size", "200000", "--device", "cpu", "--reps", "1"], "memory")]
     for argv, needle in cases:
-        code = main(argv)
-        err = capsys.readouterr().err.strip()
-        assert code == 2, (argv[0], err)
-        assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, (argv[0], err)
+        refused(capsys, argv, needle, watch=(tmp_path, trained.parent))
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_detect_eval_of_a_classifier_checkpoint_is_one_line(trained, capsys):
-    code = main(["detect", "eval", "--checkpoint", str(trained), "--data-dir", "x", "--device", "cpu"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "biasloss eval" in err and str(trained) in err, err
+    refused(capsys, ["detect", "eval", "--checkpoint", str(trained), "--data-dir", "x", "--device", "cpu"],
+            "biasloss eval", str(trained), watch=(trained.parent,))
 
 
 def test_a_full_disk_while_writing_is_one_line_and_keeps_the_previous_file(trained, tmp_path, monkeypatch, capsys):
@@ -151,21 +159,14 @@ def test_a_full_disk_while_writing_is_one_line_and_keeps_the_previous_file(train
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "fsync", full)
-    code = main(["train", "--resume", str(run / "last.pt"), "--epochs", "2", "--out", str(run), "--no-progress"])
-    monkeypatch.setattr(os, "fsync", real)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert "cannot write" in err and "No space left" in err and "intact" in err, err
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before
+    monkeypatch.setattr(os, "fsync", full)  # every write reaches the disk through fsync, which now fails
+    refused(capsys, ["train", "--resume", str(run / "last.pt"), "--epochs", "2", "--out", str(run), "--no-progress"],
+            "cannot write", "No space left", "intact", watch=(tmp_path,))
     for argv in (["export", "--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "m.pt")],
                  ["plot", "weights", "--out", str(tmp_path / "w.png")]):
-        monkeypatch.setattr(os, "fsync", full)
-        code = main(argv)
-        monkeypatch.setattr(os, "fsync", real)
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err, (argv[0], err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+        refused(capsys, argv, "cannot write", "No space left", watch=(tmp_path,))
+    monkeypatch.setattr(os, "fsync", real)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before
 
 
 def test_an_unreadable_image_in_a_folder_dataset_is_named(tmp_path, capsys):
@@ -179,9 +180,13 @@ def test_an_unreadable_image_in_a_folder_dataset_is_named(tmp_path, capsys):
             for i in range(4):
                 Image.new("RGB", (40, 40), (i * 40, 100, 50)).save(d / f"{i}.JPEG")
     (root / "train" / "n02" / "2.JPEG").write_bytes(b"\\xff\\xd8\\xff\\xe0 truncated")
-    code = main(["train", "--dataset", "imagenet", "--data-dir", str(root), "--model", "skipblocknet_xs",
-                 "--epochs", "1", "--batch-size", "4", "--workers", "1", "--no-progress", "--device", "cpu",
-                 "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert "2.JPEG" in err and "cannot be read as an image" in err and "Traceback" not in err, err
+    refused(capsys, ["train", "--dataset", "imagenet", "--data-dir", str(root), "--model", "skipblocknet_xs",
+                     "--epochs", "1", "--batch-size", "4", "--workers", "1", "--no-progress", "--device", "cpu",
+                     "--out", str(tmp_path / "run")], "2.JPEG", "cannot be read as an image", watch=(root,))
+
+
+def test_an_export_cleans_the_temporary_file_an_aborted_export_left(trained, tmp_path):
+    stale = tmp_path / ".m.pt.k2j3h4.tmp"  # what an export aborted in C++ (full disk) leaves
+    stale.write_bytes(b"partial")
+    assert main(["export", "--checkpoint", str(trained), "--out", str(tmp_path / "m.pt")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]

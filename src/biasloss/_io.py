@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import pickle
 import tempfile
@@ -14,7 +15,8 @@ from typing import IO, Any, Callable
 
 import torch
 
-__all__ = ["OutputError", "TorchFileError", "atomic_path", "atomic_write", "atomic_write_text", "read_torch_file", "writable_dir", "writable_file"]
+__all__ = ["OutputError", "TorchFileError", "atomic_path", "atomic_write", "atomic_write_text", "read_torch_file",
+           "remove_stale_temps", "writable_dir", "writable_file"]
 
 
 class TorchFileError(ValueError):
@@ -57,6 +59,14 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
 
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Remove the temporary files :func:`atomic_path` left beside ``path`` when a kill or a
+    crash of the process itself (``kill -9``, an abort in C++) cut a write short."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A fresh temporary path beside ``path`` (never a fixed name an existing link could
@@ -68,6 +78,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)  # one writer per file: any temporary file beside it is stale
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         yield Path(tmp)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import biasloss
-from biasloss._io import atomic_write_text, writable_dir
+from biasloss._io import atomic_write_text, remove_stale_temps, writable_dir
 from biasloss.data import build_loaders, get_dataset_spec
 from biasloss.features import FeatureTap
 from biasloss.losses import create_loss, needs_features
@@ -267,9 +267,8 @@ def _train(
         _check_out(out, args.resume)
         writable_dir(out)
         cleanup.enter_context(_RunLock(out))
-        for name in RUN_FILES:  # temporary files of writes a kill -9 cut short (the lock says no one writes)
-            for stale in out.glob(f".{name}.*.tmp"):
-                stale.unlink(missing_ok=True)
+        for name in RUN_FILES:  # the lock says no one else writes them
+            remove_stale_temps(out / name)
     torch.manual_seed(args.seed)
     train_loader, val_loader, spec = build_loaders(
         args.dataset, data_dir=args.data_dir, batch_size=recipe.batch_size,
