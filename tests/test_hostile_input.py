@@ -182,7 +182,12 @@ def test_an_unreadable_image_in_a_folder_dataset_is_named(tmp_path, capsys):
     (root / "train" / "n02" / "2.JPEG").write_bytes(b"\\xff\\xd8\\xff\\xe0 truncated")
     refused(capsys, ["train", "--dataset", "imagenet", "--data-dir", str(root), "--model", "skipblocknet_xs",
                      "--epochs", "1", "--batch-size", "4", "--workers", "1", "--no-progress", "--device", "cpu",
-                     "--out", str(tmp_path / "run")], "2.JPEG", "cannot be read as an image", watch=(root,))
+                     "--out", str(tmp_path / "run")], "2.JPEG", "cannot be read as an image", "wrote", watch=(root,))
+    # the run stopped after its last whole step, with a checkpoint there to resume from
+    from biasloss.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) in ((0, 0), (0, 1))
 
 
 def test_an_export_cleans_the_temporary_file_an_aborted_export_left(trained, tmp_path):

@@ -5,7 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["is_out_of_memory", "try_input"]
+__all__ = ["is_out_of_memory", "one_line", "try_input"]
+
+
+def one_line(error: BaseException) -> str:
+    """The error's first line; for one raised in a DataLoader worker (re-raised with the worker's
+    traceback as its message) the original message, the traceback's last line."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].startswith("Caught ") and len(lines) > 1 and "Original Traceback" in str(error):
+        return lines[-1].split(": ", 1)[-1]  # "DatasetCorruptError: <message>"
+    return lines[0]
 
 
 def is_out_of_memory(error: BaseException) -> bool:

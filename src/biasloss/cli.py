@@ -13,6 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from biasloss._checks import one_line
+
 __all__ = ["build_parser", "main"]
 
 
@@ -166,17 +168,6 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
             NonFiniteLossError, PermissionError, IsADirectoryError, NotADirectoryError, OutputError)
 
 
-def _one_line(error: BaseException) -> str:
-    """The error's first line; for one raised in a DataLoader worker (re-raised with the worker's
-    traceback as its message) the original message, the traceback's last line."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    if lines[0].startswith("Caught ") and len(lines) > 1 and "Original Traceback" in str(error):
-        return lines[-1].split(": ", 1)[-1]  # "DatasetCorruptError: <message>"
-    return lines[0]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -191,5 +182,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _expected_errors() as e:
         if os.environ.get("BIASLOSS_DEBUG"):
             raise
-        print(f"biasloss: error: {_one_line(e)}", file=sys.stderr)
+        print(f"biasloss: error: {one_line(e)}", file=sys.stderr)
         return 1 if type(e).__name__ == "NonFiniteLossError" else 2

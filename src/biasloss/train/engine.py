@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from biasloss.data import DatasetCorruptError
 from biasloss.features import FeatureTap, forward_with_features
 
 __all__ = ["EpochResult", "ModelWithFeatures", "NonFiniteLossError", "evaluate", "step_seed", "train_one_epoch"]
@@ -52,6 +53,7 @@ class EpochResult:
     time_s: float
     steps: int = 0
     interrupted: bool = False
+    error: DatasetCorruptError | None = None  # the data file that ended the epoch early
 
     @property
     def throughput(self) -> float:
@@ -78,6 +80,24 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, unit="batch")
+
+
+class _UntilBadData:
+    """Iterates ``loader`` and ends, keeping the error, at a data file it cannot read, so that
+    the epoch stops after its last whole step (and the run can checkpoint there)."""
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader = loader
+        self.error: DatasetCorruptError | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self):
+        try:
+            yield from self.loader
+        except DatasetCorruptError as e:
+            self.error = e
 
 
 def _interactive() -> bool:
@@ -148,7 +168,8 @@ def train_one_epoch(
     steps = len(loader)  # type: ignore[arg-type]
     start = time.perf_counter()
     step = -1
-    bar = _progress(loader, steps, f"epoch {epoch + 1}", progress)
+    source = _UntilBadData(loader)
+    bar = _progress(source, steps, f"epoch {epoch + 1}", progress)
     interrupted = False
     for step, (images, target) in enumerate(bar):
         if step < start_step:
@@ -187,7 +208,9 @@ def train_one_epoch(
             break
     if not math.isfinite(totals[0].item()):
         raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1}")
-    return _summarise(totals, time.perf_counter() - start, step + 1, interrupted)
+    result = _summarise(totals, time.perf_counter() - start, step + 1, interrupted or source.error is not None)
+    result.error = source.error
+    return result
 
 
 @torch.no_grad()

@@ -25,8 +25,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import biasloss
+from biasloss._checks import one_line
 from biasloss._io import atomic_write_text, remove_stale_temps, writable_dir
-from biasloss.data import build_loaders, get_dataset_spec
+from biasloss.data import DatasetCorruptError, build_loaders, get_dataset_spec
 from biasloss.features import FeatureTap
 from biasloss.losses import create_loss, needs_features
 from biasloss.models import create_model, list_models, load_pretrained
@@ -361,6 +362,9 @@ def _train(
         if result.interrupted:
             if info.is_main:
                 save_checkpoint(state(epoch, result.steps, None), out / "last.pt")
+            if result.error is not None:  # a data file it cannot read: named, with where the run stands
+                raise DatasetCorruptError(f"{one_line(result.error)} (wrote {out / 'last.pt'} at "
+                                          f"epoch {epoch + 1}, step {result.steps})") from None
             _log(info, f"interrupted at epoch {epoch + 1}, step {result.steps}: wrote {out / 'last.pt'}; "
                        f"continue with --resume {out / 'last.pt'}")
             raise SystemExit(130)
