@@ -614,6 +614,13 @@ def _paper_value(x: float | None, signed: bool = False) -> str:
     return f"{x:+.2f}".rstrip("0").rstrip(".") if signed else f"{x:g}"
 
 
+def _training_line(s: Mapping[str, Any]) -> str:
+    """"Dataset ..., recipe ..., N epochs[, batch B][, first L images]" of a grid's settings."""
+    return (f"Dataset {s['dataset']}, recipe {s['recipe']}, {s['epochs']} epochs"
+            + (f", batch {s['batch_size']}" if s.get("batch_size") else "")
+            + (f", first {s['limit']} images (--limit)" if s.get("limit") else ""))
+
+
 def format_markdown(results: Mapping[str, Any]) -> str:
     """``results.md``: one row per model, our cells, the paired differences and the paper's numbers."""
     s = results["settings"]
@@ -629,9 +636,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"# biasloss reproduce: {title}",
         "",
-        f"Dataset {s['dataset']}, recipe {s['recipe']}, {s['epochs']} epochs"
-        + (f", batch {s['batch_size']}" if s.get("batch_size") else "")
-        + (f", first {s['limit']} images (--limit)" if s.get("limit") else "")
+        _training_line(s)
         + "".join(f", {k.replace('_', ' ')} {'none' if v == 'none' else (' '.join(map(str, v)) if isinstance(v, list) else v)}"
                   for k, v in ((k, s.get(k)) for k in LOSS_OPTIONS) if v is not None)
         + f"; seeds {', '.join(map(str, s['seeds']))}; {finished} of {len(results['runs'])} runs finished.",
@@ -847,9 +852,7 @@ def format_ablation(results: Mapping[str, Any]) -> str:
     lines = [
         f"# biasloss reproduce: Bias Loss ablations of `{', '.join(s['models'])}`",
         "",
-        f"Dataset {s['dataset']}, recipe {s['recipe']}, {s['epochs']} epochs"
-        + (f", batch {s['batch_size']}" if s.get("batch_size") else "")
-        + (f", first {s['limit']} images (--limit)" if s.get("limit") else "")
+        _training_line(s)
         + f"; seeds {', '.join(map(str, s['seeds']))}. Each variant changes the paper's defaults (alpha = beta "
         "= 0.3, batch min-max scaling, weights clamped to [0.5, 1.5], no label smoothing) in the options "
         f"shown; the default Bias Loss and cross-entropy runs are those of `{results['baseline']}`.",
