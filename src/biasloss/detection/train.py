@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from biasloss.detection.metrics import voc_map
-from biasloss.detection.scenes import make_scenes
+from biasloss.detection.scenes import SCENE_CLASSES, make_scenes
 from biasloss.detection.voc import VOC_CLASSES, VOCBoxes, collate
 from biasloss.models import create_model, load_pretrained
 from biasloss.models.detection import ssd_skipblocknet
@@ -28,30 +28,39 @@ from biasloss.train.checkpoint import CheckpointError, load_checkpoint, save_che
 from biasloss.train.distributed import resolve_device
 from biasloss.train.engine import NonFiniteLossError
 
-__all__ = ["build_detector", "evaluate_map", "register", "run_detect_eval", "run_detect_train"]
+__all__ = ["DATASETS", "build_detector", "evaluate_map", "register", "run_detect_eval", "run_detect_train"]
 
-_DEFAULTS = {"model": "skipblocknet_s", "year": "2012", "train_set": "trainval", "test_year": "2007",
-             "test_set": "test", "epochs": 200, "batch_size": 42, "lr": 0.01, "weight_decay": 4e-5,
-             "size": 300, "seed": 0, "workers": 4}
+_DEFAULTS = {"dataset": "voc", "model": "skipblocknet_s", "epochs": 200, "batch_size": 42, "lr": 0.01,
+             "weight_decay": 4e-5, "size": 300, "seed": 0, "workers": 4}
+
+#: The data sets in VOC's layout: their classes and their default splits. ``voc``: the paper's
+#: (train on VOC2012 trainval, test on VOC2007 test); ``scenes``: ``detect make-scenes``' output.
+DATASETS: dict[str, dict[str, Any]] = {
+    "voc": {"classes": VOC_CLASSES, "year": "2012", "train_set": "trainval", "test_year": "2007", "test_set": "test"},
+    "scenes": {"classes": SCENE_CLASSES, "year": "2007", "train_set": "train", "test_year": "2007",
+               "test_set": "test"},
+}
 
 
-def build_detector(model: str, size: int, init: str | None = None) -> torch.nn.Module:
-    """SSD on ``model``'s trunk, optionally starting from classification weights (``init``)."""
+def build_detector(model: str, size: int, init: str | None = None, num_classes: int = len(VOC_CLASSES)) -> torch.nn.Module:
+    """SSD on ``model``'s trunk, optionally starting from classification weights (``init``);
+    ``num_classes`` counts the background."""
     trunk = create_model(model, num_classes=1000)
     if init:
         load_pretrained(trunk, init)
-    return ssd_skipblocknet(trunk=trunk, num_classes=len(VOC_CLASSES), size=size)
+    return ssd_skipblocknet(trunk=trunk, num_classes=num_classes, size=size)
 
 
 @torch.no_grad()
-def evaluate_map(model: torch.nn.Module, loader: DataLoader, device: torch.device, use_07_metric: bool) -> float:
+def evaluate_map(model: torch.nn.Module, loader: DataLoader, device: torch.device, use_07_metric: bool,
+                 num_classes: int = len(VOC_CLASSES)) -> float:
     model.eval()
     detections, truths = [], []
     for images, targets in loader:
         out = model([im.to(device) for im in images])
         detections += [{k: v.cpu() for k, v in o.items()} for o in out]
         truths += targets
-    return voc_map(detections, truths, len(VOC_CLASSES), use_07_metric=use_07_metric)["map"] * 100
+    return voc_map(detections, truths, num_classes, use_07_metric=use_07_metric)["map"] * 100
 
 
 def _resolve(args: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -60,7 +69,12 @@ def _resolve(args: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     if args.resume:
         ckpt = load_checkpoint(args.resume)
         cfg.update(ckpt["args"])
-    cfg.update({k: v for k, v in vars(args).items() if v is not None and k in (*_DEFAULTS, "data_dir", "init")})
+    splits = ("year", "train_set", "test_year", "test_set")
+    cfg.update({k: v for k, v in vars(args).items() if v is not None and k in (*_DEFAULTS, *splits, "data_dir", "init")})
+    if cfg["dataset"] not in DATASETS:
+        raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {cfg['dataset']!r}")
+    for key in splits:  # the data set's own splits unless given
+        cfg.setdefault(key, DATASETS[cfg["dataset"]][key])
     for key in ("epochs", "batch_size", "size", "workers"):
         if cfg[key] <= 0:
             raise ValueError(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
@@ -75,13 +89,14 @@ def _resolve(args: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     if not cfg.get("data_dir"):
         raise ValueError("--data-dir is required: the folder holding VOCdevkit/")
     cfg["resume"], cfg["out"] = args.resume, args.out or (str(Path(args.resume).parent) if args.resume else None)
-    cfg["out"] = cfg["out"] or f"runs/voc-ssd-{cfg['model']}-s{cfg['seed']}"
+    cfg["out"] = cfg["out"] or f"runs/{cfg['dataset']}-ssd-{cfg['model']}-s{cfg['seed']}"
     return cfg, ckpt
 
 
 def _loaders(cfg: dict[str, Any], limit: int | None) -> tuple[DataLoader, DataLoader]:
-    train = VOCBoxes(cfg["data_dir"], cfg["year"], cfg["train_set"], train=True)
-    test = VOCBoxes(cfg["data_dir"], cfg["test_year"], cfg["test_set"], train=False)
+    classes = DATASETS[cfg.get("dataset", "voc")]["classes"]
+    train = VOCBoxes(cfg["data_dir"], cfg["year"], cfg["train_set"], train=True, classes=classes)
+    test = VOCBoxes(cfg["data_dir"], cfg["test_year"], cfg["test_set"], train=False, classes=classes)
     if limit:
         train = torch.utils.data.Subset(train, range(min(limit, len(train))))
         test = torch.utils.data.Subset(test, range(min(limit, len(test))))
@@ -98,7 +113,8 @@ def run_detect_train(args: Any) -> dict[str, Any]:
     torch.manual_seed(cfg["seed"])
     device = resolve_device(args.device)
     train_loader, test_loader = _loaders(cfg, args.limit)
-    model = build_detector(cfg["model"], cfg["size"], None if ckpt else cfg.get("init")).to(device)
+    num_classes = len(DATASETS[cfg["dataset"]]["classes"])
+    model = build_detector(cfg["model"], cfg["size"], None if ckpt else cfg.get("init"), num_classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
     total = cfg["epochs"] * len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
@@ -135,7 +151,7 @@ def run_detect_train(args: Any) -> dict[str, Any]:
             optimizer.step()
             scheduler.step()
             loss_sum, steps = loss_sum + loss.item(), steps + 1
-        m_ap = evaluate_map(model, test_loader, device, use_07)
+        m_ap = evaluate_map(model, test_loader, device, use_07, num_classes)
         metrics = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(steps, 1), 6), "map": round(m_ap, 4),
                    "lr": optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 3)}
         with open(log, "a") as f:
@@ -163,13 +179,14 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
     cfg["workers"] = args.workers or cfg["workers"]
     device = resolve_device(args.device)
     _, test_loader = _loaders(cfg | {"batch_size": 2}, args.limit)
-    model = build_detector(cfg["model"], cfg["size"]).to(device)
+    num_classes = len(DATASETS[cfg["dataset"]]["classes"])
+    model = build_detector(cfg["model"], cfg["size"], num_classes=num_classes).to(device)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{args.checkpoint}: weights do not fit SSD on {cfg['model']}: "
                               f"{str(e).splitlines()[0]}") from None
-    m_ap = evaluate_map(model, test_loader, device, cfg["test_year"] == "2007")
+    m_ap = evaluate_map(model, test_loader, device, cfg["test_year"] == "2007", num_classes)
     return {"map": round(m_ap, 4), "images": len(test_loader.dataset), "epoch": ckpt["epoch"], "model": cfg["model"]}
 
 
@@ -179,9 +196,12 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train SSD on VOC; mAP on the test split every epoch")
     t.add_argument("--data-dir", help="the folder holding VOCdevkit/ (torchvision's VOCDetection layout)")
+    t.add_argument("--dataset", choices=tuple(DATASETS),
+                   help="voc (default: train VOC2012 trainval, test VOC2007 test) or scenes (the output of "
+                        "'detect make-scenes': its train and test splits, 10 garment classes)")
     t.add_argument("--model", help="skipblocknet_xs/s/m/l (default skipblocknet_s, as in Table 6)")
     t.add_argument("--init", help="ImageNet weights for the backbone (a biasloss checkpoint or state dict)")
-    t.add_argument("--year", help="training year (default 2012)")
+    t.add_argument("--year", help="training year (default: the data set's, VOC 2012)")
     t.add_argument("--train-set", help="default trainval")
     t.add_argument("--test-year", help="default 2007 (11-point AP); other years use the exact area")
     t.add_argument("--test-set", help="default test")
