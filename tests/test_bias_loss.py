@@ -239,3 +239,18 @@ def test_create_loss_by_name():
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_weight_function_by_hand():
+    import math
+
+    from biasloss.losses import weight_function
+
+    v = torch.tensor([0.0, 0.5, 1.0])
+    # eq. 3 at the paper's alpha = beta = 0.3: 1 - 0.3, e^0.15 - 0.3, e^0.3 - 0.3
+    expected = [0.7, math.exp(0.15) - 0.3, math.exp(0.3) - 0.3]
+    assert weight_function(v, 0.3, 0.3, None).tolist() == pytest.approx(expected)
+    # the default clamp [0.5, 1.5] never binds on scaled variances in [0, 1] at these values ...
+    assert weight_function(v, 0.3, 0.3, (0.5, 1.5)).tolist() == pytest.approx(expected)
+    # ... but does at alpha = 1: e^1 - 0.3 = 2.418 -> 1.5
+    assert weight_function(v, 1.0, 0.3, (0.5, 1.5)).tolist() == pytest.approx([0.7, math.exp(0.5) - 0.3, 1.5])

@@ -133,9 +133,9 @@ def _check_clamp(clamp: Sequence[float] | None) -> tuple[float, float] | None:
 
 
 def _weights(v: torch.Tensor, alpha: float, beta: float, clamp: tuple[float, float] | None) -> torch.Tensor:
-    from biasloss.losses.bias import _weights_from_scaled  # the library's own z(v)
+    from biasloss.losses.bias import weight_function  # the library's own z(v)
 
-    return _weights_from_scaled(v, alpha, beta, clamp)
+    return weight_function(v, alpha, beta, clamp)
 
 
 def _greek(alpha: float, beta: float) -> str:

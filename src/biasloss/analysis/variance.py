@@ -530,7 +530,7 @@ def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     The checkpoint logic mirrors ``biasloss eval`` (``train.runner.run_eval``)."""
     from biasloss.data import AugmentConfig, build_loaders, get_dataset_spec
     from biasloss.train.checkpoint import load_checkpoint, training_args
-    from biasloss.train.runner import _build_model, model_from_checkpoint
+    from biasloss.train.runner import build_model, model_from_checkpoint
 
     if args.checkpoint:
         ckpt = load_checkpoint(args.checkpoint)
@@ -570,7 +570,7 @@ def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         model_name = saved.model
     else:
         torch.manual_seed(args.seed)
-        model = _build_model(argparse.Namespace(model=args.model), spec)
+        model = build_model(argparse.Namespace(model=args.model), spec)
         label, alpha, beta, model_name = f"ours: {args.model} (random init, seed {args.seed})", None, None, args.model
     if getattr(saved, "channels_last", True):
         model = model.to(memory_format=torch.channels_last)

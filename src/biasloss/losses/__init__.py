@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .bias import BiasLoss, bias_loss, bias_weights, feature_variance, scale_variance
+from .bias import BiasLoss, bias_loss, bias_weights, feature_variance, scale_variance, weight_function
 from .focal import CrossEntropyLoss, FocalLoss, focal_loss
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "focal_loss",
     "needs_features",
     "scale_variance",
+    "weight_function",
 ]
 
 #: Loss names accepted by :func:`create_loss` (and the CLI's ``--loss``).

@@ -30,7 +30,7 @@ from ._validate import (
     reduce,
 )
 
-__all__ = ["BiasLoss", "bias_loss", "bias_weights", "feature_variance", "scale_variance"]
+__all__ = ["BiasLoss", "bias_loss", "bias_weights", "feature_variance", "scale_variance", "weight_function"]
 
 Clamp = tuple[float, float] | None
 Scaling = Literal["batch", "running_min"]
@@ -151,7 +151,8 @@ def scale_variance(
     return _min_max_scale(variance, low, high, low)
 
 
-def _weights_from_scaled(scaled: Tensor, alpha: float, beta: float, clamp: Clamp) -> Tensor:
+def weight_function(scaled: Tensor, alpha: float, beta: float, clamp: Clamp) -> Tensor:
+    """z(v) = exp(alpha v) - beta (eq. 3) of scaled variances ``v``, clamped to ``clamp`` if given."""
     weights = torch.exp(alpha * scaled) - beta  # eq. 3
     if clamp is not None:
         weights = weights.clamp(clamp[0], clamp[1])
@@ -173,7 +174,7 @@ def bias_weights(
     """
     clamp = _check_args(alpha, beta, clamp)
     scaled = scale_variance(feature_variance(features), sync=sync, process_group=process_group)
-    return _weights_from_scaled(scaled, alpha, beta, clamp)
+    return weight_function(scaled, alpha, beta, clamp)
 
 
 def _weighted_loss(
@@ -232,7 +233,7 @@ def bias_loss(
     clamp = _check_args(alpha, beta, clamp)
     _check_features(logits, features)
     scaled = scale_variance(feature_variance(features), sync=sync, process_group=process_group)
-    weights = _weights_from_scaled(scaled, alpha, beta, clamp)
+    weights = weight_function(scaled, alpha, beta, clamp)
     return _weighted_loss(logits, target, weights, reduction, label_smoothing)
 
 
@@ -294,7 +295,7 @@ class BiasLoss(nn.Module):
             if self.training:
                 self.running_min.copy_(minimum)
         scaled = _min_max_scale(variance, low, high, minimum)
-        weights = _weights_from_scaled(scaled, self.alpha, self.beta, self.clamp)
+        weights = weight_function(scaled, self.alpha, self.beta, self.clamp)
         self.last_weights = weights
         return weights
 

@@ -28,6 +28,8 @@ __all__ = [
     "to_official_state_dict",
     "load_official_weights",
     "official_filter_fn",
+    "key_examples",
+    "unwrap_state_dict",
 ]
 
 # Inverted residuals after the base block, in the authors' grouping (their blocks.0..3) and in
@@ -120,7 +122,7 @@ def _is_se_weight(our_key: str) -> bool:
     return ".se.conv_" in our_key and our_key.endswith(".weight")
 
 
-def _unwrap(state_dict: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+def unwrap_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     """Accept a state dict, or a training checkpoint holding one; strip DataParallel prefixes."""
     for wrapper in ("state_dict", "model", "state_dict_ema", "model_ema"):
         inner = state_dict.get(wrapper) if isinstance(state_dict, Mapping) else None
@@ -137,7 +139,8 @@ def _unwrap(state_dict: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _examples(keys: List[str], n: int = 3) -> str:
+def key_examples(keys: List[str], n: int = 3) -> str:
+    """The first ``n`` of ``keys``, quoted, and how many more (for one-line messages)."""
     shown = ", ".join(repr(k) for k in keys[:n])
     return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
@@ -148,16 +151,16 @@ def convert_official_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, torc
     Raises ValueError, naming the offending keys, if the input is not exactly the authors'
     key set.
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     expected = official_key_map()
     unknown = [k for k in sd if k not in expected]
     missing = [k for k in expected if k not in sd]
     if unknown or missing:
         parts = []
         if unknown:
-            parts.append(f"{len(unknown)} unrecognised keys ({_examples(unknown)})")
+            parts.append(f"{len(unknown)} unrecognised keys ({key_examples(unknown)})")
         if missing:
-            parts.append(f"{len(missing)} of its keys missing ({_examples(missing)})")
+            parts.append(f"{len(missing)} of its keys missing ({key_examples(missing)})")
         raise ValueError(
             "not the authors' SkipblockNet-M checkpoint (skipblocknet-m.pth): "
             + "; ".join(parts)
@@ -179,20 +182,20 @@ def to_official_state_dict(model_or_state_dict: Union[nn.Module, Mapping[str, An
     if isinstance(model_or_state_dict, nn.Module):
         sd = model_or_state_dict.state_dict()
     else:
-        sd = _unwrap(model_or_state_dict)
+        sd = unwrap_state_dict(model_or_state_dict)
     ours_to_theirs = {ours: theirs for theirs, ours in official_key_map().items()}
     missing = [k for k in ours_to_theirs if k not in sd]
     unknown = [k for k in sd if k not in ours_to_theirs]
     if missing or unknown:
         raise ValueError(
             "only SkipblockNet-M (width 1.0) has the authors' layout: "
-            f"{len(missing)} keys missing ({_examples(missing)}), {len(unknown)} extra ({_examples(unknown)})"
+            f"{len(missing)} keys missing ({key_examples(missing)}), {len(unknown)} extra ({key_examples(unknown)})"
         )
     ref = _m_shapes(num_classes=sd["classifier.weight"].shape[0])
     wrong = [f"{k} {tuple(sd[k].shape)} (M: {ref[k]})" for k in ours_to_theirs if tuple(sd[k].shape) != ref[k]]
     if wrong:
         raise ValueError(
-            f"only SkipblockNet-M (width 1.0, 3 input channels) has the authors' layout: {_examples(wrong)}"
+            f"only SkipblockNet-M (width 1.0, 3 input channels) has the authors' layout: {key_examples(wrong)}"
         )
     out: Dict[str, torch.Tensor] = {}
     for ours, theirs in ours_to_theirs.items():
@@ -238,7 +241,7 @@ def load_official_weights(
             problems.append(f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}")
     extra = [k for k in own if k not in converted]
     if extra:
-        problems.append(f"the model has {len(extra)} more entries ({_examples(extra)})")
+        problems.append(f"the model has {len(extra)} more entries ({key_examples(extra)})")
     if problems:
         n_cls = converted["classifier.weight"].shape[0]
         raise ValueError(
@@ -258,7 +261,7 @@ def official_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) ->
     Lets ``timm.create_model("skipblocknet_m", pretrained=True,
     pretrained_cfg_overlay=dict(file="skipblocknet-m.pth"))`` load their file.
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     if "first_layer.0.weight" in sd:
         return convert_official_state_dict(sd)
     return sd

@@ -26,7 +26,7 @@ from torch import nn
 
 from biasloss._io import read_torch_file
 
-from .official import _examples, _unwrap, convert_official_state_dict
+from .official import convert_official_state_dict, key_examples, unwrap_state_dict
 
 __all__ = ["PretrainedReport", "load_pretrained"]
 
@@ -59,7 +59,7 @@ def _source_state(raw: Any) -> Dict[str, torch.Tensor]:
             ema = raw["ema"]  # torch.optim.swa_utils.AveragedModel: module.<key>, plus n_averaged
             return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
         raw = raw["model"]
-    state = _unwrap(raw)
+    state = unwrap_state_dict(raw)
     if "first_layer.0.weight" in state:  # the authors' SkipblockNet-M
         return convert_official_state_dict(state)
     return state
@@ -136,7 +136,7 @@ def load_pretrained(
             problems.append(f"{key}: checkpoint {tuple(value.shape)}, model {tuple(target.shape)}")
     missing = [k for k in own if k not in state and not _under(k, head)]
     if missing:
-        problems.append(f"{len(missing)} of the model's entries are not in it ({_examples(missing)})")
+        problems.append(f"{len(missing)} of the model's entries are not in it ({key_examples(missing)})")
     if problems:
         raise ValueError(
             f"{name} does not hold weights of this architecture ({type(model).__name__}): "

@@ -36,7 +36,7 @@ from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distr
 from biasloss.train.engine import ModelWithFeatures, evaluate, train_one_epoch
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler, default_recipe, get_recipe
 
-__all__ = ["model_from_checkpoint", "run_eval", "run_train"]
+__all__ = ["build_model", "model_from_checkpoint", "run_eval", "run_train"]
 
 #: Arguments that define what is trained; a resume must not change them.
 IDENTITY_ARGS = ("dataset", "model", "loss", "recipe", "seed", "alpha", "beta", "scaling", "clamp", "gamma",
@@ -96,7 +96,8 @@ def _recipe(args) -> Recipe:
     )
 
 
-def _build_model(args, spec, recipe: Recipe | None = None) -> nn.Module:
+def build_model(args, spec, recipe: Recipe | None = None) -> nn.Module:
+    """``args.model`` for data set ``spec`` (classes, channels, the stride-8 stem where it has one)."""
     # Only our SkipblockNets have a stride-8 layout; the CIFAR zoo is built for 32 px already.
     small_input = spec.small_input and args.model in list_models()
     model = create_model(args.model, num_classes=spec.num_classes, in_chans=spec.in_chans,
@@ -281,7 +282,7 @@ def _train(
     )
     cleanup.callback(train_loader.close)  # stop DataLoader workers when the run ends, however it ends
     cleanup.callback(val_loader.close)
-    model = _build_model(args, spec, recipe)
+    model = build_model(args, spec, recipe)
     if getattr(args, "init", None) and ckpt is None:  # a resume takes its weights from the checkpoint
         _log(info, f"initialised with {load_pretrained(model, args.init).summary()}")
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -437,7 +438,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], spec, path: str | os.PathLike = 
     """The model a training checkpoint describes, holding the weights ``train`` evaluated
     (the EMA's when there is one); returns ``(model, "ema" | "model")``."""
     saved = training_args(ckpt, path)
-    model = _build_model(saved, spec)
+    model = build_model(saved, spec)
     weights, which = ckpt["model"], "model"
     if ckpt.get("eval_weights") == "ema" and ckpt.get("ema"):
         weights = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
