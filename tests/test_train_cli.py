@@ -92,7 +92,7 @@ def test_resume_with_more_epochs_on_a_multistep_recipe(tmp_path):
 
 def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "biasloss", "train", *FAST, "--limit", "1024", "--batch-size", "8",
+    cmd = [sys.executable, "-m", "biasloss", "train", *FAST, "--limit", "256", "--batch-size", "8",
            "--epochs", "2", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # wait until training has started, then ask it to stop
@@ -118,7 +118,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path):
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_runs_on_the_cpu_and_eval_agrees(tmp_path, capsys, amp):
     # the CUDA path is the same code with device "cuda": autocast(device.type), GradScaler(device.type)
-    assert _train(tmp_path, "--amp", amp, "--epochs", "1") == 0
+    assert _train(tmp_path, "--amp", amp, "--epochs", "1", "--limit", "32", "--batch-size", "16") == 0  # fp16 is slow on CPUs
     run = tmp_path / "run"
     (line,) = _metrics(run)
     assert math.isfinite(line["train_loss"]) and math.isfinite(line["val_loss"])
@@ -135,7 +135,7 @@ def test_mixed_precision_runs_on_the_cpu_and_eval_agrees(tmp_path, capsys, amp):
 
 
 def test_fp16_resume_restores_the_grad_scaler(tmp_path):
-    common = ("--amp", "fp16", "--epochs", "2", "--limit", "32", "--batch-size", "16")  # fp16 is slow on CPUs
+    common = ("--amp", "fp16", "--epochs", "2", "--limit", "16", "--batch-size", "8")  # fp16 is slow on CPUs
     assert _train(tmp_path, *common, out="straight") == 0
     assert _train(tmp_path, *common, "--stop-after", "1", out="split") == 0
     assert main(["train", "--resume", str(tmp_path / "split" / "last.pt"), "--out", str(tmp_path / "split"),

@@ -168,10 +168,10 @@ def checkpoint(tmp_path_factory):
     pytest.importorskip("sklearn")
     from biasloss.data import get_dataset_spec
     from biasloss.train.checkpoint import save_checkpoint
-    from biasloss.train.runner import _build_model
+    from biasloss.train.runner import build_model
 
     torch.manual_seed(0)
-    model = _build_model(argparse.Namespace(model="skipblocknet_xs"), get_dataset_spec("digits"))
+    model = build_model(argparse.Namespace(model="skipblocknet_xs"), get_dataset_spec("digits"))
     args = {"dataset": "digits", "model": "skipblocknet_xs", "loss": "bias", "seed": 0, "limit": 64,
             "batch_size": 32, "alpha": 0.3, "beta": 0.3, "data_dir": None, "channels_last": True}
     state = {"model": model.state_dict(), "ema": None, "eval_weights": "model", "optimizer": {}, "scheduler": {},
