@@ -254,3 +254,15 @@ def test_weight_function_by_hand():
     assert weight_function(v, 0.3, 0.3, (0.5, 1.5)).tolist() == pytest.approx(expected)
     # ... but does at alpha = 1: e^1 - 0.3 = 2.418 -> 1.5
     assert weight_function(v, 1.0, 0.3, (0.5, 1.5)).tolist() == pytest.approx([0.7, math.exp(0.5) - 0.3, 1.5])
+
+
+def test_clamp_option_reads_the_command_line_value():
+    from biasloss.losses import check_clamp, clamp_option
+
+    assert clamp_option("none") is None  # --no-clamp
+    assert clamp_option(None) == (0.5, 1.5)  # a run from before --clamp: the paper's
+    assert clamp_option([0.4, 2]) == (0.4, 2.0)
+    with pytest.raises(ValueError, match="low <= high"):
+        clamp_option([2.0, 1.0])
+    with pytest.raises(TypeError, match="pair"):
+        check_clamp([1.0])

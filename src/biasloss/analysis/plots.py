@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from biasloss._io import atomic_write, writable_file
+from biasloss.losses import check_clamp
 
 __all__ = [
     "FORMATS",
@@ -124,14 +125,6 @@ def _check_float(name: str, value: float) -> float:
     return float(value)
 
 
-def _check_clamp(clamp: Sequence[float] | None) -> tuple[float, float] | None:
-    if clamp is None:
-        return None
-    if len(clamp) != 2 or not clamp[0] <= clamp[1]:
-        raise ValueError(f"clamp must be None or (low, high) with low <= high, got {clamp!r}")
-    return float(clamp[0]), float(clamp[1])
-
-
 def _weights(v: torch.Tensor, alpha: float, beta: float, clamp: tuple[float, float] | None) -> torch.Tensor:
     from biasloss.losses.bias import weight_function  # the library's own z(v)
 
@@ -208,7 +201,7 @@ def plot_weights(
     of either is repeated). ``clamp=None`` draws the raw formula.
     """
     path = check_out(out)
-    clamp = _check_clamp(clamp)
+    clamp = check_clamp(clamp)
     clamp_note = f", clamped to [{clamp[0]:g}, {clamp[1]:g}]" if clamp else ", no clamp"
     if alphas is None and betas is None:
         fig, (ax1, ax2) = figure(1, 2, size=(6.4, 5.2))
@@ -246,7 +239,7 @@ def plot_loss(
     """
     path = check_out(out)
     alpha, beta = _check_float("alpha", alpha), _check_float("beta", beta)
-    clamp = _check_clamp(clamp)
+    clamp = check_clamp(clamp)
     variances = [_check_float("variance", v) for v in variances]
     if not variances:
         raise ValueError("give at least one scaled variance")

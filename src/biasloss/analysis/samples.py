@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from biasloss.losses import bias_weights, feature_variance
+from biasloss.losses import bias_weights, clamp_option, feature_variance
 
 __all__ = ["SampleWeights", "plot_samples", "sample_weights"]
 
@@ -36,11 +36,6 @@ class SampleWeights:
     alpha: float
     beta: float
     clamp: tuple[float, float] | None
-
-
-def _clamp(saved: argparse.Namespace) -> tuple[float, float] | None:
-    clamp = getattr(saved, "clamp", None) or [0.5, 1.5]
-    return None if clamp == "none" else (float(clamp[0]), float(clamp[1]))
 
 
 def _keep(kept: list, images: Tensor, labels: Tensor, v: Tensor, w: Tensor, count: int, lowest: bool) -> list:
@@ -87,7 +82,7 @@ def sample_weights(
     model, _ = model_from_checkpoint(ckpt, spec, checkpoint)
     model = model.to(device).eval()
     alpha, beta = (0.3 if getattr(saved, k, None) is None else float(getattr(saved, k)) for k in ("alpha", "beta"))
-    clamp = _clamp(saved)
+    clamp = clamp_option(saved.clamp)
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
     variances, weights, lowest, highest = [], [], [], []

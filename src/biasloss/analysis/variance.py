@@ -53,7 +53,8 @@ import torch
 from torch import Tensor, nn
 
 from biasloss.features import FeatureTap, forward_with_features
-from biasloss.losses import bias_weights, feature_variance
+from biasloss.losses import bias_weights, check_clamp, feature_variance
+from biasloss.losses.bias import DEFAULT_CLAMP
 from biasloss.train.distributed import resolve_device
 
 __all__ = [
@@ -73,7 +74,6 @@ __all__ = [
 
 #: The paper's choice: the 5th, 20th and last convolutional layers.
 DEFAULT_LAYERS: tuple[int | str, ...] = (5, 20, "last")
-DEFAULT_CLAMP = (0.5, 1.5)
 
 #: Table 5 of the paper: (model, loss, ((avg, max, min) at the 5th, 20th, last conv layer)).
 PAPER_TABLE5: tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...] = (
@@ -285,14 +285,6 @@ class VarianceResult:
         return {s.name: s.as_dict() for s in self.layers}
 
 
-def _check_clamp(clamp: Sequence[float] | None) -> tuple[float, float] | None:
-    if clamp is None:
-        return None
-    if len(clamp) != 2 or not float(clamp[0]) <= float(clamp[1]):
-        raise ValueError(f"clamp must be None or (low, high) with low <= high, got {clamp!r}")
-    return float(clamp[0]), float(clamp[1])
-
-
 def collect_variance(
     model: nn.Module,
     loader: Iterable[Any],
@@ -320,7 +312,7 @@ def collect_variance(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    clamp = _check_clamp(clamp)
+    clamp = check_clamp(clamp)
     device = _model_device(model)
     it = iter(loader)
     try:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .bias import BiasLoss, bias_loss, bias_weights, feature_variance, scale_variance, weight_function
+from .bias import (BiasLoss, bias_loss, bias_weights, check_clamp, clamp_option, feature_variance, scale_variance,
+                   weight_function)
 from .focal import CrossEntropyLoss, FocalLoss, focal_loss
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "LOSSES",
     "bias_loss",
     "bias_weights",
+    "check_clamp",
+    "clamp_option",
     "create_loss",
     "feature_variance",
     "focal_loss",

@@ -30,9 +30,11 @@ from ._validate import (
     reduce,
 )
 
-__all__ = ["BiasLoss", "bias_loss", "bias_weights", "feature_variance", "scale_variance", "weight_function"]
+__all__ = ["BiasLoss", "bias_loss", "bias_weights", "check_clamp", "clamp_option", "feature_variance", "scale_variance",
+           "weight_function"]
 
 Clamp = tuple[float, float] | None
+DEFAULT_CLAMP = (0.5, 1.5)  # the weights' clamp in the authors' code (SPEC)
 Scaling = Literal["batch", "running_min"]
 _SCALINGS = ("batch", "running_min")
 #: The authors' initial value of the running minimum ("global" scaling).
@@ -97,6 +99,11 @@ def _check_args(alpha: float, beta: float, clamp: Clamp) -> Clamp:
             raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value}")
+    return check_clamp(clamp)
+
+
+def check_clamp(clamp: Clamp | list[float]) -> Clamp:
+    """``clamp`` as ``None`` or a ``(low, high)`` float pair with ``low <= high``."""
     if clamp is None:
         return None
     if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
@@ -105,6 +112,14 @@ def _check_args(alpha: float, beta: float, clamp: Clamp) -> Clamp:
     if math.isnan(low) or math.isnan(high) or low > high:
         raise ValueError(f"clamp must be (low, high) with low <= high, got {clamp!r}")
     return low, high
+
+
+def clamp_option(value: str | list[float] | None) -> Clamp:
+    """The clamp a run's ``--clamp LOW HIGH`` / ``--no-clamp`` value stands for: ``"none"`` is no
+    clamp, ``None`` (a run from before the option) the paper's (0.5, 1.5)."""
+    if value == "none":
+        return None
+    return check_clamp(DEFAULT_CLAMP if value is None else value)
 
 
 def _resolve_sync(sync: bool | Literal["auto"]) -> bool:
@@ -164,7 +179,7 @@ def bias_weights(
     *,
     alpha: float = 0.3,
     beta: float = 0.3,
-    clamp: Clamp = (0.5, 1.5),
+    clamp: Clamp = DEFAULT_CLAMP,
     sync: bool = False,
     process_group=None,
 ) -> Tensor:
@@ -206,7 +221,7 @@ def bias_loss(
     *,
     alpha: float = 0.3,
     beta: float = 0.3,
-    clamp: Clamp = (0.5, 1.5),
+    clamp: Clamp = DEFAULT_CLAMP,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     sync: bool = False,
@@ -260,7 +275,7 @@ class BiasLoss(nn.Module):
         self,
         alpha: float = 0.3,
         beta: float = 0.3,
-        clamp: Clamp = (0.5, 1.5),
+        clamp: Clamp = DEFAULT_CLAMP,
         scaling: Scaling = "batch",
         *,
         reduction: str = "mean",

@@ -29,7 +29,7 @@ from biasloss._checks import one_line
 from biasloss._io import atomic_write_text, remove_stale_temps, writable_dir
 from biasloss.data import DatasetCorruptError, build_loaders, get_dataset_spec
 from biasloss.features import FeatureTap
-from biasloss.losses import create_loss, needs_features
+from biasloss.losses import clamp_option, create_loss, needs_features
 from biasloss.models import create_model, list_models, load_pretrained
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, training_args
 from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed
@@ -112,9 +112,8 @@ def build_model(args, spec, recipe: Recipe | None = None) -> nn.Module:
 def _build_loss(args, recipe: Recipe, info: DistInfo) -> nn.Module:
     kwargs: dict[str, Any] = {"label_smoothing": recipe.label_smoothing}
     if args.loss == "bias":
-        clamp = getattr(args, "clamp", None) or [0.5, 1.5]  # checkpoints from before --clamp: the default
         kwargs.update(alpha=args.alpha, beta=args.beta, scaling=args.scaling,
-                      clamp=None if clamp == "none" else tuple(clamp),
+                      clamp=clamp_option(getattr(args, "clamp", None)),
                       sync=info.enabled and not args.no_loss_sync)
     elif args.loss == "focal":
         kwargs.update(gamma=args.gamma)
