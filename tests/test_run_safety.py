@@ -135,3 +135,12 @@ def test_the_log_never_runs_ahead_of_the_checkpoint(tmp_path, monkeypatch):
         main(["train", *FAST, "--epochs", "2", "--out", str(out)])
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_without_out_a_second_run_gets_a_new_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert main(["train", *FAST, "--epochs", "1"]) == 0
+    first, second = tmp_path / "runs" / "digits-skipblocknet_xs-bias-s0", tmp_path / "runs" / "digits-skipblocknet_xs-bias-s0-2"
+    assert load_checkpoint(first / "last.pt")["epoch"] == 1 and load_checkpoint(second / "last.pt")["epoch"] == 1
+    assert len((first / "metrics.jsonl").read_text().splitlines()) == 1

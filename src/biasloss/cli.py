@@ -47,7 +47,7 @@ def _add_train(sub) -> None:
     p.add_argument("--no-loss-sync", action="store_true",
                    help="under torchrun, scale the Bias Loss per rank instead of over the global batch")
     p.add_argument("--seed", type=int)
-    p.add_argument("--out", help="run directory (default runs/<dataset>-<model>-<loss>-s<seed>)")
+    p.add_argument("--out", help="run directory (default runs/<dataset>-<model>-<loss>-s<seed>, numbered -2, -3, ... when that holds a run)")
     p.add_argument("--init", metavar="WEIGHTS",
                    help="fine-tune from these weights: a biasloss checkpoint (its evaluated weights), the "
                         "authors' skipblocknet-m.pth, or a state dict of the same architecture; a classifier "

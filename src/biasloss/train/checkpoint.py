@@ -35,7 +35,7 @@ def training_args(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") 
     does not name its dataset and model."""
     saved = ckpt.get("args")
     if not isinstance(saved, dict) or any(not isinstance(saved.get(k), str) for k in TRAINING_KEYS):
-        raise CheckpointError(f"{os.fspath(path)}: its training arguments do not name "
+        raise CheckpointError(f"{os.fspath(path)} holds no training arguments naming its "
                               f"{' and '.join(TRAINING_KEYS)}; not a checkpoint 'biasloss train' wrote")
     return argparse.Namespace(**(ARG_DEFAULTS | saved))
 

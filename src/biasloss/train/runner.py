@@ -188,6 +188,17 @@ def _check_out(out: Path, resume: str | None) -> None:
                      f"that run with --resume {out / 'last.pt'}, or give a new --out")
 
 
+def _default_out(args) -> Path:
+    """``runs/<dataset>-<model>-<loss>-s<seed>``, numbered ``-2``, ``-3``, ... past directories
+    that already hold a run: without ``--out`` a new run never meets an old one."""
+    base = Path("runs") / f"{args.dataset}-{args.model}-{args.loss}-s{args.seed}"
+    out, n = base, 1
+    while any((out / name).exists() for name in RUN_FILES):
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
 class _RunLock:
     """An exclusive lock on a run directory for the whole run (``fcntl.flock`` on ``.lock``,
     released when the process ends, however it ends): a second training on the same ``--out``
@@ -244,9 +255,8 @@ def _start_metrics(out: Path, resume: str, upto_epoch: int) -> None:
 def run_train(args) -> dict[str, Any]:
     """Train as ``args`` says; returns the last epoch's metrics."""
     ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt is not None and not ckpt["args"]:
-        raise CheckpointError(f"{args.resume} holds no training arguments, so what it trained is unknown; "
-                              "it cannot be resumed")
+    if ckpt is not None:
+        training_args(ckpt, args.resume)  # a checkpoint that does not say what it trained is not resumed
     _resolve(args, ckpt)
     info, device = init_distributed(args.device)
     try:
@@ -261,7 +271,7 @@ def _train(
 ) -> dict[str, Any]:
     spec = get_dataset_spec(args.dataset)
     recipe = _recipe(args)
-    out = Path(args.out) if args.out else Path("runs") / f"{args.dataset}-{args.model}-{args.loss}-s{args.seed}"
+    out = Path(args.out) if args.out else _default_out(args)
     # from here on Ctrl-C / SIGTERM stop the run cleanly (after the step in progress, with a checkpoint)
     stop = cleanup.enter_context(_StopFlag())
     if info.is_main:
