@@ -49,7 +49,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -591,21 +591,21 @@ def _fmt(x: float | None, signed: bool = False) -> str:
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
-def _fmt_cell(cell: Mapping[str, Any]) -> str:
+def _fmt_cell(cell: Mapping[str, Any], num: Callable[..., str] = _fmt) -> str:
     if not cell["n"]:
         return "–"
     if cell["std"] is None:
-        return f"{_fmt(cell['mean'])} (n=1)"
-    return f"{_fmt(cell['mean'])} ± {_fmt(cell['std'])} (n={cell['n']})"
+        return f"{num(cell['mean'])} (n=1)"
+    return f"{num(cell['mean'])} ± {num(cell['std'])} (n={cell['n']})"
 
 
-def _fmt_diff(diff: Mapping[str, Any]) -> str:
+def _fmt_diff(diff: Mapping[str, Any], num: Callable[..., str] = _fmt) -> str:
     if not diff["n"]:
         return "–"
     if diff["ci95"] is None:
-        return f"{_fmt(diff['mean'], True)} (n=1)"
+        return f"{num(diff['mean'], True)} (n=1)"
     low, high = diff["ci95"]
-    return f"{_fmt(diff['mean'], True)} [{_fmt(low, True)}, {_fmt(high, True)}] (n={diff['n']})"
+    return f"{num(diff['mean'], True)} [{num(low, True)}, {num(high, True)}] (n={diff['n']})"
 
 
 def _paper_value(x: float | None, signed: bool = False) -> str:
@@ -699,16 +699,8 @@ def format_variance(rows: Sequence[Mapping[str, Any]]) -> list[str]:
              "| model | layer | stat | CE | bias | bias − CE [95 % CI] | bias / CE [95 % CI] |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
-        cells, diff = row["cells"], row["difference"]
-        text = {}
-        for loss in VARIANCE_LOSSES:
-            c = cells[loss]
-            text[loss] = "–" if not c["n"] else (
-                f"{_num(c['mean'])}" + ("" if c["std"] is None else f" ± {_num(c['std'])}") + f" (n={c['n']})")
-        if diff["ci95"] is None:
-            d = _num(diff["mean"], True)
-        else:
-            d = f"{_num(diff['mean'], True)} [{_num(diff['ci95'][0], True)}, {_num(diff['ci95'][1], True)}]"
+        text = {loss: _fmt_cell(row["cells"][loss], _num) for loss in VARIANCE_LOSSES}
+        d = _fmt_diff(row["difference"], _num)
         r = row.get("ratio")
         ratio = "–" if r is None else f"{r['geomean']:.2f}" + (
             "" if r["ci95"] is None else f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]")
@@ -831,10 +823,9 @@ def _ablation_results(settings: _Settings, base_runs: Sequence[Run], variants: M
     ce, default = top1(base_runs, "ce"), top1(base_runs)
     where = baseline if baseline is not None else out / "default"
     rows = []
-    for name, options, runs, root in [("ce (cross-entropy)", {}, base_runs, where),
-                                      ("default Bias Loss", {}, base_runs, where),
-                                      *((n, ABLATIONS[n], v, out / n) for n, v in variants.items())]:
-        loss = "ce" if name.startswith("ce") else "bias"
+    for name, loss, options, runs, root in [("ce (cross-entropy)", "ce", {}, base_runs, where),
+                                            ("default Bias Loss", "bias", {}, base_runs, where),
+                                            *((n, "bias", ABLATIONS[n], v, out / n) for n, v in variants.items())]:
         values = top1(runs, loss)
         mean, std = mean_std(list(values.values()))
         rows.append({"name": name, "options": options, "n": len(values), "seeds": sorted(values), "mean": mean,
