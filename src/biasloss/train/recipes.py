@@ -72,7 +72,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             name="fashion-mnist",
             description="default: SkipblockNet-XS, stride-8 stem, SGD one-cycle, 2 epochs "
-            "(about 7 min on a 2-core CPU)",
+            "(7-10 min on a 2-core CPU)",
             epochs=2,
             batch_size=128,
             lr=0.2,
