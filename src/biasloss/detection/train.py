@@ -28,7 +28,7 @@ from biasloss.train.checkpoint import CheckpointError, load_checkpoint, save_che
 from biasloss.train.distributed import resolve_device
 from biasloss.train.engine import NonFiniteLossError
 
-__all__ = ["DATASETS", "build_detector", "evaluate_map", "register", "run_detect_eval", "run_detect_train"]
+__all__ = ["DATASETS", "build_detector", "detector_from_checkpoint", "evaluate_map", "register", "run_detect_eval", "run_detect_train"]
 
 _DEFAULTS = {"dataset": "voc", "model": "skipblocknet_s", "epochs": 200, "batch_size": 42, "lr": 0.01,
              "weight_decay": 4e-5, "size": 300, "seed": 0, "workers": 4}
@@ -168,26 +168,33 @@ def run_detect_train(args: Any) -> dict[str, Any]:
     return metrics
 
 
-def run_detect_eval(args: Any) -> dict[str, Any]:
-    ckpt = load_checkpoint(args.checkpoint)
+def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The SSD a ``biasloss detect train`` checkpoint holds, in eval mode on ``device``, and the
+    run's settings (``dataset``, ``model``, ``size``, ``data_dir``, the splits, ...)."""
+    ckpt = load_checkpoint(path)
     if "best_map" not in ckpt:
-        raise CheckpointError(f"{args.checkpoint} is not a 'biasloss detect train' checkpoint (a classifier's? "
+        raise CheckpointError(f"{path} is not a 'biasloss detect train' checkpoint (a classifier's? "
                               "evaluate those with 'biasloss eval')")
-    cfg = dict(_DEFAULTS) | ckpt["args"]
-    if args.data_dir:
-        cfg["data_dir"] = args.data_dir
-    cfg["workers"] = args.workers or cfg["workers"]
-    device = resolve_device(args.device)
-    _, test_loader = _loaders(cfg | {"batch_size": 2}, args.limit)
-    num_classes = len(DATASETS[cfg["dataset"]]["classes"])
-    model = build_detector(cfg["model"], cfg["size"], num_classes=num_classes).to(device)
+    cfg = dict(_DEFAULTS) | ckpt["args"] | {"epoch": ckpt["epoch"]}
+    model = build_detector(cfg["model"], cfg["size"], num_classes=len(DATASETS[cfg["dataset"]]["classes"]))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{args.checkpoint}: weights do not fit SSD on {cfg['model']}: "
+        raise CheckpointError(f"{path}: weights do not fit SSD on {cfg['model']}: "
                               f"{str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), cfg
+
+
+def run_detect_eval(args: Any) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    model, cfg = detector_from_checkpoint(args.checkpoint, device)
+    if args.data_dir:
+        cfg["data_dir"] = args.data_dir
+    cfg["workers"] = args.workers or cfg["workers"]
+    _, test_loader = _loaders(cfg | {"batch_size": 2}, args.limit)
+    num_classes = len(DATASETS[cfg["dataset"]]["classes"])
     m_ap = evaluate_map(model, test_loader, device, cfg["test_year"] == "2007", num_classes)
-    return {"map": round(m_ap, 4), "images": len(test_loader.dataset), "epoch": ckpt["epoch"], "model": cfg["model"]}
+    return {"map": round(m_ap, 4), "images": len(test_loader.dataset), "epoch": cfg["epoch"], "model": cfg["model"]}
 
 
 def register(subparsers) -> None:
