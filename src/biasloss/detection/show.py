@@ -1,0 +1,153 @@
+"""``biasloss detect show``: a picture of a detector's predictions next to the true boxes.
+
+A mAP says how good a detector is on average; a picture says what it does. :func:`draw_detections`
+draws a few test scenes, each scaled up by a whole factor (nearest neighbour) to at least 256 px a
+side so the labels are readable, with the true boxes in green (``name``) and the predicted boxes
+scoring at least ``score_thresh`` in red (``name 0.87``), in one grid image.
+:func:`run_detect_show` does it for a ``biasloss detect train`` checkpoint on its test split and
+writes a PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+from biasloss._io import atomic_write, writable_file
+
+__all__ = ["COLUMNS", "MIN_SIDE", "PAD", "PRED_COLOR", "TRUE_COLOR", "draw_detections", "register_show", "run_detect_show"]
+
+TRUE_COLOR = (0, 255, 0)  #: the true boxes' colour
+PRED_COLOR = (255, 0, 0)  #: the predicted boxes' colour
+MIN_SIDE = 256  # each scene is scaled up to at least this side
+COLUMNS = 4  # scenes per grid row (fewer when fewer scenes)
+PAD = 4  # white pixels between scenes
+_WIDTH = 2  # box line width in pixels
+
+
+def _name(classes: Sequence[str] | Mapping[int, str] | None, label: int) -> str:
+    try:
+        return str(classes[label]) if classes is not None else str(label)
+    except (IndexError, KeyError):
+        return str(label)
+
+
+def _draw(image: torch.Tensor, boxes: torch.Tensor, labels: list[str], color: tuple[int, int, int],
+          scale: int) -> torch.Tensor:
+    if len(boxes) == 0:
+        return image
+    h, w = image.shape[-2:]
+    b = boxes.detach().float().cpu() * scale
+    b[:, 2:] -= 1  # exclusive ends -> the last pixel, which PIL's rectangle includes
+    b[:, 0::2], b[:, 1::2] = b[:, 0::2].clamp(0, w - 1), b[:, 1::2].clamp(0, h - 1)
+    b[:, 2:] = torch.maximum(b[:, 2:], b[:, :2])
+    return draw_bounding_boxes(image, b, labels, colors=color, width=_WIDTH, fill_labels=True)
+
+
+@torch.no_grad()
+def _draw_all(model: Any, dataset: Any, indices: Sequence[int], score_thresh: float,
+              classes: Sequence[str] | Mapping[int, str] | None) -> tuple[torch.Tensor, int, int]:
+    indices = list(indices)
+    if not indices:
+        raise ValueError("indices must name at least one scene")
+    n = len(dataset)
+    bad = [i for i in indices if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n]
+    if bad:
+        raise ValueError(f"indices must be in 0..{n - 1} (the data set has {n} scenes), got {bad}")
+    if not (isinstance(score_thresh, (int, float)) and 0 <= score_thresh <= 1):
+        raise ValueError(f"score_thresh must be a number in [0, 1], got {score_thresh!r}")
+    if getattr(model, "training", False):
+        raise ValueError("model must be in eval mode (call model.eval())")
+    if classes is None:
+        classes = getattr(dataset, "classes", None)
+    params = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+    device = next(params, torch.empty(0)).device
+    cells, n_true, n_pred = [], 0, 0
+    for i in indices:
+        image, target = dataset[i]
+        pred = model([image.to(device)])[0]
+        keep = pred["scores"] >= score_thresh
+        scale = max(1, math.ceil(MIN_SIDE / min(image.shape[-2:])))
+        cell = (image.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+        cell = cell.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+        cell = _draw(cell, target["boxes"], [_name(classes, int(c)) for c in target["labels"]], TRUE_COLOR, scale)
+        names = [f"{_name(classes, int(c))} {float(s):.2f}" for c, s in zip(pred["labels"][keep], pred["scores"][keep])]
+        cell = _draw(cell, pred["boxes"][keep], names, PRED_COLOR, scale)
+        cells.append(cell)
+        n_true, n_pred = n_true + len(target["boxes"]), n_pred + int(keep.sum())
+    h, w = max(c.shape[-2] for c in cells), max(c.shape[-1] for c in cells)
+    cells = [torch.nn.functional.pad(c, (0, w - c.shape[-1], 0, h - c.shape[-2])) for c in cells]
+    return make_grid(cells, nrow=min(COLUMNS, len(cells)), padding=PAD, pad_value=255), n_true, n_pred
+
+
+def draw_detections(model: Any, dataset: Any, indices: Sequence[int], *, score_thresh: float = 0.5,
+                    classes: Sequence[str] | Mapping[int, str] | None = None) -> torch.Tensor:
+    """The scenes ``dataset[i]`` for ``i`` in ``indices`` in one uint8 (3, H, W) grid image
+    (:data:`COLUMNS` a row, :data:`PAD` white pixels apart; smaller scenes padded with black at the
+    bottom right), each scaled up by a whole factor to at least :data:`MIN_SIDE` px a side, with
+    its true boxes in :data:`TRUE_COLOR` and the boxes ``model`` (an eval-mode torchvision
+    detector) predicts with a score of at least ``score_thresh`` in :data:`PRED_COLOR`.
+    ``classes[label]`` names a label (default ``dataset.classes``, else the label's number).
+
+    Raises:
+        ValueError: no indices, one outside the data set, ``score_thresh`` outside [0, 1], or a
+            model in training mode.
+    """
+    return _draw_all(model, dataset, indices, score_thresh, classes)[0]
+
+
+def run_detect_show(args: Any) -> Path:
+    """Draw ``args.indices`` (or the first ``args.images``) scenes of a ``biasloss detect train``
+    checkpoint's test split with its predictions; write the PNG ``args.out`` atomically."""
+    from biasloss.detection.train import DATASETS, detector_from_checkpoint
+    from biasloss.detection.voc import VOCBoxes
+    from biasloss.train.distributed import resolve_device
+
+    images = 8 if getattr(args, "images", None) is None else args.images
+    if images <= 0:
+        raise ValueError(f"--images must be positive, got {images}")
+    score_thresh = 0.5 if getattr(args, "score_thresh", None) is None else args.score_thresh
+    if not 0 <= score_thresh <= 1:
+        raise ValueError(f"--score-thresh must be in [0, 1], got {score_thresh}")
+    out = writable_file(args.out)
+    device = resolve_device(getattr(args, "device", None))
+    model, cfg = detector_from_checkpoint(args.checkpoint, device)
+    test = VOCBoxes(getattr(args, "data_dir", None) or cfg["data_dir"], cfg["test_year"], cfg["test_set"],
+                    train=False, classes=DATASETS[cfg["dataset"]]["classes"])
+    indices = list(args.indices) if getattr(args, "indices", None) else list(range(min(images, len(test))))
+    grid, n_true, n_pred = _draw_all(model, test, indices, score_thresh, None)
+    png = io.BytesIO()  # Pillow: torchvision.io's PNG encoder is deprecated since torchvision 0.29
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(png, format="PNG")
+    atomic_write(out, lambda f: f.write(png.getvalue()))
+    print(f"wrote {out}: {len(indices)} {cfg['dataset']} test scenes (VOC{cfg['test_year']} {cfg['test_set']}), "
+          f"{n_true} true boxes (green) and {n_pred} predicted boxes with score >= {score_thresh} (red)")
+    return out
+
+
+def register_show(sub: Any) -> None:
+    """``biasloss detect show``, on the ``detect`` sub-command's subparsers ``sub``."""
+    s = sub.add_parser("show", help="draw a few test scenes with the predicted and true boxes (a PNG)",
+                       description="Draw test scenes of a 'detect train' checkpoint's test split, scaled up to "
+                                   "at least 256 px, with the true boxes in green and the predicted boxes in "
+                                   "red, as one PNG grid: a look at the detections before trusting a mAP.")
+    s.add_argument("--checkpoint", required=True, help="a 'biasloss detect train' checkpoint (last.pt, best.pt)")
+    s.add_argument("--out", required=True, help="the PNG file to write")
+    s.add_argument("--images", type=int, default=8, help="draw the first N test scenes (default 8)")
+    s.add_argument("--indices", type=int, nargs="+", metavar="I", help="draw these test scenes instead")
+    s.add_argument("--score-thresh", type=float, default=0.5,
+                   help="draw predicted boxes scoring at least this, in [0, 1] (default 0.5)")
+    s.add_argument("--data-dir", help="the folder holding VOCdevkit/ (default: the checkpoint's)")
+    s.add_argument("--device", help="default: CUDA where there is one, else the CPU")
+    s.set_defaults(func=_show)
+
+
+def _show(args: Any) -> int:
+    run_detect_show(args)
+    return 0
