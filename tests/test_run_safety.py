@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from biasloss.cli import main
-from biasloss.train import runner
+from biasloss.train import loop
 from biasloss.train.checkpoint import load_checkpoint, save_checkpoint
 
 pytest.importorskip("sklearn")
@@ -120,7 +120,7 @@ def test_a_checkpoint_without_arguments_is_not_resumed(run_a, tmp_path, capsys):
 
 
 def test_the_log_never_runs_ahead_of_the_checkpoint(tmp_path, monkeypatch):
-    real = runner.save_checkpoint
+    real = loop.save_checkpoint
     calls = []
 
     def failing(state, path):
@@ -129,7 +129,7 @@ def test_the_log_never_runs_ahead_of_the_checkpoint(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(state, path)
 
-    monkeypatch.setattr(runner, "save_checkpoint", failing)
+    monkeypatch.setattr(loop, "save_checkpoint", failing)
     out = tmp_path / "full"
     with pytest.raises(OSError):
         main(["train", *FAST, "--epochs", "2", "--out", str(out)])

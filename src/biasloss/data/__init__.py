@@ -32,7 +32,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ._folder import FolderLoader, eval_transform, train_transform
+from ._folder import DetectionLoader, FolderLoader, eval_transform, train_transform
 from ._memory import InMemoryLoader
 from ._sources import (
     ArrayData,
@@ -60,6 +60,7 @@ __all__ = [
     "DatasetCorruptError",
     "DatasetNotFoundError",
     "DatasetSpec",
+    "DetectionLoader",
     "FolderLoader",
     "InMemoryLoader",
     "Loader",

@@ -22,7 +22,7 @@ from ._augment import normalize
 from ._plan import EpochBatches, epoch_generator
 from ._specs import AugmentConfig, DatasetCorruptError
 
-__all__ = ["FolderLoader", "eval_transform", "train_transform"]
+__all__ = ["DetectionLoader", "FolderLoader", "eval_transform", "train_transform"]
 
 
 def eval_resize(image_size: int) -> int:
@@ -57,30 +57,37 @@ def eval_transform(image_size: int) -> Callable:
 
 
 class _SeededDataset(Dataset):
-    """Applies ``transform`` to ``base[i]``'s image; an ``(i, seed)`` key seeds the transform's RNG."""
+    """``(transform(image), int(label))`` of ``base[i]`` (``transform=None``: ``base[i]`` as it
+    is, a dataset that transforms its samples itself); an ``(i, seed)`` key seeds the RNG of the
+    sample's loading and transform."""
 
-    def __init__(self, base: Dataset, transform: Callable) -> None:
+    def __init__(self, base: Dataset, transform: Callable | None) -> None:
         self.base = base
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
         index, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is None:
+            return self._load(index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._load(index)
+
+    def _load(self, index: int) -> Any:
         try:
-            image, label = self.base[index]
+            sample = self.base[index]
         except OSError as e:  # PIL: unidentified or truncated image files are OSErrors
             samples = getattr(self.base, "samples", None)
             where = samples[index][0] if samples else f"image {index}"
             raise DatasetCorruptError(f"{where} cannot be read as an image ({e}); remove or replace it, then "
                                       "resume from the last checkpoint") from None
-        if seed is None:
-            return self.transform(image), int(label)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            image = self.transform(image)
-        return image, int(label)
+        if self.transform is None:
+            return sample
+        image, label = sample
+        return self.transform(image), int(label)
 
 
 class _PlanSampler(Sampler):
@@ -103,10 +110,12 @@ class FolderLoader(EpochBatches):
     labels on ``device``; ``len``, ``num_samples``, ``set_epoch``.
     """
 
+    collate_fn: Callable | None = None  # the DataLoader's; None: its default (stacked tensors)
+
     def __init__(
         self,
         dataset: Dataset,
-        transform: Callable,
+        transform: Callable | None,
         *,
         batch_size: int,
         mean: Sequence[float],
@@ -134,6 +143,7 @@ class FolderLoader(EpochBatches):
         self._loader = DataLoader(
             _SeededDataset(dataset, transform),
             batch_sampler=_PlanSampler(self),
+            collate_fn=self.collate_fn,
             num_workers=workers,
             pin_memory=self._pin,
             persistent_workers=workers > 0,
@@ -172,3 +182,27 @@ class FolderLoader(EpochBatches):
         return (f"{type(self).__name__}(n={self.dataset_size}, batch_size={self.batch_size}, train={self.train}, "
                 f"batches={len(self)}, rank={self.rank}/{self.world_size}, device={self.device}, "
                 f"workers={self._loader.num_workers})")
+
+
+def _list_collate(batch: list[Any]) -> tuple[list[Any], list[Any]]:
+    return tuple(map(list, zip(*batch)))  # type: ignore[return-value]
+
+
+class DetectionLoader(FolderLoader):
+    """Batches of ``(images, targets)`` as lists from a dataset of ``(float image, target dict)``
+    that transforms its samples itself (:class:`biasloss.detection.VOCBoxes`): the order,
+    sharding and per-sample seeding of :class:`FolderLoader` (exact resume, any number of workers
+    or ranks), without stacking or normalising (detectors resize and normalise themselves).
+    Images and target tensors are moved to ``device``."""
+
+    collate_fn = staticmethod(_list_collate)
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, device: torch.device, train: bool, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = False, workers: int = 4) -> None:
+        super().__init__(dataset, None, batch_size=batch_size, mean=(0.0,), std=(1.0,), device=device, train=train,
+                         seed=seed, rank=rank, world_size=world_size, drop_last=drop_last, workers=workers)
+
+    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]]:  # type: ignore[override]
+        for images, targets in self._loader:
+            yield ([im.to(self.device, non_blocking=self._pin) for im in images],
+                   [{k: v.to(self.device, non_blocking=self._pin) for k, v in t.items()} for t in targets])

@@ -1,48 +1,73 @@
-"""``biasloss detect train|eval``: SSD with a SkipblockNet backbone on PASCAL VOC (paper Table 6);
-``biasloss detect make-scenes``: the Fashion-MNIST scenes in VOC's layout (:mod:`.scenes`).
+"""``biasloss detect train|eval|show``: SSD with a SkipblockNet backbone on PASCAL VOC (paper
+Table 6) or on the Fashion-MNIST scenes; ``biasloss detect make-scenes`` writes those (:mod:`.scenes`).
 
-The paper's recipe (section 5.4): VOC 2012 trainval for training, VOC 2007 test for mAP, 300 x 300
-input, SGD with learning rate 0.01 and cosine annealing, batch 42, 200 epochs. Defaults follow it;
-momentum 0.9 and weight decay 4e-5 (not stated in the paper) are those of torchvision's SSDLite
-recipe. Each epoch appends ``{"epoch", "train_loss", "map", "lr", "time_s"}`` to
-``metrics.jsonl`` and writes ``last.pt`` / ``best.pt`` atomically; ``--resume`` continues a run.
+Detection is a task of the one training loop (:mod:`biasloss.train.loop`), as classification is:
+the same engine step with :class:`~biasloss.train.engine.DetectorObjective`, mixed precision
+(``--amp``), torchrun DDP, a checkpoint on Ctrl-C / SIGTERM, progress bars, a NaN loss that stops
+the run with the last good checkpoint kept, exact resume (:class:`~biasloss.data.DetectionLoader`
+seeds every sample's augmentation), and ``metrics.jsonl`` with one ``{"epoch", "train_loss",
+"map", "lr", "time_s", "train_img_s"}`` line per epoch. The recipes are :data:`DATASETS`' own.
+
+VOC (section 5.4): VOC 2012 trainval for training, VOC 2007 test for mAP, 300 x 300 input, SGD
+with learning rate 0.01 and cosine annealing, batch 42, 200 epochs; momentum 0.9 and weight decay
+4e-5 (not stated in the paper) are those of torchvision's SSDLite recipe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch import nn
 
+from biasloss.data import DetectionLoader
 from biasloss.detection.metrics import voc_map
 from biasloss.detection.scenes import SCENE_CLASSES, make_scenes
-from biasloss.detection.voc import VOC_CLASSES, VOCBoxes, collate
+from biasloss.detection.show import register_show
+from biasloss.detection.voc import VOC_CLASSES, VOCBoxes
 from biasloss.models import create_model, load_pretrained
 from biasloss.models.detection import ssd_skipblocknet
-from biasloss.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from biasloss.train.distributed import resolve_device
-from biasloss.train.engine import NonFiniteLossError
+from biasloss.train.checkpoint import CheckpointError, load_checkpoint
+from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
+from biasloss.train.engine import DetectorObjective
+from biasloss.train.loop import Run, Start, StopFlag, autocast_dtype, fit, next_free_dir, open_run_dir, resume
+from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler
 
-__all__ = ["DATASETS", "build_detector", "detector_from_checkpoint", "evaluate_map", "register", "run_detect_eval", "run_detect_train"]
+__all__ = ["DATASETS", "build_detector", "detector_from_checkpoint", "evaluate_map", "register",
+           "run_detect_eval", "run_detect_train"]
 
-_DEFAULTS = {"dataset": "voc", "model": "skipblocknet_s", "epochs": 200, "batch_size": 42, "lr": 0.01,
-             "weight_decay": 4e-5, "size": 300, "seed": 0, "workers": 4}
-
-#: The data sets in VOC's layout: their classes and their default splits. ``voc``: the paper's
-#: (train on VOC2012 trainval, test on VOC2007 test); ``scenes``: ``detect make-scenes``' output.
+#: The data sets in VOC's layout: classes, splits, input size, training augmentation and recipe.
+#: ``voc``: the paper's (train on VOC2012 trainval, test on VOC2007 test); ``scenes``: ``detect
+#: make-scenes``' output, with the recipe that reaches 70 % mAP in 20 minutes on 2 CPU cores
+#: (docs/detection.md).
 DATASETS: dict[str, dict[str, Any]] = {
-    "voc": {"classes": VOC_CLASSES, "year": "2012", "train_set": "trainval", "test_year": "2007", "test_set": "test"},
+    "voc": {"classes": VOC_CLASSES, "year": "2012", "train_set": "trainval", "test_year": "2007", "test_set": "test",
+            "size": 300, "augment": "ssd",
+            "recipe": Recipe(name="voc-ssd", description="the paper (sec. 5.4): SGD 0.01 cosine, batch 42, "
+                             "200 epochs; momentum 0.9 and weight decay 4e-5 of torchvision's SSDLite",
+                             epochs=200, batch_size=42, lr=0.01, weight_decay=4e-5, schedule="cosine",
+                             model="skipblocknet_s")},
     "scenes": {"classes": SCENE_CLASSES, "year": "2007", "train_set": "train", "test_year": "2007",
-               "test_set": "test"},
+               "test_set": "test", "size": 128, "augment": "flip",
+               "recipe": Recipe(name="scenes-ssd", description="AdamW 3e-3, half an epoch of warm-up, cosine, "
+                                "batch 32, 15 epochs, horizontal flips",
+                                epochs=15, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=1e-4,
+                                schedule="cosine", warmup_epochs=0.5, warmup_lr=3e-5, model="skipblocknet_xs")},
 }
 
+#: What defines a detection run; a resume must not change it.
+IDENTITY = ("dataset", "model", "init", "seed", "size", "batch_size", "lr", "weight_decay", "limit",
+            "year", "train_set", "test_year", "test_set")
+_SPLITS = ("year", "train_set", "test_year", "test_set", "size")
+_OPTIONS = (*IDENTITY, "epochs", "workers", "data_dir", "amp", "compile", "progress", "stop_after")
 
-def build_detector(model: str, size: int, init: str | None = None, num_classes: int = len(VOC_CLASSES)) -> torch.nn.Module:
+
+def build_detector(model: str, size: int, init: str | None = None, num_classes: int = len(VOC_CLASSES)) -> nn.Module:
     """SSD on ``model``'s trunk, optionally starting from classification weights (``init``);
     ``num_classes`` counts the background."""
     trunk = create_model(model, num_classes=1000)
@@ -52,34 +77,49 @@ def build_detector(model: str, size: int, init: str | None = None, num_classes: 
 
 
 @torch.no_grad()
-def evaluate_map(model: torch.nn.Module, loader: DataLoader, device: torch.device, use_07_metric: bool,
-                 num_classes: int = len(VOC_CLASSES)) -> float:
+def evaluate_map(model: nn.Module, loader: Any, device: torch.device, use_07_metric: bool,
+                 num_classes: int = len(VOC_CLASSES), amp_dtype: torch.dtype | None = None) -> float:
+    """VOC mAP@0.5 (percent) of ``model`` over ``loader``'s ``(images, targets)`` batches, over all
+    ranks when distributed (each rank detects its shard; the scoring sees every image)."""
     model.eval()
     detections, truths = [], []
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     for images, targets in loader:
-        out = model([im.to(device) for im in images])
-        detections += [{k: v.cpu() for k, v in o.items()} for o in out]
-        truths += targets
+        with autocast:
+            out = model([im.to(device) for im in images])
+        detections += [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in out]
+        truths += [{k: v.cpu() for k, v in t.items()} for t in targets]
+    if dist.is_available() and dist.is_initialized():
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (detections, truths))
+        detections = [d for part, _ in gathered for d in part]
+        truths = [t for _, part in gathered for t in part]
     return voc_map(detections, truths, num_classes, use_07_metric=use_07_metric)["map"] * 100
 
 
-def _resolve(args: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    cfg = dict(_DEFAULTS)
-    ckpt = None
-    if args.resume:
-        ckpt = load_checkpoint(args.resume)
-        cfg.update(ckpt["args"])
-    splits = ("year", "train_set", "test_year", "test_set")
-    cfg.update({k: v for k, v in vars(args).items() if v is not None and k in (*_DEFAULTS, *splits, "data_dir", "init")})
+def _resolve(args: Any, ckpt: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's settings: the command line over the resumed checkpoint's over the data set's."""
+    given = {k: v for k, v in vars(args).items() if k in _OPTIONS and v is not None}
+    saved = ckpt["args"] if ckpt is not None else {}
+    for key in IDENTITY:
+        if key in given and key in saved and given[key] != saved[key]:
+            raise CheckpointError(f"cannot resume: the checkpoint was trained with --{key.replace('_', '-')} "
+                                  f"{saved[key]}, not {given[key]}")
+    cfg = {"dataset": "voc", "seed": 0, "workers": 4, "amp": "auto", "compile": False, "progress": None,
+           "stop_after": None, "init": None, "limit": None} | saved | given
     if cfg["dataset"] not in DATASETS:
         raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {cfg['dataset']!r}")
-    for key in splits:  # the data set's own splits unless given
-        cfg.setdefault(key, DATASETS[cfg["dataset"]][key])
-    for key in ("epochs", "batch_size", "size", "workers"):
-        if cfg[key] <= 0:
+    data = DATASETS[cfg["dataset"]]
+    recipe: Recipe = data["recipe"]
+    for key in _SPLITS:  # the data set's own splits and size unless given
+        cfg.setdefault(key, data[key])
+    for key in ("model", "epochs", "batch_size", "lr", "weight_decay"):
+        cfg.setdefault(key, getattr(recipe, key))
+    for key in ("epochs", "batch_size", "size", "limit", "stop_after"):
+        if cfg[key] is not None and cfg[key] <= 0:
             raise ValueError(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
-    if args.limit is not None and args.limit <= 0:
-        raise ValueError(f"--limit must be positive, got {args.limit}")
+    if cfg["workers"] < 0:
+        raise ValueError(f"--workers must be >= 0, got {cfg['workers']}")
     if not (math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
         raise ValueError(f"--lr must be a positive number, got {cfg['lr']}")
     if not (math.isfinite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0):
@@ -88,94 +128,108 @@ def _resolve(args: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
         raise ValueError("--batch-size must be at least 2 (the smallest extra map's BatchNorm needs two samples)")
     if not cfg.get("data_dir"):
         raise ValueError("--data-dir is required: the folder holding VOCdevkit/")
-    cfg["resume"], cfg["out"] = args.resume, args.out or (str(Path(args.resume).parent) if args.resume else None)
-    cfg["out"] = cfg["out"] or f"runs/{cfg['dataset']}-ssd-{cfg['model']}-s{cfg['seed']}"
-    return cfg, ckpt
+    cfg["resume"] = args.resume
+    out = args.out or (str(Path(args.resume).parent) if args.resume else None)
+    cfg["out"] = out or str(next_free_dir(Path("runs") / f"{cfg['dataset']}-ssd-{cfg['model']}-s{cfg['seed']}"))
+    return cfg
 
 
-def _loaders(cfg: dict[str, Any], limit: int | None) -> tuple[DataLoader, DataLoader]:
-    classes = DATASETS[cfg.get("dataset", "voc")]["classes"]
-    train = VOCBoxes(cfg["data_dir"], cfg["year"], cfg["train_set"], train=True, classes=classes)
-    test = VOCBoxes(cfg["data_dir"], cfg["test_year"], cfg["test_set"], train=False, classes=classes)
-    if limit:
-        train = torch.utils.data.Subset(train, range(min(limit, len(train))))
-        test = torch.utils.data.Subset(test, range(min(limit, len(test))))
-    if len(train) < cfg["batch_size"]:
-        raise ValueError(f"{len(train)} training images are fewer than one batch of {cfg['batch_size']}")
-    common = dict(num_workers=cfg["workers"], collate_fn=collate, persistent_workers=False)
-    g = torch.Generator().manual_seed(cfg["seed"])
-    return (DataLoader(train, cfg["batch_size"], shuffle=True, drop_last=True, generator=g, **common),
-            DataLoader(test, cfg["batch_size"], shuffle=False, **common))
+def _recipe(cfg: dict[str, Any]) -> Recipe:
+    return DATASETS[cfg["dataset"]]["recipe"].override(
+        epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+        model=cfg["model"])
+
+
+def _datasets(cfg: dict[str, Any]) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    data = DATASETS[cfg["dataset"]]
+    train = VOCBoxes(cfg["data_dir"], cfg["year"], cfg["train_set"], train=True, classes=data["classes"],
+                     augment=data["augment"])
+    test = VOCBoxes(cfg["data_dir"], cfg["test_year"], cfg["test_set"], train=False, classes=data["classes"])
+    if cfg.get("limit"):
+        train = torch.utils.data.Subset(train, range(min(cfg["limit"], len(train))))
+        test = torch.utils.data.Subset(test, range(min(cfg["limit"], len(test))))
+    return train, test
+
+
+def _test_loader(cfg: dict[str, Any], info: DistInfo, device: torch.device, batch_size: int) -> DetectionLoader:
+    _, test = _datasets(cfg)
+    return DetectionLoader(test, batch_size=batch_size, device=device, train=False, rank=info.rank,
+                           world_size=info.world_size, workers=cfg["workers"])
+
+
+def _build_run(cfg: dict[str, Any], info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None,
+               cleanup: contextlib.ExitStack) -> Run:
+    out = Path(cfg["out"])
+    if info.is_main:
+        open_run_dir(out, cfg["resume"], cleanup)
+    recipe = _recipe(cfg)
+    torch.manual_seed(cfg["seed"])
+    train, _ = _datasets(cfg)
+    if len(train) < recipe.batch_size * info.world_size:
+        raise ValueError(f"{len(train)} training images are fewer than one batch of {recipe.batch_size}"
+                         + (f" x {info.world_size} ranks" if info.enabled else ""))
+    train_loader = DetectionLoader(train, batch_size=recipe.batch_size, device=device, train=True, seed=cfg["seed"],
+                                   rank=info.rank, world_size=info.world_size, drop_last=True,
+                                   workers=cfg["workers"])
+    test_loader = _test_loader(cfg, info, device, recipe.batch_size)
+    cleanup.callback(train_loader.close)
+    cleanup.callback(test_loader.close)
+    num_classes = len(DATASETS[cfg["dataset"]]["classes"])
+    model = build_detector(cfg["model"], cfg["size"], None if ckpt else cfg["init"], num_classes).to(device)
+    train_net: nn.Module = model
+    if info.enabled:
+        train_net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg["compile"]:
+        train_net = torch.compile(train_net)
+    optimizer = build_optimizer(model, recipe)
+    scheduler = build_scheduler(optimizer, recipe, len(train_loader))
+    amp_dtype = autocast_dtype(cfg["amp"], device)
+    use_07 = cfg["test_year"] == "2007"
+    if info.is_main:
+        print(f"biasloss detect: SSD {cfg['size']} on {cfg['model']}, {cfg['dataset']} {cfg['year']} "
+              f"{cfg['train_set']} ({len(train)} images) -> {cfg['test_year']} {cfg['test_set']}, "
+              f"recipe {recipe.name}, {recipe.epochs} epochs, batch {recipe.batch_size}"
+              f"{f' x {info.world_size} ranks' if info.enabled else ''}, device {device}, out {out}", flush=True)
+
+    def validate() -> dict[str, Any]:
+        return {"map": round(evaluate_map(model, test_loader, device, use_07, num_classes, amp_dtype), 4)}
+
+    return Run(
+        out=out, info=info, device=device, model=model, train_net=train_net, objective=DetectorObjective(),
+        criterion=nn.Module(), optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+        validate=validate, describe=lambda m: f"mAP {m['map']:.2f}", score="map", epochs=recipe.epochs,
+        seed=cfg["seed"], amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None,
+        progress=cfg["progress"], extra={"args": {k: v for k, v in cfg.items() if k not in ("resume", "out")}},
+    )
 
 
 def run_detect_train(args: Any) -> dict[str, Any]:
-    cfg, ckpt = _resolve(args)
-    torch.manual_seed(cfg["seed"])
-    device = resolve_device(args.device)
-    train_loader, test_loader = _loaders(cfg, args.limit)
-    num_classes = len(DATASETS[cfg["dataset"]]["classes"])
-    model = build_detector(cfg["model"], cfg["size"], None if ckpt else cfg.get("init"), num_classes).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
-    total = cfg["epochs"] * len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    start, best = 0, -1.0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start, best = ckpt["epoch"], ckpt.get("best_map", -1.0)
-        train_loader.generator.set_state(ckpt["generator"])
-    out = Path(cfg["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "metrics.jsonl"
-    if log.exists():  # a resume from an earlier epoch than the log reaches: forget the later lines
-        kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= start]
-        log.write_text("".join(line + "\n" for line in kept))
-    use_07 = cfg["test_year"] == "2007"
-    print(f"biasloss detect: SSD {cfg['size']} on {cfg['model']}, VOC{cfg['year']} {cfg['train_set']} "
-          f"({len(train_loader.dataset)} images) -> VOC{cfg['test_year']} {cfg['test_set']}, {cfg['epochs']} epochs, "
-          f"batch {cfg['batch_size']}, device {device}, out {out}", flush=True)
-    metrics: dict[str, Any] = {}
-    for epoch in range(start, cfg["epochs"]):
-        model.train()
-        t0, loss_sum, steps = time.perf_counter(), 0.0, 0
-        for images, targets in train_loader:
-            images = [im.to(device) for im in images]
-            targets = [{k: v.to(device) for k, v in t.items() if k != "difficult"} for t in targets]
-            loss = sum(model(images, targets).values())
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1}, step {steps + 1}; "
-                                         f"last good checkpoint: {out / 'last.pt'}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum, steps = loss_sum + loss.item(), steps + 1
-        m_ap = evaluate_map(model, test_loader, device, use_07, num_classes)
-        metrics = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(steps, 1), 6), "map": round(m_ap, 4),
-                   "lr": optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 3)}
-        with open(log, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        best = max(best, m_ap)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "epoch": epoch + 1, "loss": {}, "best_map": best, "generator": train_loader.generator.get_state(),
-                 "args": {k: v for k, v in cfg.items() if k not in ("resume", "out")}, "metrics": metrics}
-        save_checkpoint(state, out / "last.pt")
-        if m_ap >= best:
-            save_checkpoint(state, out / "best.pt")
-        print(f"epoch {epoch + 1}/{cfg['epochs']}  train loss {metrics['train_loss']:.4f}  mAP {m_ap:.2f}  "
-              f"{metrics['time_s']:.1f}s", flush=True)
-    return metrics
+    """Train SSD as ``args`` (the ``detect train`` options) say; returns the last epoch's metrics."""
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None and "best_map" not in ckpt:
+        raise CheckpointError(f"{args.resume} is not a 'biasloss detect train' checkpoint")
+    cfg = _resolve(args, ckpt)
+    info, device = init_distributed(args.device)
+    try:
+        with contextlib.ExitStack() as cleanup:
+            stop = cleanup.enter_context(StopFlag())
+            run = _build_run(cfg, info, device, ckpt, cleanup)
+            start = resume(run, ckpt, args.resume) if ckpt is not None else Start()
+            last_epoch = min(run.epochs, cfg["stop_after"]) if cfg["stop_after"] else run.epochs
+            return fit(run, stop, start, last_epoch)
+    finally:
+        cleanup_distributed()
 
 
-def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The SSD a ``biasloss detect train`` checkpoint holds, in eval mode on ``device``, and the
     run's settings (``dataset``, ``model``, ``size``, ``data_dir``, the splits, ...)."""
     ckpt = load_checkpoint(path)
     if "best_map" not in ckpt:
         raise CheckpointError(f"{path} is not a 'biasloss detect train' checkpoint (a classifier's? "
                               "evaluate those with 'biasloss eval')")
-    cfg = dict(_DEFAULTS) | ckpt["args"] | {"epoch": ckpt["epoch"]}
+    cfg = {"workers": 4, "amp": "auto", "limit": None} | ckpt["args"] | {"epoch": ckpt["epoch"]}
     model = build_detector(cfg["model"], cfg["size"], num_classes=len(DATASETS[cfg["dataset"]]["classes"]))
     try:
         model.load_state_dict(ckpt["model"])
@@ -186,36 +240,56 @@ def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> t
 
 
 def run_detect_eval(args: Any) -> dict[str, Any]:
+    """The mAP of a checkpoint on its test split, computed as training logged it (same precision)."""
     device = resolve_device(args.device)
     model, cfg = detector_from_checkpoint(args.checkpoint, device)
     if args.data_dir:
         cfg["data_dir"] = args.data_dir
+    if args.limit is not None:
+        if args.limit <= 0:
+            raise ValueError(f"--limit must be positive, got {args.limit}")
+        cfg["limit"] = args.limit
     cfg["workers"] = args.workers or cfg["workers"]
-    _, test_loader = _loaders(cfg | {"batch_size": 2}, args.limit)
-    num_classes = len(DATASETS[cfg["dataset"]]["classes"])
-    m_ap = evaluate_map(model, test_loader, device, cfg["test_year"] == "2007", num_classes)
-    return {"map": round(m_ap, 4), "images": len(test_loader.dataset), "epoch": cfg["epoch"], "model": cfg["model"]}
+    loader = _test_loader(cfg, DistInfo(), device, cfg.get("batch_size", 8))
+    try:
+        m_ap = evaluate_map(model, loader, device, cfg["test_year"] == "2007", len(DATASETS[cfg["dataset"]]["classes"]),
+                            autocast_dtype(cfg["amp"], device))
+    finally:
+        loader.close()
+    return {"map": round(m_ap, 4), "images": loader.num_samples, "epoch": cfg["epoch"], "model": cfg["model"]}
 
 
 def register(subparsers) -> None:
-    """``biasloss detect train|eval|make-scenes``."""
-    p = subparsers.add_parser("detect", help="SSD with a SkipblockNet backbone on PASCAL VOC (Table 6)")
+    """``biasloss detect train|eval|show|make-scenes``."""
+    p = subparsers.add_parser("detect", help="SSD with a SkipblockNet backbone on PASCAL VOC (Table 6) or the scenes")
     sub = p.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
-    t = sub.add_parser("train", help="train SSD on VOC; mAP on the test split every epoch")
+    t = sub.add_parser("train", help="train SSD; mAP on the test split every epoch")
     t.add_argument("--data-dir", help="the folder holding VOCdevkit/ (torchvision's VOCDetection layout)")
     t.add_argument("--dataset", choices=tuple(DATASETS),
-                   help="voc (default: train VOC2012 trainval, test VOC2007 test) or scenes (the output of "
-                        "'detect make-scenes': its train and test splits, 10 garment classes)")
-    t.add_argument("--model", help="skipblocknet_xs/s/m/l (default skipblocknet_s, as in Table 6)")
-    t.add_argument("--init", help="ImageNet weights for the backbone (a biasloss checkpoint or state dict)")
+                   help="voc (default: train VOC2012 trainval, test VOC2007 test, the paper's recipe) or scenes "
+                        "(the output of 'detect make-scenes': its train and test splits, 10 garment classes, "
+                        "its own recipe)")
+    t.add_argument("--model", help="skipblocknet_xs/s/m/l (default: the data set's, skipblocknet_s for VOC as in "
+                                   "Table 6)")
+    t.add_argument("--init", help="classification weights for the backbone (a 'biasloss train' checkpoint or a "
+                                  "state dict)")
     t.add_argument("--year", help="training year (default: the data set's, VOC 2012)")
-    t.add_argument("--train-set", help="default trainval")
+    t.add_argument("--train-set", help="default trainval (VOC), train (scenes)")
     t.add_argument("--test-year", help="default 2007 (11-point AP); other years use the exact area")
     t.add_argument("--test-set", help="default test")
-    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float), ("size", int),
-                      ("seed", int), ("workers", int), ("limit", int)):
-        t.add_argument(f"--{name}", type=typ)
-    t.add_argument("--out", help="run directory (default runs/voc-ssd-<model>-s<seed>)")
+    for name, typ, text in (("epochs", int, "default: the recipe's"), ("batch-size", int, "per process"),
+                            ("lr", float, "default: the recipe's"), ("weight-decay", float, "default: the recipe's"),
+                            ("size", int, "input side in pixels (default: 300 VOC, 128 scenes)"),
+                            ("seed", int, "default 0"), ("workers", int, "data loading processes (default 4; 0: none)"),
+                            ("limit", int, "use the first N train and test images"),
+                            ("stop-after", int, "stop after this epoch (resume later)")):
+        t.add_argument(f"--{name}", type=typ, help=text)
+    t.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
+                   help="mixed precision (default auto: bf16 on CUDA, full precision on the CPU)")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
+    t.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bars (they are off anyway when stderr is not a terminal)")
+    t.add_argument("--out", help="run directory (default runs/<dataset>-ssd-<model>-s<seed>)")
     t.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
     t.add_argument("--device")
     t.set_defaults(func=_train)
@@ -227,6 +301,7 @@ def register(subparsers) -> None:
     e.add_argument("--device")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_eval)
+    register_show(sub)
     m = sub.add_parser("make-scenes", help="write the Fashion-MNIST scenes detection dataset in VOC's layout",
                        description="Fashion-MNIST garments, tinted and scaled, on cluttered backgrounds: a "
                                    "deterministic stand-in for PASCAL VOC, read by VOCBoxes(..., classes="

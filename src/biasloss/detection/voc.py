@@ -4,8 +4,9 @@ Reads with :class:`torchvision.datasets.VOCDetection` and returns ``(image, targ
 image in [0, 1] and ``{"boxes": (N, 4) xyxy pixels, "labels": (N,) in 1..20, "difficult": (N,)}``.
 Other class lists in the same layout (the Fashion-MNIST scenes of :mod:`.scenes`) are read with
 ``classes=``: a name's label is its index there.
-Training augmentation is that of torchvision's SSD reference (``transforms.v2`` with box support):
-photometric distortion, zoom out, IoU crop, horizontal flip. The SSD model resizes to its input
+Training augmentation (``augment``): ``"ssd"``, that of torchvision's SSD reference
+(``transforms.v2`` with box support): photometric distortion, zoom out, IoU crop, horizontal flip;
+``"flip"``: horizontal flip only. The SSD model resizes to its input
 size itself. Training drops ``difficult`` boxes, as the VOC protocol does; evaluation keeps them
 flagged so the metric can ignore them.
 """
@@ -22,7 +23,7 @@ from torchvision import tv_tensors
 from torchvision.datasets import VOCDetection
 from torchvision.transforms import v2
 
-__all__ = ["VOC_CLASSES", "VOCBoxes", "collate"]
+__all__ = ["AUGMENTATIONS", "VOC_CLASSES", "VOCBoxes", "collate"]
 
 VOC_CLASSES = (
     "__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -30,7 +31,13 @@ VOC_CLASSES = (
 )
 
 
-def _train_transform() -> v2.Transform:
+#: The training augmentations ``VOCBoxes(augment=...)`` knows.
+AUGMENTATIONS = ("ssd", "flip")
+
+
+def _train_transform(augment: str) -> v2.Transform:
+    if augment == "flip":
+        return v2.Compose([v2.RandomHorizontalFlip(p=0.5), v2.ToDtype(torch.float32, scale=True)])
     return v2.Compose([
         v2.RandomPhotometricDistort(p=1.0),
         v2.RandomZoomOut(fill={tv_tensors.Image: (123, 117, 104), "others": 0}),
@@ -43,10 +50,13 @@ def _train_transform() -> v2.Transform:
 
 class VOCBoxes(torch.utils.data.Dataset):
     """One VOC split as ``(image, target)`` pairs (see the module doc); ``classes[i]`` is the XML
-    name of label ``i`` (index 0 the background)."""
+    name of label ``i`` (index 0 the background); ``augment`` one of :data:`AUGMENTATIONS`
+    (training only)."""
 
     def __init__(self, root: str | os.PathLike, year: str, image_set: str, *, train: bool,
-                 classes: Sequence[str] = VOC_CLASSES) -> None:
+                 classes: Sequence[str] = VOC_CLASSES, augment: str = "ssd") -> None:
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
         if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
             raise TypeError(f"classes must be a sequence of class names, got {classes!r}")
         if len(set(classes)) != len(classes):
@@ -62,7 +72,7 @@ class VOCBoxes(torch.utils.data.Dataset):
         self.train = train
         self.classes = tuple(classes)
         self._index = {name: i for i, name in enumerate(self.classes)}
-        self.transform = _train_transform() if train else v2.ToDtype(torch.float32, scale=True)
+        self.transform = _train_transform(augment) if train else v2.ToDtype(torch.float32, scale=True)
 
     def __len__(self) -> int:
         return len(self.voc)

@@ -1,7 +1,9 @@
-"""One epoch of training and one pass of evaluation, whatever the model and the loss.
+"""One epoch of training and one pass of evaluation, whatever the model, the loss and the task.
 
-The step (DESIGN.md): ``features = forward_features(x)``, ``logits = forward_head(features)``,
-``loss = criterion(logits, target, features)``, backward, optimizer and schedule step, EMA update.
+The step (DESIGN.md): ``loss = objective(net, inputs, target)``, backward, optimizer and schedule
+step, EMA update. For a classifier (:class:`ClassifierObjective`): ``features =
+forward_features(x)``, ``logits = forward_head(features)``, ``loss = criterion(logits, target,
+features)``; for a detector (:class:`DetectorObjective`) the sum of the losses the model returns.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from torch import Tensor, nn
 from biasloss.data import DatasetCorruptError
 from biasloss.features import FeatureTap, forward_with_features
 
-__all__ = ["EpochResult", "ModelWithFeatures", "NonFiniteLossError", "evaluate", "step_seed", "train_one_epoch"]
+__all__ = ["ClassifierObjective", "DetectorObjective", "EpochResult", "ModelWithFeatures", "NonFiniteLossError",
+           "Objective", "evaluate", "step_seed", "train_one_epoch"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,16 +47,48 @@ class ModelWithFeatures(nn.Module):
         return forward_with_features(self.model, x, self.tap)
 
 
+class Objective(nn.Module):
+    """How a task turns a batch into its training loss: ``forward(net, inputs, target) ->
+    (loss, logits or None)``; ``logits`` (classifiers only) are scored for top-1 and top-5.
+    A module, so that the loss's own state (``train()``/``eval()``, buffers) goes with it."""
+
+    def forward(self, net: nn.Module, inputs, target) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+
+class ClassifierObjective(Objective):
+    """``criterion(logits, target, features)`` of ``net(images) -> (logits, features)``
+    (a :class:`ModelWithFeatures`, possibly wrapped in DDP or compiled)."""
+
+    def __init__(self, criterion: nn.Module) -> None:
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, net: nn.Module, inputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None]:
+        logits, features = net(inputs)
+        return self.criterion(logits, target, features), logits
+
+
+class DetectorObjective(Objective):
+    """The sum of the losses a torchvision detector returns in training mode for
+    ``net(images, targets)`` (SSD: box regression and classification)."""
+
+    def forward(self, net: nn.Module, inputs: list[Tensor], target: list[dict[str, Tensor]]) -> tuple[Tensor, None]:
+        losses = net(inputs, [{k: v for k, v in t.items() if k in ("boxes", "labels")} for t in target])
+        return sum(losses.values()), None  # type: ignore[return-value]
+
+
 @dataclass
 class EpochResult:
     loss: float
-    top1: float  # percent
-    top5: float  # percent
+    top1: float | None  # percent; None where the task has no classes to score (detection)
+    top5: float | None  # percent
     samples: int
     time_s: float
     steps: int = 0
     interrupted: bool = False
     error: DatasetCorruptError | None = None  # the data file that ended the epoch early
+    totals: list[float] | None = None  # loss sum, top-1 and top-5 hits, samples, over all ranks
 
     @property
     def throughput(self) -> float:
@@ -104,22 +139,27 @@ def _interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def _accumulate(totals: Tensor, loss: Tensor, logits: Tensor, target: Tensor) -> None:
-    """Add one batch's loss sum, top-1 and top-5 hits and sample count to ``totals`` (on device)."""
-    top1, top5 = _correct(logits, target, 5)
-    n = target.shape[0]
+def _accumulate(totals: Tensor, loss: Tensor, logits: Tensor | None, target) -> None:
+    """Add one batch's loss sum, top-1 and top-5 hits (when there are logits) and sample count to
+    ``totals`` (on device)."""
+    n = len(target)
+    zero = totals.new_zeros(())
+    top1, top5 = _correct(logits, target, 5) if logits is not None else (zero, zero)
     totals += torch.stack((loss.detach().double() * n, top1.double(), top5.double(),
                            torch.tensor(float(n), device=totals.device, dtype=torch.float64)))
 
 
-def _summarise(totals: Tensor, elapsed: float, steps: int, interrupted: bool = False) -> EpochResult:
-    """Sum ``totals`` over ranks and turn them into means and percentages."""
+def _summarise(totals: Tensor, elapsed: float, steps: int, interrupted: bool = False,
+               scored: bool = True) -> EpochResult:
+    """Sum ``totals`` over ranks and turn them into means and percentages (``scored``: top-1 and
+    top-5 were counted)."""
     totals = _all_reduce(totals)
     seen = max(totals[3].item(), 1.0)
     return EpochResult(
+        totals=totals.tolist(),
         loss=totals[0].item() / seen,
-        top1=100 * totals[1].item() / seen,
-        top5=100 * totals[2].item() / seen,
+        top1=100 * totals[1].item() / seen if scored else None,
+        top5=100 * totals[2].item() / seen if scored else None,
         samples=int(totals[3].item()),
         time_s=elapsed,
         steps=steps,
@@ -135,7 +175,7 @@ def _all_reduce(values: Tensor) -> Tensor:
 
 def train_one_epoch(
     net: nn.Module,
-    criterion: nn.Module,
+    objective: Objective,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     loader: Iterable,
@@ -146,22 +186,28 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     ema: torch.optim.swa_utils.AveragedModel | None = None,
+    model: nn.Module | None = None,
     start_step: int = 0,
+    start_totals: list[float] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     progress: bool | None = None,
     check_every: int = 10,
 ) -> EpochResult:
-    """Train ``net`` (a :class:`ModelWithFeatures`) for one epoch of ``loader``.
+    """Train ``net`` for one epoch of ``loader``, the loss being ``objective(net, inputs, target)``.
 
     ``start_step`` skips that many batches (a resumed, interrupted epoch: the loader's order and
-    augmentation are replayed, not trained on). ``should_stop`` is polled after every step;
+    augmentation are replayed, not trained on); ``start_totals`` are the interrupted epoch's
+    ``EpochResult.totals`` (give them on one rank only), so its loss and accuracy count every step. ``should_stop`` is polled after every step;
     when it returns True the epoch ends early with ``interrupted=True``. Raises
-    :class:`NonFiniteLossError` when the loss is NaN or infinite.
+    :class:`NonFiniteLossError` when the loss is NaN or infinite. ``ema`` averages ``model`` (the
+    weights ``net`` trains, unwrapped) after every step.
     """
     net.train()
-    criterion.train()
+    objective.train()
     progress = _interactive() if progress is None else progress
     totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, top1, top5, samples
+    if start_totals is not None:
+        totals += torch.tensor(start_totals, device=device, dtype=torch.float64)
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     )
@@ -171,13 +217,13 @@ def train_one_epoch(
     source = _UntilBadData(loader)
     bar = _progress(source, steps, f"epoch {epoch + 1}", progress)
     interrupted = False
+    scored = False
     for step, (images, target) in enumerate(bar):
         if step < start_step:
             continue
         torch.manual_seed(step_seed(seed, epoch, step))
         with autocast:
-            logits, features = net(images)
-            loss = criterion(logits, target, features)
+            loss, logits = objective(net, images, target)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -188,9 +234,10 @@ def train_one_epoch(
             optimizer.step()
         scheduler.step()
         if ema is not None:
-            ema.update_parameters(net.model if not hasattr(net, "module") else net.module.model)
+            ema.update_parameters(model if model is not None else net)
+        scored = logits is not None
         with torch.no_grad():
-            _accumulate(totals, loss, logits.detach(), target)
+            _accumulate(totals, loss, logits.detach() if scored else None, target)
         if (step + 1) % check_every == 0 or step + 1 == steps:
             if not math.isfinite(totals[0].item()):
                 raise NonFiniteLossError(
@@ -200,7 +247,7 @@ def train_one_epoch(
                 seen = max(totals[3].item(), 1.0)
                 bar.set_postfix(
                     loss=f"{totals[0].item() / seen:.4f}",
-                    acc=f"{100 * totals[1].item() / seen:.2f}",
+                    **({"acc": f"{100 * totals[1].item() / seen:.2f}"} if scored else {}),
                     img_s=f"{seen / (time.perf_counter() - start):.0f}",
                 )
         if should_stop():
@@ -208,7 +255,8 @@ def train_one_epoch(
             break
     if not math.isfinite(totals[0].item()):
         raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1}")
-    result = _summarise(totals, time.perf_counter() - start, step + 1, interrupted or source.error is not None)
+    result = _summarise(totals, time.perf_counter() - start, step + 1, interrupted or source.error is not None,
+                        scored)
     result.error = source.error
     return result
 

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
-import signal
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +21,14 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import biasloss
-from biasloss._checks import one_line
-from biasloss._io import atomic_write_text, remove_stale_temps, writable_dir
-from biasloss.data import DatasetCorruptError, build_loaders, get_dataset_spec
+from biasloss.data import build_loaders, get_dataset_spec
 from biasloss.features import FeatureTap
 from biasloss.losses import clamp_option, create_loss, needs_features
 from biasloss.models import create_model, list_models, load_pretrained
-from biasloss.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, training_args
+from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
 from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed
-from biasloss.train.engine import ModelWithFeatures, evaluate, train_one_epoch
+from biasloss.train.engine import ClassifierObjective, ModelWithFeatures, evaluate
+from biasloss.train.loop import Run, Start, StopFlag, autocast_dtype, fit, next_free_dir, open_run_dir, resume
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler, default_recipe, get_recipe
 
 __all__ = ["build_model", "model_from_checkpoint", "run_eval", "run_train"]
@@ -128,128 +123,13 @@ def _features_net(model: nn.Module, criterion: nn.Module, spec, tap_layer: str |
     return ModelWithFeatures(model, tap, with_features=want)
 
 
-def _amp_dtype(args, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: ``auto`` is bf16 (fp16 where unsupported) on CUDA and full precision
-    elsewhere; ``bf16``/``fp16`` are honoured on any device (CPU autocast supports both)."""
-    amp = getattr(args, "amp", "auto")  # checkpoints written before the flag existed: auto
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
-class _StopFlag:
-    """Ctrl-C / SIGTERM set a flag polled after every step; a second Ctrl-C stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\nbiasloss: {signal.Signals(signum).name} received, saving a checkpoint...", file=sys.stderr)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _jsonable(args) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
 
 
-#: The files of a run directory: their presence means the directory holds a run.
-RUN_FILES = ("metrics.jsonl", "last.pt", "best.pt")
-
-
-def _check_out(out: Path, resume: str | None) -> None:
-    """Refuse to mix two runs in one directory: a fresh run needs an ``--out`` without a run in
-    it, and a resume writes into its own run directory or into one that holds no run yet."""
-    held = [name for name in RUN_FILES if (out / name).exists()]
-    if not held:
-        return
-    if resume is not None and Path(resume).resolve().parent == out.resolve():
-        return
-    what = f"resumes {resume}, a run of another directory" if resume else "would start a new run there"
-    raise ValueError(f"--out {out} already holds a run ({', '.join(held)}) and this command {what}; continue "
-                     f"that run with --resume {out / 'last.pt'}, or give a new --out")
-
-
 def _default_out(args) -> Path:
-    """``runs/<dataset>-<model>-<loss>-s<seed>``, numbered ``-2``, ``-3``, ... past directories
-    that already hold a run: without ``--out`` a new run never meets an old one."""
-    base = Path("runs") / f"{args.dataset}-{args.model}-{args.loss}-s{args.seed}"
-    out, n = base, 1
-    while any((out / name).exists() for name in RUN_FILES):
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    return out
-
-
-class _RunLock:
-    """An exclusive lock on a run directory for the whole run (``fcntl.flock`` on ``.lock``,
-    released when the process ends, however it ends): a second training on the same ``--out``
-    is refused instead of interleaving its metrics and checkpoints with the first."""
-
-    def __init__(self, out: Path) -> None:
-        self.path = out / ".lock"
-        self._file: Any = None
-
-    def __enter__(self) -> _RunLock:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            return self
-        self._file = open(self.path, "a+")  # noqa: SIM115  (held open for the run)
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._file.seek(0)
-            holder = self._file.read().strip()
-            self._file.close()
-            raise ValueError(f"--out {self.path.parent} is in use by another training"
-                             + (f" (pid {holder})" if holder else "") + "; wait for it or give another --out") from None
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(str(os.getpid()))
-        self._file.flush()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-def _read_metrics(path: Path, upto_epoch: int) -> list[str]:
-    """The lines of ``metrics.jsonl`` for epochs ``<= upto_epoch`` (unreadable lines dropped)."""
-    if not path.exists():
-        return []
-    kept = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError, AttributeError):
-            if json.loads(line).get("epoch", 0) <= upto_epoch:
-                kept.append(line)
-    return kept
-
-
-def _start_metrics(out: Path, resume: str, upto_epoch: int) -> None:
-    """A resumed run's ``metrics.jsonl``: the resumed run's lines up to its checkpoint's epoch,
-    whether it continues in its own directory or in a new one."""
-    lines = _read_metrics(Path(resume).parent / "metrics.jsonl", upto_epoch)
-    atomic_write_text(out / "metrics.jsonl", "".join(line + "\n" for line in lines))
+    """``runs/<dataset>-<model>-<loss>-s<seed>``, numbered past directories holding a run."""
+    return next_free_dir(Path("runs") / f"{args.dataset}-{args.model}-{args.loss}-s{args.seed}")
 
 
 def run_train(args) -> dict[str, Any]:
@@ -261,25 +141,24 @@ def run_train(args) -> dict[str, Any]:
     info, device = init_distributed(args.device)
     try:
         with contextlib.ExitStack() as cleanup:
-            return _train(args, info, device, ckpt, cleanup)
+            # from here on Ctrl-C / SIGTERM stop the run cleanly (after the step in progress, with a checkpoint)
+            stop = cleanup.enter_context(StopFlag())
+            run = _build_run(args, info, device, ckpt, cleanup)
+            start = resume(run, ckpt, args.resume) if ckpt is not None else Start()
+            last_epoch = min(run.epochs, args.stop_after) if args.stop_after else run.epochs
+            return fit(run, stop, start, last_epoch)
     finally:
         cleanup_distributed()
 
 
-def _train(
-    args, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None, cleanup: contextlib.ExitStack
-) -> dict[str, Any]:
+def _build_run(args, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None,
+               cleanup: contextlib.ExitStack) -> Run:
+    """The classification run ``args`` describe: data, model, loss, optimizer, schedule, EMA."""
     spec = get_dataset_spec(args.dataset)
     recipe = _recipe(args)
     out = Path(args.out) if args.out else _default_out(args)
-    # from here on Ctrl-C / SIGTERM stop the run cleanly (after the step in progress, with a checkpoint)
-    stop = cleanup.enter_context(_StopFlag())
     if info.is_main:
-        _check_out(out, args.resume)
-        writable_dir(out)
-        cleanup.enter_context(_RunLock(out))
-        for name in RUN_FILES:  # the lock says no one else writes them
-            remove_stale_temps(out / name)
+        open_run_dir(out, args.resume, cleanup)
     torch.manual_seed(args.seed)
     train_loader, val_loader, spec = build_loaders(
         args.dataset, data_dir=args.data_dir, batch_size=recipe.batch_size,
@@ -311,102 +190,29 @@ def _train(
         train_net = torch.compile(train_net)
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, recipe, len(train_loader))
-    amp_dtype = _amp_dtype(args, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-
-    start_epoch, start_step, best = 0, 0, -math.inf
-    if ckpt is not None:
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            criterion.load_state_dict(ckpt["loss"])
-            if ema is not None:
-                ema.load_state_dict(ckpt["ema"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(f"cannot resume from {args.resume}: {str(e).splitlines()[0]}") from None
-        start_epoch, start_step = ckpt["epoch"], ckpt.get("step", 0)
-        best = ckpt.get("best_top1", -math.inf)
-        if info.is_main:
-            _start_metrics(out, args.resume, start_epoch)
-        _log(info, f"resumed from {args.resume} at epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
-
+    amp_dtype = autocast_dtype(args.amp, device)
     n_params = sum(p.numel() for p in model.parameters())
     _log(info, f"biasloss {biasloss.__version__}: {args.model} ({n_params / 1e6:.2f}M params) on {args.dataset} "
                f"[{train_loader.num_samples * info.world_size} train images], "
                f"loss {args.loss}, recipe {recipe.name}, {recipe.epochs} epochs, batch {recipe.batch_size}"
                f"{f' x {info.world_size} ranks' if info.enabled else ''}, device {device}, out {out}")
 
-    def state(epoch: int, step: int, metrics: dict[str, Any] | None) -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "eval_weights": "ema" if ema is not None else "model",
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "loss": criterion.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "best_top1": best,
-            "metrics": metrics,
-            "args": _jsonable(args),
-            "num_classes": spec.num_classes,  # for folder datasets, the classes found in the data
-            "recipe": dataclasses.asdict(recipe),
-            "version": biasloss.__version__,
-        }
+    def validate() -> dict[str, Any]:
+        val = evaluate(eval_net, criterion, val_loader, device=device, amp_dtype=amp_dtype, progress=args.progress)
+        return {"val_loss": round(val.loss, 6), "val_top1": round(val.top1, 4), "val_top5": round(val.top5, 4)}
 
-    last_epoch = min(recipe.epochs, args.stop_after) if args.stop_after else recipe.epochs
-    metrics: dict[str, Any] = {}
-    for epoch in range(start_epoch, last_epoch):
-        train_loader.set_epoch(epoch)
-        t0 = time.perf_counter()
-        result = train_one_epoch(
-            train_net, criterion, optimizer, scheduler, train_loader, epoch=epoch, seed=args.seed,
-            device=device, amp_dtype=amp_dtype, scaler=scaler, ema=ema,
-            start_step=start_step if epoch == start_epoch else 0,
-            should_stop=lambda: stop.requested, progress=args.progress,
-        )
-        if result.interrupted:
-            if info.is_main:
-                save_checkpoint(state(epoch, result.steps, None), out / "last.pt")
-            if result.error is not None:  # a data file it cannot read: named, with where the run stands
-                raise DatasetCorruptError(f"{one_line(result.error)} (wrote {out / 'last.pt'} at "
-                                          f"epoch {epoch + 1}, step {result.steps})") from None
-            _log(info, f"interrupted at epoch {epoch + 1}, step {result.steps}: wrote {out / 'last.pt'}; "
-                       f"continue with --resume {out / 'last.pt'}")
-            raise SystemExit(130)
-        val = evaluate(eval_net, criterion, val_loader, device=device, amp_dtype=amp_dtype,
-                       progress=args.progress)
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": round(result.loss, 6),
-            "train_top1": round(result.top1, 4),
-            "val_loss": round(val.loss, 6),
-            "val_top1": round(val.top1, 4),
-            "val_top5": round(val.top5, 4),
-            "lr": optimizer.param_groups[0]["lr"],
-            "time_s": round(time.perf_counter() - t0, 3),
-            "train_img_s": round(result.throughput * info.world_size, 1),
-        }
-        improved = val.top1 > best
-        best = max(best, val.top1)
-        if info.is_main:  # the checkpoint first: the log never runs ahead of last.pt
-            snapshot = state(epoch + 1, 0, metrics)
-            save_checkpoint(snapshot, out / "last.pt")
-            if improved:
-                save_checkpoint(snapshot, out / "best.pt")
-            log = out / "metrics.jsonl"  # rewritten whole, atomically: never a torn line
-            atomic_write_text(log, (log.read_text() if log.exists() else "") + json.dumps(metrics) + "\n")
-        _log(info, f"epoch {epoch + 1}/{recipe.epochs}  train loss {result.loss:.4f} top1 {result.top1:.2f}  "
-                   f"val loss {val.loss:.4f} top1 {val.top1:.2f} top5 {val.top5:.2f}  "
-                   f"{metrics['time_s']:.1f}s ({metrics['train_img_s']:.0f} img/s)")
-        if stop.requested:
-            _log(info, f"stopped after epoch {epoch + 1}: resume with --resume {out / 'last.pt'}")
-            raise SystemExit(130)
-    return metrics
+    return Run(
+        out=out, info=info, device=device, model=model, train_net=train_net,
+        objective=ClassifierObjective(criterion), criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+        train_loader=train_loader, validate=validate,
+        describe=lambda m: f"val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f} top5 {m['val_top5']:.2f}",
+        score="val_top1", epochs=recipe.epochs, seed=args.seed, amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None, ema=ema,
+        progress=args.progress,
+        extra={"args": _jsonable(args),
+               "num_classes": spec.num_classes,  # for folder datasets, the classes found in the data
+               "recipe": dataclasses.asdict(recipe)},
+    )
 
 
 def run_eval(args) -> dict[str, Any]:
@@ -433,7 +239,7 @@ def run_eval(args) -> dict[str, Any]:
         # the precision train's validation ran in, so that the top-1 is the one it logged
         try:
             result = evaluate(ModelWithFeatures(model, with_features=False), None, val_loader, device=device,
-                              amp_dtype=_amp_dtype(saved, device), progress=args.progress)
+                              amp_dtype=autocast_dtype(saved.amp, device), progress=args.progress)
         finally:
             val_loader.close()
         return {"top1": round(result.top1, 4), "top5": round(result.top5, 4), "samples": result.samples,

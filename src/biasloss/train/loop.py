@@ -1,0 +1,320 @@
+"""The training run around the engine, whatever the task: its directory, resume, epochs and files.
+
+A task builds a :class:`Run` (classification in :mod:`biasloss.train.runner`, detection in
+:mod:`biasloss.detection.train`); :func:`fit` trains it epoch by epoch with
+:func:`~biasloss.train.engine.train_one_epoch`, validates, appends one JSON line per epoch to
+``metrics.jsonl`` and writes ``last.pt`` and ``best.pt`` atomically, the checkpoint before the
+log line. Ctrl-C or SIGTERM (:class:`StopFlag`) ends the step in progress and writes ``last.pt``
+at that step; :func:`resume` continues from it exactly, because everything random is a function
+of ``(seed, epoch, step)``. A NaN or infinite loss raises
+:class:`~biasloss.train.engine.NonFiniteLossError` and leaves the last good checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+import biasloss
+from biasloss._checks import one_line
+from biasloss._io import atomic_write_text, remove_stale_temps, writable_dir
+from biasloss.data import DatasetCorruptError
+from biasloss.train.checkpoint import CheckpointError, save_checkpoint
+from biasloss.train.distributed import DistInfo
+from biasloss.train.engine import Objective, train_one_epoch
+
+__all__ = ["RUN_FILES", "Run", "RunLock", "Start", "StopFlag", "autocast_dtype", "check_out", "fit", "next_free_dir", "open_run_dir",
+           "read_metrics", "resume"]
+
+#: The files of a run directory: their presence means the directory holds a run.
+RUN_FILES = ("metrics.jsonl", "last.pt", "best.pt")
+
+
+class StopFlag:
+    """Ctrl-C / SIGTERM set a flag polled after every step; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nbiasloss: {signal.Signals(signum).name} received, saving a checkpoint...", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def autocast_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--amp``: ``auto`` (or None, from checkpoints older than the flag)
+    is bf16 (fp16 where unsupported) on CUDA and full precision elsewhere; ``bf16``/``fp16`` are
+    honoured on any device (CPU autocast supports both); ``off`` is full precision."""
+    amp = amp or "auto"
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def check_out(out: Path, resume: str | None) -> None:
+    """Refuse to mix two runs in one directory: a fresh run needs an ``--out`` without a run in
+    it, and a resume writes into its own run directory or into one that holds no run yet."""
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if not held:
+        return
+    if resume is not None and Path(resume).resolve().parent == out.resolve():
+        return
+    what = f"resumes {resume}, a run of another directory" if resume else "would start a new run there"
+    raise ValueError(f"--out {out} already holds a run ({', '.join(held)}) and this command {what}; continue "
+                     f"that run with --resume {out / 'last.pt'}, or give a new --out")
+
+
+def next_free_dir(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``, ... past directories that already hold a run: a run
+    without ``--out`` never meets an old one."""
+    out, n = base, 1
+    while any((out / name).exists() for name in RUN_FILES):
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the whole run (``fcntl.flock`` on ``.lock``,
+    released when the process ends, however it ends): a second training on the same ``--out``
+    is refused instead of interleaving its metrics and checkpoints with the first."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".lock"
+        self._file: Any = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return self
+        self._file = open(self.path, "a+")  # noqa: SIM115  (held open for the run)
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip()
+            self._file.close()
+            raise ValueError(f"--out {self.path.parent} is in use by another training"
+                             + (f" (pid {holder})" if holder else "") + "; wait for it or give another --out") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def open_run_dir(out: Path, resume: str | None, cleanup: contextlib.ExitStack) -> None:
+    """Make ``out`` the run's directory for the rest of ``cleanup``'s life: checked
+    (:func:`check_out`), writable, locked (:class:`RunLock`), stale temporary files removed."""
+    check_out(out, resume)
+    writable_dir(out)
+    cleanup.enter_context(RunLock(out))
+    for name in RUN_FILES:  # the lock says no one else writes them
+        remove_stale_temps(out / name)
+
+
+def read_metrics(path: str | os.PathLike, upto_epoch: int | None = None) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, one per epoch in order (``[]`` when there is no file).
+
+    Lines that are not JSON objects with an integer ``epoch`` are skipped (a line torn by a crash
+    of an older version); when an epoch appears twice the later line wins. With ``upto_epoch``,
+    only epochs up to it are kept.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                if upto_epoch is None or record["epoch"] <= upto_epoch:
+                    records.pop(record["epoch"], None)
+                    records[record["epoch"]] = record
+    return sorted(records.values(), key=lambda r: r["epoch"])
+
+
+def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` whole, atomically: never a torn line."""
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+@dataclass
+class Run:
+    """What one training run is made of, whatever the task.
+
+    ``objective(train_net, inputs, target) -> (loss, logits | None)`` turns a batch into a loss
+    (:class:`~biasloss.train.engine.Objective`); ``criterion`` holds the loss's state (the
+    checkpoint's ``"loss"``). ``validate()`` returns the epoch's validation metrics, of which
+    ``score`` (higher is better) picks ``best.pt``; ``describe(metrics)`` words them for the
+    epoch's line. ``extra`` goes into every checkpoint as it is (the run's arguments, ...).
+    """
+
+    out: Path
+    info: DistInfo
+    device: torch.device
+    model: nn.Module
+    train_net: nn.Module
+    objective: Objective
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: Any  # len(), set_epoch(epoch), num_samples; yields (inputs, target)
+    validate: Callable[[], dict[str, Any]]
+    describe: Callable[[dict[str, Any]], str]
+    score: str
+    epochs: int
+    seed: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    ema: AveragedModel | None = None
+    progress: bool | None = None
+
+    @property
+    def best_key(self) -> str:
+        """The checkpoint key of the best score so far: ``best_top1`` for ``val_top1``, ``best_map`` for ``map``."""
+        return "best_" + self.score.removeprefix("val_")
+
+    def log(self, message: str) -> None:
+        if self.info.is_main:
+            print(message, flush=True)
+
+    def state(self, epoch: int, step: int, best: float, metrics: dict[str, Any] | None) -> dict[str, Any]:
+        """The checkpoint of the run at ``step`` of ``epoch`` (step 0: the epoch is complete)."""
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "eval_weights": "ema" if self.ema is not None else "model",
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "loss": self.criterion.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            self.best_key: best,
+            "metrics": metrics,
+            "version": biasloss.__version__,
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where :func:`fit` starts: ``step`` batches into ``epoch``, the best score so far, and the
+    interrupted epoch's running sums (``EpochResult.totals``)."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float = -math.inf
+    totals: list[float] | None = None
+
+
+def resume(run: Run, ckpt: dict[str, Any], path: str) -> Start:
+    """Load ``ckpt`` into ``run``; returns where to continue, and starts the run's
+    ``metrics.jsonl`` with the resumed run's lines up to that epoch (whether it continues in its
+    own directory or in a new one)."""
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.criterion.load_state_dict(ckpt["loss"])
+        if run.ema is not None:
+            run.ema.load_state_dict(ckpt["ema"])
+        if run.scaler is not None and ckpt.get("scaler"):
+            run.scaler.load_state_dict(ckpt["scaler"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"cannot resume from {path}: {one_line(e)}") from None
+    epoch, step = ckpt["epoch"], ckpt.get("step", 0)
+    if run.info.is_main:
+        _write_metrics(run.out / "metrics.jsonl", read_metrics(Path(path).parent / "metrics.jsonl", epoch))
+    run.log(f"resumed from {path} at epoch {epoch}" + (f", step {step}" if step else ""))
+    return Start(epoch, step, ckpt.get(run.best_key, -math.inf), ckpt.get("epoch_totals") if step else None)
+
+
+def fit(run: Run, stop: StopFlag, start: Start = Start(), last_epoch: int | None = None) -> dict[str, Any]:
+    """Train ``run`` from ``start`` to ``last_epoch`` (default: all its epochs); returns the last
+    epoch's metrics. Exits with 130 after writing ``last.pt`` when ``stop`` is requested."""
+    last_epoch = run.epochs if last_epoch is None else last_epoch
+    metrics: dict[str, Any] = {}
+    best = start.best
+    for epoch in range(start.epoch, last_epoch):
+        resumed = epoch == start.epoch
+        run.train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        result = train_one_epoch(
+            run.train_net, run.objective, run.optimizer, run.scheduler, run.train_loader, epoch=epoch,
+            seed=run.seed, device=run.device, amp_dtype=run.amp_dtype, scaler=run.scaler, ema=run.ema,
+            model=run.model, start_step=start.step if resumed else 0,
+            start_totals=start.totals if resumed and run.info.is_main else None,
+            should_stop=lambda: stop.requested, progress=run.progress,
+        )
+        if result.interrupted:
+            if run.info.is_main:
+                state = run.state(epoch, result.steps, best, None) | {"epoch_totals": result.totals}
+                save_checkpoint(state, run.out / "last.pt")
+            if result.error is not None:  # a data file it cannot read: named, with where the run stands
+                raise DatasetCorruptError(f"{one_line(result.error)} (wrote {run.out / 'last.pt'} at "
+                                          f"epoch {epoch + 1}, step {result.steps})") from None
+            run.log(f"interrupted at epoch {epoch + 1}, step {result.steps}: wrote {run.out / 'last.pt'}; "
+                    f"continue with --resume {run.out / 'last.pt'}")
+            raise SystemExit(130)
+        metrics = {"epoch": epoch + 1, "train_loss": round(result.loss, 6)}
+        if result.top1 is not None:
+            metrics["train_top1"] = round(result.top1, 4)
+        metrics |= run.validate()
+        metrics |= {"lr": run.optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 3),
+                    "train_img_s": round(result.throughput * run.info.world_size, 1)}
+        improved = metrics[run.score] > best
+        best = max(best, metrics[run.score])
+        if run.info.is_main:  # the checkpoint first: the log never runs ahead of last.pt
+            snapshot = run.state(epoch + 1, 0, best, metrics)
+            save_checkpoint(snapshot, run.out / "last.pt")
+            if improved:
+                save_checkpoint(snapshot, run.out / "best.pt")
+            log = run.out / "metrics.jsonl"
+            _write_metrics(log, [*read_metrics(log, epoch), metrics])
+        train = f"train loss {result.loss:.4f}" + (f" top1 {result.top1:.2f}" if result.top1 is not None else "")
+        run.log(f"epoch {epoch + 1}/{run.epochs}  {train}  {run.describe(metrics)}  "
+                f"{metrics['time_s']:.1f}s ({metrics['train_img_s']:.0f} img/s)")
+        if stop.requested:
+            run.log(f"stopped after epoch {epoch + 1}: resume with --resume {run.out / 'last.pt'}")
+            raise SystemExit(130)
+    return metrics
