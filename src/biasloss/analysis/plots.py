@@ -539,22 +539,16 @@ def _metrics_file(run: str | Path) -> Path:
 
 
 def load_metrics(run: str | Path) -> list[dict[str, Any]]:
-    """The epochs of a run (``metrics.jsonl`` or its run directory), sorted by epoch; if an epoch
-    appears twice (a resumed run), its last line wins. Lines without an ``epoch`` are skipped."""
+    """The epochs of a run (``metrics.jsonl`` or its run directory), read as training reads them
+    (:func:`biasloss.train.loop.read_metrics`): sorted by epoch, the last line of an epoch wins,
+    lines that are not epoch records are skipped."""
+    from biasloss.train.loop import read_metrics
+
     path = _metrics_file(run)
-    epochs: dict[float, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} line {number}: not JSON ({e.msg})") from None
-        if isinstance(record, dict) and isinstance(record.get("epoch"), (int, float)):
-            epochs[record["epoch"]] = record
-    if not epochs:
+    records = read_metrics(path)
+    if not records:
         raise ValueError(f"{path}: no epoch records")
-    return [epochs[e] for e in sorted(epochs)]
+    return records
 
 
 def _run_labels(paths: Sequence[Path]) -> list[str]:

@@ -299,17 +299,9 @@ def read_run(run_dir: Path, planned_epochs: int) -> dict[str, Any] | None:
     """The final numbers of a finished run from its ``metrics.jsonl``: the line of the planned
     last epoch (``final_top1``/``final_top5``) and the best ``val_top1`` up to it; ``None`` if the
     file lacks that epoch."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    lines = []
-    for text in path.read_text().splitlines():
-        try:
-            line = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(line, dict) and isinstance(line.get("epoch"), int) and line["epoch"] <= planned_epochs:
-            lines.append(line)
+    from biasloss.train.loop import read_metrics
+
+    lines = read_metrics(Path(run_dir) / "metrics.jsonl", planned_epochs)
     last = [line for line in lines if line["epoch"] == planned_epochs and "val_top1" in line]
     if not last:
         return None

@@ -11,7 +11,6 @@ weights over the epoch. Command: ``biasloss plot samples --checkpoint CKPT --out
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -1,0 +1,98 @@
+"""A detector shown to learn: SSD with a SkipblockNet backbone on the Fashion-MNIST scenes.
+
+Makes the scenes (``biasloss detect make-scenes``, the defaults: 4000 train and 1000 test scenes of
+128 px) unless they are there, then trains with ``biasloss detect train --dataset scenes`` (the
+data set's own recipe unless flags say otherwise) and prints, per epoch, the VOC mAP@0.5 on all
+1000 test scenes and the wall time so far (training and evaluation), then the first epoch at or
+above ``--target`` (70 %) and whether it came within ``--budget`` seconds (20 minutes). With
+``--init CKPT`` (e.g. the default ``biasloss train`` checkpoint, a Fashion-MNIST classifier) it
+runs the same with the backbone started from those weights: the paper's transfer setting in
+miniature. Last, ``biasloss detect eval`` scores the final checkpoint again, which must give the
+logged mAP. A JSON record of all of it goes to ``--out``/result.json.
+
+    python benchmarks/bench_detect_scenes.py --data /tmp/scenes --out runs/bench-scenes
+    python benchmarks/bench_detect_scenes.py --data /tmp/scenes --out runs/bench-scenes-init \\
+        --init runs/fashion-mnist-skipblocknet_xs-bias-s0/last.pt
+
+Run it alone on the machine: it is a timing, and another process on the same cores slows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _biasloss(*args: str) -> list[str]:
+    return [sys.executable, "-m", "biasloss", *args]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="the scenes' directory (made here if it does not exist)")
+    p.add_argument("--out", required=True, help="a new run directory")
+    p.add_argument("--init", help="backbone weights: a 'biasloss train' checkpoint")
+    p.add_argument("--target", type=float, default=70.0, help="mAP to reach, percent (default 70)")
+    p.add_argument("--budget", type=float, default=1200.0, help="seconds to reach it in (default 1200)")
+    p.add_argument("train_args", nargs="*", help="more 'detect train' flags after --, e.g. -- --size 160")
+    args = p.parse_args(argv)
+
+    data, out = Path(args.data), Path(args.out)
+    if not (data / "scenes.json").is_file():
+        subprocess.run(_biasloss("detect", "make-scenes", "--out", str(data)), check=True)
+    train = _biasloss("detect", "train", "--dataset", "scenes", "--data-dir", str(data), "--out", str(out),
+                      "--no-progress", *(["--init", args.init] if args.init else []), *args.train_args)
+    print(f"machine: {_cpu()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print("command:", " ".join(train[2:]), flush=True)
+    subprocess.run(train, check=True)
+
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    elapsed, rows, reached = 0.0, [], None
+    print(f"\n| epoch | train loss | mAP@0.5 (%) | wall time so far (s) |\n|---|---|---|---|")
+    for m in lines:
+        elapsed += m["time_s"]
+        rows.append({"epoch": m["epoch"], "train_loss": m["train_loss"], "map": m["map"], "elapsed_s": round(elapsed, 1)})
+        print(f"| {m['epoch']} | {m['train_loss']:.3f} | {m['map']:.2f} | {elapsed:.0f} |")
+        if reached is None and m["map"] >= args.target:
+            reached = rows[-1]
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    cfg = ckpt["args"]
+    print(f"\nSSD on {cfg['model']} at {cfg['size']} px, batch {cfg['batch_size']}, lr {cfg['lr']}, "
+          f"{cfg['epochs']} epochs, init {cfg.get('init') or 'none (from scratch)'}")
+    if reached is None:
+        print(f"did not reach {args.target} % mAP (best {max(r['map'] for r in rows):.2f} %)")
+    else:
+        within = reached["elapsed_s"] <= args.budget
+        print(f"reached {args.target} % mAP at epoch {reached['epoch']} after {reached['elapsed_s']:.0f} s: "
+              f"{'within' if within else 'NOT within'} the {args.budget:.0f} s budget")
+    check = subprocess.run(_biasloss("detect", "eval", "--checkpoint", str(out / "last.pt"), "--json"),
+                           check=True, capture_output=True, text=True)
+    evaluated = json.loads(check.stdout)["map"]
+    print(f"detect eval of last.pt: mAP {evaluated:.4f} (logged {lines[-1]['map']:.4f})")
+    record = {"machine": _cpu(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "command": " ".join(train[2:]), "settings": cfg, "epochs": rows,
+              "target": args.target, "budget_s": args.budget, "reached": reached, "eval_map": evaluated}
+    (out / "result.json").write_text(json.dumps(record, indent=1) + "\n")
+    return 0 if evaluated == lines[-1]["map"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
