@@ -115,3 +115,14 @@ def test_train_init_errors_are_one_line(tmp_path, capsys):
     torch.save(create_model("skipblocknet_s", num_classes=10).state_dict(), tmp_path / "s.pt")
     assert main(["train", *FAST, "--init", str(tmp_path / "s.pt"), "--out", str(tmp_path / "d")]) == 2
     assert "does not hold weights of this architecture" in capsys.readouterr().err
+
+
+def test_a_grayscale_classifier_into_an_rgb_model():
+    # a Fashion-MNIST (1-channel) model's weights start an RGB model (the detection --init case):
+    # a gray image repeated over R, G and B gives exactly the 1-channel model's output
+    gray = _randomised(create_model("skipblocknet_xs", num_classes=10, in_chans=1)).eval()
+    rgb = create_model("skipblocknet_xs", num_classes=10, in_chans=3)
+    report = load_pretrained(rgb, gray.state_dict())
+    assert report.adapted == ["conv_stem.weight"] and rgb.conv_stem.weight.shape[1] == 3
+    x = torch.rand(2, 1, 64, 64)
+    torch.testing.assert_close(rgb.eval()(x.expand(-1, 3, -1, -1)), gray(x), rtol=1e-4, atol=1e-5)

@@ -11,8 +11,10 @@ can come from
 
 What cannot fit the new task is handled the way timm's ``load_pretrained`` does it: the classifier
 stays freshly initialised when the number of classes differs, and the first convolution is adapted
-to another number of input channels with :func:`timm.models.adapt_input_conv` (grayscale: the RGB
-filters summed). Any other difference means another architecture and is an error.
+to another number of input channels: from RGB with :func:`timm.models.adapt_input_conv` (grayscale:
+the RGB filters summed), from grayscale (a Fashion-MNIST classifier into an RGB model) by
+repeating the filter over the channels divided by their number, so that a gray image gives the
+response it gave before. Any other difference means another architecture and is an error.
 """
 
 from __future__ import annotations
@@ -86,6 +88,16 @@ def _first_conv_weight(model: nn.Module) -> Optional[str]:
     return None
 
 
+def _adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
+    """A first-convolution ``weight`` for ``in_chans`` input channels. timm's ``adapt_input_conv``
+    converts from RGB weights only (it returns 1-channel weights unchanged for 3 channels)."""
+    if weight.shape[1] == 1:
+        return weight.repeat(1, in_chans, 1, 1) / in_chans
+    from timm.models import adapt_input_conv
+
+    return adapt_input_conv(in_chans, weight)
+
+
 def _under(key: str, prefixes: Tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
@@ -128,9 +140,7 @@ def load_pretrained(
         elif _under(key, head):
             report.reinitialised.append(key)
         elif key == first_conv and value.dim() == 4 and value.shape[0] == target.shape[0]:
-            from timm.models import adapt_input_conv
-
-            merged[key] = adapt_input_conv(target.shape[1], value).to(dtype=target.dtype)
+            merged[key] = _adapt_input_conv(target.shape[1], value).to(dtype=target.dtype)
             report.adapted.append(key)
         else:
             problems.append(f"{key}: checkpoint {tuple(value.shape)}, model {tuple(target.shape)}")
