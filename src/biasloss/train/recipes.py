@@ -186,15 +186,11 @@ def default_recipe(dataset: str) -> Recipe:
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """SGD, AdamW or timm's TensorFlow-style RMSProp; no weight decay on norms and biases."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": recipe.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """SGD, AdamW or timm's TensorFlow-style RMSProp; no weight decay on norms and biases
+    (timm's ``param_groups_weight_decay``, the decayed group first: the layout of our checkpoints)."""
+    from timm.optim import param_groups_weight_decay
+
+    groups = sorted(param_groups_weight_decay(model, recipe.weight_decay), key=lambda g: g["weight_decay"] == 0)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
     if recipe.optimizer == "adamw":
