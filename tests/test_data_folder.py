@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import write_imagenet, write_jpeg
 
 from biasloss.data import (
     AugmentConfig,
@@ -22,26 +21,6 @@ from biasloss.data import (
     get_dataset_spec,
 )
 from biasloss.data._folder import eval_transform
-
-SIZES = [(40, 30), (30, 44), (36, 36), (50, 28)]
-
-
-def write_jpeg(path: Path, seed: int, mode: str = "RGB") -> None:
-    rng = np.random.default_rng(seed)
-    w, h = SIZES[seed % len(SIZES)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    Image.fromarray(arr).convert(mode).save(path, quality=90)
-
-
-def write_imagenet(root: Path, classes=("n01440764", "n01443537", "n01484850"), n_train=4, n_val=2) -> None:
-    seed = 0
-    for split, n in (("train", n_train), ("val", n_val)):
-        for c in classes:
-            for i in range(n):
-                # one grayscale JPEG per class, as ImageNet has: read as RGB
-                write_jpeg(root / split / c / f"{c}_{i}.JPEG", seed, "L" if i == 1 else "RGB")
-                seed += 1
 
 
 def write_food101(root: Path, classes=("apple_pie", "baby_back_ribs", "baklava"), n_train=3, n_test=2) -> Path:

@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import randomise_bn
 from torch import nn
 
 from biasloss.models import fuse_bn, skipblocknet_m, skipblocknet_xs
-from model_helpers import randomise_bn
 
 
 def _script(model: nn.Module) -> torch.jit.ScriptModule:

@@ -11,13 +11,13 @@ import pytest
 import timm
 import torch
 import torch.fx
+from conftest import randomise_bn
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import biasloss.models.cifar as zoo
 from biasloss.models import SkipblockNet, skipblocknet_xs
 from biasloss.models.detection import ssd_skipblocknet
-from model_helpers import randomise_bn
 
 # (name, constructor kwargs, input side): every variant, the small-input layout and grayscale
 SKIPBLOCKNETS = [

@@ -1,9 +1,11 @@
-"""``biasloss plot``: every kind writes a PNG and an SVG; bad input ends with one error line."""
+"""``biasloss plot``: every kind writes a PNG and an SVG of the expected size, with the expected titles,
+labels and legends; bad input ends with one error line."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -14,15 +16,48 @@ pytest.importorskip("matplotlib")
 from biasloss.analysis.plots import load_metrics, load_results, plot_tradeoff  # noqa: E402
 from biasloss.cli import main  # noqa: E402
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# What each figure must show. Pixel sizes: plots.figure's size per panel (inches) times the panels,
+# at plots.save's 150 dpi, e.g. weights: two 6.4 x 5.2 in panels -> 12.8 x 5.2 in -> 1920 x 780 px.
+# Texts: titles, axis labels and legend entries (matplotlib's SVG keeps each as a comment). The
+# loss legend's weights are z(v) = exp(0.3 v) - 0.3 worked out by hand: 0.70, 0.86, 1.05 for v = 0, 0.5, 1.
+FIGURES = {
+    "weights": ((1920, 780), {"(a) β varies: the floor 1 − β down-weights low variance",
+                              "(b) α varies: the rise for high variance", "α = 0.3, β = 0.3  (paper)",
+                              "α = 1.5, β = 0.3", "scaled variance v"}),
+    "weights_pairs": ((1050, 780), {"α = 0.3, β = 0.3  (paper)", "α = 1, β = 0.3", "scaled variance v"}),
+    "loss": ((1920, 660), {"(a) correct predictions", "(b) incorrect predictions", "L_ce = −log p",
+                           "L_bias, v = 0  (z = 0.70)", "L_bias, v = 0.5  (z = 0.86)", "L_bias, v = 1  (z = 1.05)"}),
+    "tradeoff": ((2250, 840), {"MACs (millions)", "parameters (millions)", "top-1 accuracy (%)", "tiny (ours)",
+                               "skipblocknet_m (imagenet) (ours)", "SkipblockNet-XS", "MobileNetV3 Large 1.0x"}),
+    "curves": ((1920, 660), {"validation top-1 (%)", "training loss / validation loss", "ce", "bias",
+                             "training", "validation", "Learning curves"}),
+}
+C0, C1 = (31, 119, 180), (255, 127, 14)  # matplotlib's tab10 blue and orange: the first two runs
 
 
-def _check_image(path: Path) -> None:
-    data = path.read_bytes()
-    if path.suffix == ".png":
-        assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+def _svg_texts(path: Path) -> set[str]:
+    data = path.read_text(encoding="utf-8")
+    assert data.lstrip().startswith(("<?xml", "<svg")) and data.rstrip().endswith("</svg>")
+    return set(re.findall(r"<!-- (.*?) -->", data))
+
+
+def _png(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.convert("RGB")
+
+
+def _check_figure(path: Path, size: tuple[int, int], texts: set[str]) -> None:
+    if path.suffix == ".svg":
+        missing = texts - _svg_texts(path)
+        assert not missing, (path.name, missing)
     else:
-        assert b"<svg" in data[:1000] and data.rstrip().endswith(b"</svg>")
+        im = _png(path)
+        assert im.size == size
+        ink = sum(n for n, rgb in im.getcolors(maxcolors=1 << 20) if rgb != (255, 255, 255)) / (size[0] * size[1])
+        assert 0.02 < ink < 0.6, (path.name, ink)  # drawn on, not a blank or solid canvas
 
 
 def _run_dir(root: Path, name: str, epochs: int = 6, offset: float = 0.0) -> Path:
@@ -66,8 +101,15 @@ def test_every_kind_writes_png_and_svg(tmp_path, runs, results, suffix, capsys):
     for name, argv in commands.items():
         out = tmp_path / "figs" / f"{name}{suffix}"  # the folder does not exist yet
         assert main([*argv, "--out", str(out)]) == 0, name
-        _check_image(out)
+        _check_figure(out, *FIGURES[name])
         assert f"wrote {out}" in capsys.readouterr().out
+    if suffix == ".png":  # each run's curve in its own colour
+        colours = {rgb for _, rgb in _png(tmp_path / "figs" / "curves.png").getcolors(maxcolors=1 << 20)}
+        assert {C0, C1} <= colours
+    else:  # one panel only: not the two of the default; profiled-only models are not drawn
+        one_panel = _svg_texts(tmp_path / "figs" / "weights_pairs.svg")
+        assert "(a) β varies: the floor 1 − β down-weights low variance" not in one_panel
+        assert not any("mobilenetv3_large_100" in t for t in _svg_texts(tmp_path / "figs" / "tradeoff.svg"))
 
 
 def test_results_merge_by_name_and_parse_units(results):
@@ -78,8 +120,12 @@ def test_results_merge_by_name_and_parse_units(results):
 
 
 def test_tradeoff_single_axis_without_paper(tmp_path, results):
-    out = plot_tradeoff(tmp_path / "t.png", results=results, x="params", paper=False, title="Food-101")
-    _check_image(out)
+    # one 7.5 x 5.6 in panel at 150 dpi
+    _check_figure(plot_tradeoff(tmp_path / "t.png", results=results, x="params", paper=False, title="Food-101"),
+                  (1125, 840), set())
+    texts = _svg_texts(plot_tradeoff(tmp_path / "t.svg", results=results, x="params", paper=False, title="Food-101"))
+    assert {"Food-101", "parameters (millions)", "tiny (ours)", "skipblocknet_m (imagenet) (ours)"} <= texts
+    assert "MACs (millions)" not in texts and "SkipblockNet-XS" not in texts  # no MACs panel, no paper points
 
 
 def test_metrics_keep_the_last_line_of_a_repeated_epoch(tmp_path):

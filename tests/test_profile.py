@@ -134,7 +134,13 @@ def test_cli_json_one_model(capsys):
     assert main(["profile", "skipblocknet_xs", *FAST, "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["model"] == "skipblocknet_xs"
-    assert isinstance(r["params"], int) and isinstance(r["macs"], int) and r["macs"] > 0
+    # the model the command profiles, counted directly: torch's parameter sizes, and count_macs
+    # (checked by hand above) at the --input-size of 32 px
+    from biasloss.models import create_model
+
+    model = create_model("skipblocknet_xs", num_classes=1000)
+    assert r["params"] == sum(p.numel() for p in model.parameters())
+    assert r["macs"] == count_macs(model, (3, 32, 32))
     assert r["latency_ms"] > 0 and r["latency"]["reps"] == 2 and r["latency"]["threads"] == 1
     assert r["throughput_img_s"] > 0 and r["setup"]["input_shape"] == [1, 3, 32, 32]
 

@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import randomise_bn
 from torch import nn
 
 import biasloss.models  # noqa: F401  (registers the variants with timm)
@@ -24,7 +25,6 @@ from biasloss.models import (
     skipblocknet_xs,
 )
 from biasloss.models._layers import pool_to
-from model_helpers import randomise_bn
 
 VARIANTS = ["skipblocknet_xs", "skipblocknet_s", "skipblocknet_m", "skipblocknet_l"]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_imagenet
 
 from biasloss.cli import main
 from biasloss.train.checkpoint import load_checkpoint, save_checkpoint
@@ -31,6 +32,12 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def _out_of(percent: float, n: int) -> bool:
+    """``percent`` (rounded to 4 decimals in metrics.jsonl) is k/n for a whole number k."""
+    k = percent * n / 100
+    return abs(k - round(k)) < n * 1e-6
+
+
 def _same_weights(a: Path, b: Path) -> None:
     sa, sb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
     assert sa.keys() == sb.keys()
@@ -45,7 +52,10 @@ def test_train_writes_metrics_and_checkpoints(tmp_path, loss):
     (line,) = _metrics(run)
     for key in ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "time_s"):
         assert key in line
-    assert line["epoch"] == 1 and 0 <= line["val_top1"] <= line["val_top5"] <= 100
+    # --limit 128: top-1 and top-5 are counts out of the 128 validation images, top-1 within top-5
+    assert line["epoch"] == 1 and line["val_top1"] <= line["val_top5"]
+    assert _out_of(line["val_top1"], 128) and _out_of(line["val_top5"], 128), line
+    assert math.isfinite(line["train_loss"]) and math.isfinite(line["val_loss"])
     ckpt = load_checkpoint(run / "last.pt")
     for key in ("model", "optimizer", "scheduler", "epoch", "loss", "args"):
         assert key in ckpt
@@ -168,8 +178,6 @@ def test_compile_traces_the_training_step(tmp_path, monkeypatch):
 def test_ema_recipe_evaluates_and_resumes_the_averaged_weights(tmp_path, capsys):
     """The ImageNet recipe keeps an EMA of the weights and validates it: ``eval`` must use the
     same EMA weights, and a resume must continue the EMA exactly."""
-    from test_data_folder import write_imagenet
-
     from biasloss.data import get_dataset_spec
     from biasloss.train.runner import model_from_checkpoint
 
@@ -278,7 +286,7 @@ def test_python_dash_m_and_console_script(tmp_path):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
-def test_torchrun_two_cpu_processes(tmp_path):
+def test_torchrun_two_cpu_processes(tmp_path, capsys):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun is None:
         pytest.skip("torchrun not installed")
@@ -291,6 +299,11 @@ def test_torchrun_two_cpu_processes(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (line,) = _metrics(out)
-    assert line["epoch"] == 1 and 0 <= line["val_top1"] <= 100
+    assert line["epoch"] == 1
+    # validation sharded over the two ranks and summed gives what one process gets on all 128
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--json", "--no-progress", "--device", "cpu"]) == 0
+    single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (single["top1"], single["top5"]) == (line["val_top1"], line["val_top5"])
     ckpt = load_checkpoint(out / "last.pt")
     assert not any(k.startswith("module.") for k in ckpt["model"])

@@ -51,14 +51,17 @@ def test_eleven_point_issue_case():
     assert voc_map(det, gt, 2, use_07_metric=False)["map"] == pytest.approx(area, abs=1e-12)
 
 
-def _reference_map(dets, gts, num_classes, use_07_metric, thr=0.5):
-    """Sequential evaluator in the reference evaluators' manner (float64 numpy throughout)."""
+def _reference_map(dets, gts, num_classes, use_07_metric, thr=0.5, difficult_rule=True, duplicate_rule=True):
+    """Sequential evaluator in the reference evaluators' manner (float64 numpy throughout).
+    ``difficult_rule=False`` counts difficult boxes as ordinary positives; ``duplicate_rule=False``
+    skips (neither TP nor FP) a detection whose best box is already taken: the two rules switched
+    off, to show that a test's scenes exercise them."""
     aps = []
     for c in range(1, num_classes):
         records, npos = [], 0
         for g in gts:
             m = (g["labels"] == c).numpy()
-            diff = g.get("difficult", torch.zeros(len(m), dtype=torch.bool)).numpy()[m]
+            diff = g.get("difficult", torch.zeros(len(m), dtype=torch.bool)).numpy()[m] & difficult_rule
             records.append([g["boxes"].double().numpy()[m], diff, np.zeros(int(m.sum()), bool)])
             npos += int((~diff).sum())
         image, conf, boxes = [], [], []
@@ -85,7 +88,7 @@ def _reference_map(dets, gts, num_classes, use_07_metric, thr=0.5):
                 if not diff[jmax]:
                     if not taken[jmax]:
                         tp[pos], taken[jmax] = 1, True
-                    else:
+                    elif duplicate_rule:
                         fp[pos] = 1
             else:
                 fp[pos] = 1
@@ -136,7 +139,11 @@ def test_agrees_with_reference_evaluator(seed, use_07_metric):
     scenes = [_random_scene(gen, 4) for _ in range(30)]
     dets, gts = [s[0] for s in scenes], [s[1] for s in scenes]
     ours = voc_map(dets, gts, 4, use_07_metric=use_07_metric)["map"]
-    assert ours == pytest.approx(_reference_map(dets, gts, 4, use_07_metric), abs=1e-9)
+    reference = _reference_map(dets, gts, 4, use_07_metric)
+    assert ours == pytest.approx(reference, abs=1e-9)
+    # the scenes exercise both rules: without either, the reference's mAP moves well beyond 1e-9
+    for rule in ("difficult_rule", "duplicate_rule"):
+        assert abs(_reference_map(dets, gts, 4, use_07_metric, **{rule: False}) - reference) > 1e-3, rule
 
 
 def test_no_detections_and_bad_threshold():
