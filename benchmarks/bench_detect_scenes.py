@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     elapsed, rows, reached = 0.0, [], None
-    print(f"\n| epoch | train loss | mAP@0.5 (%) | wall time so far (s) |\n|---|---|---|---|")
+    print("\n| epoch | train loss | mAP@0.5 (%) | wall time so far (s) |\n|---|---|---|---|")
     for m in lines:
         elapsed += m["time_s"]
         rows.append({"epoch": m["epoch"], "train_loss": m["train_loss"], "map": m["map"], "elapsed_s": round(elapsed, 1)})

@@ -312,10 +312,7 @@ def read_run(run_dir: Path, planned_epochs: int) -> dict[str, Any] | None:
 def _check_identity(run: Run, ckpt: Mapping[str, Any], settings: _Settings) -> None:
     """Refuse a run directory trained with other settings than the grid's (effective values: a
     setting left to the recipe is compared with the recipe's value)."""
-    from biasloss.train.recipes import get_recipe
-
     saved, recipe = ckpt.get("args") or {}, ckpt.get("recipe") or {}
-    planned = get_recipe(settings.recipe)
     wanted = _identity(run, settings)
     have = {key: saved.get(key) for key in wanted}
     have["batch_size"] = saved.get("batch_size") or recipe.get("batch_size")

@@ -22,7 +22,8 @@ from torchvision.utils import draw_bounding_boxes, make_grid
 
 from biasloss._io import atomic_write, writable_file
 
-__all__ = ["COLUMNS", "MIN_SIDE", "PAD", "PRED_COLOR", "TRUE_COLOR", "draw_detections", "register_show", "run_detect_show"]
+__all__ = ["COLUMNS", "MIN_SIDE", "PAD", "PRED_COLOR", "TRUE_COLOR", "draw_detections", "register_show",
+           "run_detect_show"]
 
 TRUE_COLOR = (0, 255, 0)  #: the true boxes' colour
 PRED_COLOR = (255, 0, 0)  #: the predicted boxes' colour

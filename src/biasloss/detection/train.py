@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,8 @@ def _resolve(args: Any, ckpt: dict[str, Any] | None) -> dict[str, Any]:
         if key in given and key in saved and given[key] != saved[key]:
             raise CheckpointError(f"cannot resume: the checkpoint was trained with --{key.replace('_', '-')} "
                                   f"{saved[key]}, not {given[key]}")
-    cfg = {"dataset": "voc", "seed": 0, "workers": 4, "amp": "auto", "channels_last": True, "compile": False,
-           "progress": None,
+    cfg = {"dataset": "voc", "seed": 0, "workers": min(4, os.cpu_count() or 1), "amp": "auto", "channels_last": True,
+           "compile": False, "progress": None,
            "stop_after": None, "init": None, "limit": None} | saved | given
     if cfg["dataset"] not in DATASETS:
         raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {cfg['dataset']!r}")
@@ -180,7 +181,8 @@ def _build_run(cfg: dict[str, Any], info: DistInfo, device: torch.device, ckpt: 
     model = model.to(device=device, memory_format=memory_format)
     train_net: nn.Module = model
     if info.enabled:
-        train_net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg["compile"]:
         train_net = torch.compile(train_net)
     optimizer = build_optimizer(model, recipe)
@@ -231,7 +233,8 @@ def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> t
     if "best_map" not in ckpt:
         raise CheckpointError(f"{path} is not a 'biasloss detect train' checkpoint (a classifier's? "
                               "evaluate those with 'biasloss eval')")
-    cfg = {"workers": 4, "amp": "auto", "channels_last": True, "limit": None} | ckpt["args"] | {"epoch": ckpt["epoch"]}
+    cfg = {"workers": min(4, os.cpu_count() or 1), "amp": "auto", "channels_last": True, "limit": None}
+    cfg |= ckpt["args"] | {"epoch": ckpt["epoch"]}
     model = build_detector(cfg["model"], cfg["size"], num_classes=len(DATASETS[cfg["dataset"]]["classes"]))
     try:
         model.load_state_dict(ckpt["model"])
@@ -283,7 +286,8 @@ def register(subparsers) -> None:
     for name, typ, text in (("epochs", int, "default: the recipe's"), ("batch-size", int, "per process"),
                             ("lr", float, "default: the recipe's"), ("weight-decay", float, "default: the recipe's"),
                             ("size", int, "input side in pixels (default: 300 VOC, 128 scenes)"),
-                            ("seed", int, "default 0"), ("workers", int, "data loading processes (default 4; 0: none)"),
+                            ("seed", int, "default 0"),
+                            ("workers", int, "data loading processes (default: 4, at most the CPU count; 0: none)"),
                             ("limit", int, "use the first N train and test images"),
                             ("stop-after", int, "stop after this epoch (resume later)")):
         t.add_argument(f"--{name}", type=typ, help=text)

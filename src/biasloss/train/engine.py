@@ -197,10 +197,10 @@ def train_one_epoch(
 
     ``start_step`` skips that many batches (a resumed, interrupted epoch: the loader's order and
     augmentation are replayed, not trained on); ``start_totals`` are the interrupted epoch's
-    ``EpochResult.totals`` (give them on one rank only), so its loss and accuracy count every step. ``should_stop`` is polled after every step;
-    when it returns True the epoch ends early with ``interrupted=True``. Raises
-    :class:`NonFiniteLossError` when the loss is NaN or infinite. ``ema`` averages ``model`` (the
-    weights ``net`` trains, unwrapped) after every step.
+    ``EpochResult.totals`` (give them on one rank only), so its loss and accuracy count every step.
+    ``should_stop`` is polled after every step; when it returns True the epoch ends early with
+    ``interrupted=True``. Raises :class:`NonFiniteLossError` when the loss is NaN or infinite.
+    ``ema`` averages ``model`` (the weights ``net`` trains, unwrapped) after every step.
     """
     net.train()
     objective.train()

@@ -36,8 +36,8 @@ from biasloss.train.checkpoint import CheckpointError, save_checkpoint
 from biasloss.train.distributed import DistInfo
 from biasloss.train.engine import Objective, train_one_epoch
 
-__all__ = ["RUN_FILES", "Run", "RunLock", "Start", "StopFlag", "autocast_dtype", "check_out", "fit", "next_free_dir", "open_run_dir",
-           "read_metrics", "resume"]
+__all__ = ["RUN_FILES", "Run", "RunLock", "Start", "StopFlag", "autocast_dtype", "check_out", "fit", "next_free_dir",
+           "open_run_dir", "read_metrics", "resume"]
 
 #: The files of a run directory: their presence means the directory holds a run.
 RUN_FILES = ("metrics.jsonl", "last.pt", "best.pt")
