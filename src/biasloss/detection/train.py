@@ -54,10 +54,10 @@ DATASETS: dict[str, dict[str, Any]] = {
                              model="skipblocknet_s")},
     "scenes": {"classes": SCENE_CLASSES, "year": "2007", "train_set": "train", "test_year": "2007",
                "test_set": "test", "size": 224, "augment": "flip",
-               "recipe": Recipe(name="scenes-ssd", description="SkipblockNet-XS at 224 px, AdamW 3e-3, half an "
-                                "epoch of warm-up, cosine, batch 32, 10 epochs, horizontal flips",
-                                epochs=10, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=1e-4,
-                                schedule="cosine", warmup_epochs=0.5, warmup_lr=3e-5, model="skipblocknet_xs")},
+               "recipe": Recipe(name="scenes-ssd", description="SkipblockNet-XS at 224 px, AdamW 3e-3, 0.2 "
+                                "epochs of warm-up, cosine, batch 32, 3 epochs, horizontal flips",
+                                epochs=3, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=1e-4,
+                                schedule="cosine", warmup_epochs=0.2, warmup_lr=3e-5, model="skipblocknet_xs")},
 }
 
 #: What defines a detection run; a resume must not change it.
@@ -314,9 +314,9 @@ def register(subparsers) -> None:
     m = sub.add_parser("make-scenes", help="write the Fashion-MNIST scenes detection dataset in VOC's layout",
                        description="Fashion-MNIST garments, tinted and scaled, on cluttered backgrounds: a "
                                    "deterministic stand-in for PASCAL VOC, read by VOCBoxes(..., classes="
-                                   "SCENE_CLASSES). Defaults: 4000 train and 1000 test scenes of 128 px, seed 0.")
+                                   "SCENE_CLASSES). Defaults: 10,000 train and 1000 test scenes of 128 px, seed 0.")
     m.add_argument("--out", required=True, help="a new or empty directory (it will hold VOCdevkit/VOC2007)")
-    m.add_argument("--train", type=int, help="train scenes (default 4000), garments from Fashion-MNIST's train split")
+    m.add_argument("--train", type=int, help="train scenes (default 10000), garments from Fashion-MNIST's train split")
     m.add_argument("--test", type=int, help="test scenes (default 1000), garments from its test split")
     m.add_argument("--size", type=int, help="image side in pixels, 48..512 (default 128)")
     m.add_argument("--seed", type=int, help="default 0")
