@@ -5,6 +5,8 @@ checkpoint (issue 13: lost or mixed work)."""
 from __future__ import annotations
 
 import fcntl
+import os
+import stat
 import json
 from pathlib import Path
 
@@ -144,3 +146,15 @@ def test_without_out_a_second_run_gets_a_new_directory(tmp_path, monkeypatch):
     first, second = tmp_path / "runs" / "digits-skipblocknet_xs-bias-s0", tmp_path / "runs" / "digits-skipblocknet_xs-bias-s0-2"
     assert load_checkpoint(first / "last.pt")["epoch"] == 1 and load_checkpoint(second / "last.pt")["epoch"] == 1
     assert len((first / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_files_written_atomically_get_the_usual_mode(tmp_path):
+    # what open() gives a new file: 0666 less the umask (mkstemp alone would make it 0600)
+    from biasloss._io import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+        assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
+    finally:
+        os.umask(old)

@@ -67,11 +67,19 @@ def remove_stale_temps(path: str | os.PathLike) -> None:
         stale.unlink(missing_ok=True)
 
 
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0666 less the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A fresh temporary path beside ``path`` (never a fixed name an existing link could
     redirect) to write to; when the block ends without an error it is flushed to disk and
-    renamed over ``path``, otherwise removed. A crash or a kill mid-write leaves the previous file
+    renamed over ``path``, otherwise removed; the file gets the mode a plain ``open`` would give it
+    (0666 less the umask). A crash or a kill mid-write leaves the previous file
     intact and no partial one. The parent directory is created if needed. A full disk, a
     read-only place or a refused permission is an :class:`OutputError` naming ``path``."""
     path = Path(path)
@@ -80,6 +88,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path)  # one writer per file: any temporary file beside it is stale
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, _new_file_mode())  # mkstemp's 0600 would hide the result from the group
         os.close(fd)
         yield Path(tmp)
         with open(tmp, "rb") as f:

@@ -127,7 +127,7 @@ def run_detect_show(args: Any) -> Path:
     png = io.BytesIO()  # Pillow: torchvision.io's PNG encoder is deprecated since torchvision 0.29
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(png, format="PNG")
     atomic_write(out, lambda f: f.write(png.getvalue()))
-    print(f"wrote {out}: {len(indices)} {cfg['dataset']} test scenes (VOC{cfg['test_year']} {cfg['test_set']}), "
+    print(f"wrote {out}: {len(indices)} test images of {cfg['dataset']} ({cfg['test_year']} {cfg['test_set']}), "
           f"{n_true} true boxes (green) and {n_pred} predicted boxes with score >= {score_thresh} (red)")
     return out
 

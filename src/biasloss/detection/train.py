@@ -39,7 +39,7 @@ from biasloss.train.engine import DetectorObjective
 from biasloss.train.loop import Run, Start, StopFlag, autocast_dtype, fit, next_free_dir, open_run_dir, resume
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler
 
-__all__ = ["DATASETS", "build_detector", "detector_from_checkpoint", "evaluate_map", "register",
+__all__ = ["DATASETS", "build_detector", "detection_scores", "detector_from_checkpoint", "evaluate_map", "register",
            "run_detect_eval", "run_detect_train"]
 
 #: The data sets in VOC's layout: classes, splits, input size, training augmentation and recipe.
@@ -76,11 +76,18 @@ def build_detector(model: str, size: int, init: str | None = None, num_classes: 
     return ssd_skipblocknet(trunk=trunk, num_classes=num_classes, size=size)
 
 
-@torch.no_grad()
 def evaluate_map(model: nn.Module, loader: Any, device: torch.device, use_07_metric: bool,
                  num_classes: int = len(VOC_CLASSES), amp_dtype: torch.dtype | None = None) -> float:
     """VOC mAP@0.5 (percent) of ``model`` over ``loader``'s ``(images, targets)`` batches, over all
     ranks when distributed (each rank detects its shard; the scoring sees every image)."""
+    return detection_scores(model, loader, device, use_07_metric, num_classes, amp_dtype)["map"] * 100
+
+
+@torch.no_grad()
+def detection_scores(model: nn.Module, loader: Any, device: torch.device, use_07_metric: bool,
+                     num_classes: int = len(VOC_CLASSES), amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """:func:`~biasloss.detection.voc_map` of ``model`` over ``loader`` (see :func:`evaluate_map`):
+    ``{"map": fraction, "ap": {label: fraction}}``."""
     model.eval()
     detections, truths = [], []
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
@@ -94,7 +101,7 @@ def evaluate_map(model: nn.Module, loader: Any, device: torch.device, use_07_met
         dist.all_gather_object(gathered, (detections, truths))
         detections = [d for part, _ in gathered for d in part]
         truths = [t for _, part in gathered for t in part]
-    return voc_map(detections, truths, num_classes, use_07_metric=use_07_metric)["map"] * 100
+    return voc_map(detections, truths, num_classes, use_07_metric=use_07_metric)
 
 
 def _resolve(args: Any, ckpt: dict[str, Any] | None) -> dict[str, Any]:
@@ -257,12 +264,14 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
         cfg["limit"] = args.limit
     cfg["workers"] = args.workers or cfg["workers"]
     loader = _test_loader(cfg, DistInfo(), device, cfg.get("batch_size", 8))
+    classes = DATASETS[cfg["dataset"]]["classes"]
     try:
-        m_ap = evaluate_map(model, loader, device, cfg["test_year"] == "2007", len(DATASETS[cfg["dataset"]]["classes"]),
-                            autocast_dtype(cfg["amp"], device))
+        scores = detection_scores(model, loader, device, cfg["test_year"] == "2007", len(classes),
+                                  autocast_dtype(cfg["amp"], device))
     finally:
         loader.close()
-    return {"map": round(m_ap, 4), "images": loader.num_samples, "epoch": cfg["epoch"], "model": cfg["model"]}
+    return {"map": round(scores["map"] * 100, 4), "images": loader.num_samples, "epoch": cfg["epoch"],
+            "model": cfg["model"], "ap": {classes[k]: round(v * 100, 2) for k, v in sorted(scores["ap"].items())}}
 
 
 def register(subparsers) -> None:
@@ -332,7 +341,8 @@ def _train(args) -> int:
 def _eval(args) -> int:
     result = run_detect_eval(args)
     print(json.dumps(result) if args.json else f"{result['model']} SSD: mAP {result['map']:.2f} on "
-          f"{result['images']} test images (epoch {result['epoch']})")
+          f"{result['images']} test images (epoch {result['epoch']}); AP per class: "
+          + ", ".join(f"{name} {ap:.1f}" for name, ap in result["ap"].items()))
     return 0
 
 
