@@ -94,3 +94,18 @@ def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel runs (pytest -n 2): one torch thread per worker process
+# ---------------------------------------------------------------------------------------------
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist each worker gets one intra-op thread: two workers of two threads each on
+    two cores spin-wait on each other and run several times slower than one worker alone."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"  # for the subprocesses a test starts, too
+        torch.set_num_threads(1)

@@ -34,9 +34,9 @@ from biasloss.detection.voc import VOC_CLASSES, VOCBoxes
 from biasloss.models import create_model, load_pretrained
 from biasloss.models.detection import ssd_skipblocknet
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint
-from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
+from biasloss.train.distributed import DistInfo, resolve_device
 from biasloss.train.engine import DetectorObjective
-from biasloss.train.loop import Run, Start, StopFlag, autocast_dtype, fit, next_free_dir, open_run_dir, resume
+from biasloss.train.loop import Run, autocast_dtype, next_free_dir, open_run_dir, train_task
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler
 
 __all__ = ["DATASETS", "build_detector", "detection_scores", "detector_from_checkpoint", "evaluate_map", "register",
@@ -221,16 +221,8 @@ def run_detect_train(args: Any) -> dict[str, Any]:
     if ckpt is not None and "best_map" not in ckpt:
         raise CheckpointError(f"{args.resume} is not a 'biasloss detect train' checkpoint")
     cfg = _resolve(args, ckpt)
-    info, device = init_distributed(args.device)
-    try:
-        with contextlib.ExitStack() as cleanup:
-            stop = cleanup.enter_context(StopFlag())
-            run = _build_run(cfg, info, device, ckpt, cleanup)
-            start = resume(run, ckpt, args.resume) if ckpt is not None else Start()
-            last_epoch = min(run.epochs, cfg["stop_after"]) if cfg["stop_after"] else run.epochs
-            return fit(run, stop, start, last_epoch)
-    finally:
-        cleanup_distributed()
+    return train_task(lambda info, device, cleanup: _build_run(cfg, info, device, ckpt, cleanup),
+                      device=args.device, ckpt=ckpt, resume_from=args.resume, stop_after=cfg["stop_after"])
 
 
 def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -33,11 +33,11 @@ from biasloss._checks import one_line
 from biasloss._io import atomic_write_text, remove_stale_temps, writable_dir
 from biasloss.data import DatasetCorruptError
 from biasloss.train.checkpoint import CheckpointError, save_checkpoint
-from biasloss.train.distributed import DistInfo
+from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed
 from biasloss.train.engine import Objective, train_one_epoch
 
 __all__ = ["RUN_FILES", "Run", "RunLock", "Start", "StopFlag", "autocast_dtype", "check_out", "fit", "next_free_dir",
-           "open_run_dir", "read_metrics", "resume"]
+           "open_run_dir", "read_metrics", "resume", "train_task"]
 
 #: The files of a run directory: their presence means the directory holds a run.
 RUN_FILES = ("metrics.jsonl", "last.pt", "best.pt")
@@ -267,6 +267,24 @@ def resume(run: Run, ckpt: dict[str, Any], path: str) -> Start:
         _write_metrics(run.out / "metrics.jsonl", read_metrics(Path(path).parent / "metrics.jsonl", epoch))
     run.log(f"resumed from {path} at epoch {epoch}" + (f", step {step}" if step else ""))
     return Start(epoch, step, ckpt.get(run.best_key, -math.inf), ckpt.get("epoch_totals") if step else None)
+
+
+def train_task(build: Callable[[DistInfo, torch.device, contextlib.ExitStack], Run], *, device: str | None,
+               ckpt: dict[str, Any] | None = None, resume_from: str | None = None,
+               stop_after: int | None = None) -> dict[str, Any]:
+    """Run a task's training from start to end: join torchrun's process group, catch Ctrl-C /
+    SIGTERM (:class:`StopFlag`), ``build(info, device, cleanup)`` the :class:`Run`, resume it from
+    ``ckpt`` (read from ``resume_from``) when given, and :func:`fit` it up to epoch ``stop_after``
+    (default: all). Returns the last epoch's metrics."""
+    info, dev = init_distributed(device)
+    try:
+        with contextlib.ExitStack() as cleanup:
+            stop = cleanup.enter_context(StopFlag())
+            run = build(info, dev, cleanup)
+            start = resume(run, ckpt, resume_from or "checkpoint") if ckpt is not None else Start()
+            return fit(run, stop, start, min(run.epochs, stop_after) if stop_after else run.epochs)
+    finally:
+        cleanup_distributed()
 
 
 def fit(run: Run, stop: StopFlag, start: Start = Start(), last_epoch: int | None = None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from biasloss.models import create_model, list_models, load_pretrained
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
 from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed
 from biasloss.train.engine import ClassifierObjective, ModelWithFeatures, evaluate
-from biasloss.train.loop import Run, Start, StopFlag, autocast_dtype, fit, next_free_dir, open_run_dir, resume
+from biasloss.train.loop import Run, autocast_dtype, next_free_dir, open_run_dir, train_task
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler, default_recipe, get_recipe
 
 __all__ = ["build_model", "model_from_checkpoint", "run_eval", "run_train"]
@@ -138,17 +138,8 @@ def run_train(args) -> dict[str, Any]:
     if ckpt is not None:
         training_args(ckpt, args.resume)  # a checkpoint that does not say what it trained is not resumed
     _resolve(args, ckpt)
-    info, device = init_distributed(args.device)
-    try:
-        with contextlib.ExitStack() as cleanup:
-            # from here on Ctrl-C / SIGTERM stop the run cleanly (after the step in progress, with a checkpoint)
-            stop = cleanup.enter_context(StopFlag())
-            run = _build_run(args, info, device, ckpt, cleanup)
-            start = resume(run, ckpt, args.resume) if ckpt is not None else Start()
-            last_epoch = min(run.epochs, args.stop_after) if args.stop_after else run.epochs
-            return fit(run, stop, start, last_epoch)
-    finally:
-        cleanup_distributed()
+    return train_task(lambda info, device, cleanup: _build_run(args, info, device, ckpt, cleanup),
+                      device=args.device, ckpt=ckpt, resume_from=args.resume, stop_after=args.stop_after)
 
 
 def _build_run(args, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None,
