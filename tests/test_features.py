@@ -263,3 +263,14 @@ def test_distributed_data_parallel(tmp_path):
             assert timm_model.conv1.weight.grad is not None
     finally:
         dist.destroy_process_group()
+
+
+def test_eval_mode_gives_every_module_its_own_flag_back():
+    from biasloss.models.utils import eval_mode, model_device
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(2), torch.nn.Dropout())
+    model[1].eval()  # mixed flags, which model.train(previous_mode) would flatten
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == [True, True, False]
+    assert model_device(model) == torch.device("cpu") and model_device(torch.nn.ReLU()) == torch.device("cpu")

@@ -45,6 +45,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from biasloss.models.utils import eval_mode
+
 __all__ = ["FeatureTap", "forward_with_features"]
 
 # Top-level attributes that hold a classifier head: never tapped by the automatic search.
@@ -129,11 +131,9 @@ def _probe(model: nn.Module, input_size: Sequence[int]) -> list[tuple[str, Optio
 
         return hook
 
-    modes = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_hook(recorder(n)) for n, m in model.named_modules() if n]
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(x)
     except Exception as e:
         raise ValueError(
@@ -144,8 +144,6 @@ def _probe(model: nn.Module, input_size: Sequence[int]) -> list[tuple[str, Optio
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes:
-            module.training = training
     return events
 
 

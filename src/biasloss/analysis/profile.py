@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from biasloss._checks import is_out_of_memory, try_input
+from biasloss.models.utils import eval_mode, model_device
 
 __all__ = [
     "MAC_COUNTER",
@@ -205,28 +206,6 @@ def _input_shape(input_size: int | Sequence[int], in_chans: int = 3) -> tuple[in
     return shape
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _eval_mode(models: Sequence[nn.Module]) -> Iterator[None]:
-    """Put modules in eval mode and give every submodule its own training flag back afterwards."""
-    saved = [[(m, m.training) for m in model.modules()] for model in models]
-    for model in models:
-        model.eval()
-    try:
-        yield
-    finally:
-        for flags in saved:
-            for module, training in flags:
-                module.training = training
-
-
 def _fvcore_mapping() -> dict:
     """Extra ``FlopCounterMode`` formulas for fvcore's convention (the paper's figures match it):
     2 MACs per element for each BatchNorm, 1 per input element for each average pool / mean."""
@@ -277,8 +256,8 @@ def count_macs(
     if isinstance(input_size, Tensor):
         x = input_size
     else:
-        x = torch.zeros(_input_shape(input_size, in_chans), device=_model_device(model))
-    with _eval_mode([model]), torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        x = torch.zeros(_input_shape(input_size, in_chans), device=model_device(model))
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         model(x)
     return int(counter.get_total_flops()) // 2
 
@@ -339,7 +318,7 @@ def _timed_rounds(
     syncs = {n: (torch.cuda.synchronize if per_model[n].device.type == "cuda" else None) for n in names}
     samples: dict[str, list[float]] = {n: [] for n in names}
     gc_was_enabled = gc.isenabled()
-    with _eval_mode(list(models.values())), torch.inference_mode():
+    with eval_mode(*models.values()), torch.inference_mode():
         for _ in range(warmup):
             for n in names:
                 models[n](per_model[n])

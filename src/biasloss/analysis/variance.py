@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from biasloss.features import FeatureTap, forward_with_features
 from biasloss.losses import bias_weights, check_clamp, feature_variance
 from biasloss.losses.bias import DEFAULT_CLAMP
+from biasloss.models.utils import eval_mode, model_device
 from biasloss.train.distributed import resolve_device
 
 __all__ = [
@@ -104,31 +105,6 @@ def _images(batch: Any) -> Tensor:
     raise TypeError(f"loader items must be image tensors or (images, labels) pairs, got {type(batch).__name__}")
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-class _EvalMode:
-    """Eval mode for the duration, every module's own training flag restored afterwards."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.flags: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> nn.Module:
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc) -> None:
-        for m, flag in self.flags:
-            m.training = flag
-
-
 def conv_layers(model: nn.Module, example: Tensor) -> list[str]:
     """Names of the ``nn.Conv2d`` modules of ``model`` in the order they first execute.
 
@@ -151,7 +127,7 @@ def conv_layers(model: nn.Module, example: Tensor) -> list[str]:
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     try:
-        with _EvalMode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(example[:1])
     finally:
         for h in handles:
@@ -313,7 +289,7 @@ def collect_variance(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     clamp = check_clamp(clamp)
-    device = _model_device(model)
+    device = model_device(model)
     it = iter(loader)
     try:
         first = _images(next(it))
@@ -356,7 +332,7 @@ def collect_variance(
         tap = FeatureTap(model, input_size=tuple(first.shape[1:]))
     samples = batches = 0
     try:
-        with _EvalMode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             x: Tensor | None = first
             while x is not None:
                 done.clear()
