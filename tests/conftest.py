@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -94,6 +95,26 @@ def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# torchrun
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def torchrun() -> str:
+    """The venv's ``torchrun``; the test is skipped where torch.distributed or torchrun is missing."""
+    import os
+    import shutil
+    import sys
+
+    if not torch.distributed.is_available():
+        pytest.skip("no torch.distributed")
+    path = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if path is None:
+        pytest.skip("torchrun not installed")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -95,11 +93,7 @@ def test_mixed_precision_trains_and_eval_reproduces_the_logged_map(scenes, tmp_p
     assert sum(result["ap"].values()) / len(result["ap"]) == pytest.approx(result["map"], abs=0.01)
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
-def test_torchrun_two_cpu_processes(scenes, tmp_path):
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
-        pytest.skip("torchrun not installed")
+def test_torchrun_two_cpu_processes(scenes, tmp_path, torchrun):
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "biasloss", *_argv(scenes, out, "--epochs", "1")],

@@ -285,11 +285,7 @@ def test_python_dash_m_and_console_script(tmp_path):
         assert out.returncode == 2 and out.stderr.count("\n") == 1
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
-def test_torchrun_two_cpu_processes(tmp_path, capsys):
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
-        pytest.skip("torchrun not installed")
+def test_torchrun_two_cpu_processes(tmp_path, capsys, torchrun):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
