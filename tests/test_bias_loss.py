@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from biasloss import BiasLoss, bias_loss, bias_weights, create_loss, feature_variance
+from biasloss.losses import scale_variance
 
 # Three samples, four feature values each: variances 0, 1/3 and 4/3 (unbiased, n - 1 = 3).
 FEATURES = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0], [0.0, 2.0, 0.0, 2.0]])
@@ -234,6 +235,10 @@ def test_create_loss_by_name():
         (lambda: BiasLoss(sync="yes"), TypeError, "sync"),
         (lambda: BiasLoss()(LOGITS, TARGET, FEATURES[:1]), ValueError, "batch size"),
         (lambda: bias_weights(torch.zeros(0, 4)), ValueError, "empty batch"),
+        (lambda: BiasLoss().weights(torch.zeros(0, 4)), ValueError, "empty batch"),
+        (lambda: scale_variance(torch.zeros(0)), ValueError, "empty batch"),
+        (lambda: bias_loss(LOGITS, TARGET, FEATURES, label_smoothing=1.5), ValueError, "label_smoothing"),
+        (lambda: BiasLoss()(LOGITS, TARGET, FEATURES.long()), TypeError, "floating"),
     ],
 )
 def test_errors(call, error, match):

@@ -10,6 +10,9 @@ Bad input raises ``TypeError`` (wrong kind of tensor) or ``ValueError`` (wrong s
 with a message that says what was expected, instead of broadcasting silently or returning NaN.
 The checks look at shapes and dtypes only: they never read tensor values, so they never force a
 host-device synchronisation.
+
+The public losses run the ``check_*`` functions once, on entry; :func:`cross_entropy` and
+:func:`reduce` are the computations they share and trust their arguments.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ __all__ = [
     "check_label_smoothing",
     "check_logits_target",
     "check_reduction",
-    "per_sample_cross_entropy",
+    "compute_dtype",
+    "cross_entropy",
     "reduce",
 ]
 
@@ -102,8 +106,8 @@ def check_label_smoothing(label_smoothing: float) -> float:
 
 
 def reduce(loss: Tensor, reduction: str) -> Tensor:
-    """Reduce per-sample losses ``(B,)``: ``"mean"`` (plain mean), ``"sum"`` or ``"none"``."""
-    reduction = check_reduction(reduction)
+    """Reduce per-sample losses ``(B,)`` by a checked ``reduction``: ``"mean"`` (plain mean),
+    ``"sum"`` or ``"none"``."""
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":
@@ -116,16 +120,15 @@ def compute_dtype(logits: Tensor) -> torch.dtype:
     return torch.promote_types(logits.dtype, torch.float32)
 
 
-def per_sample_cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Per-sample softmax cross-entropy ``(B,)``, computed in float32 (float64 for float64 logits).
+def cross_entropy(logits: Tensor, target: Tensor, reduction: str = "none", label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy of checked arguments, computed in :func:`compute_dtype`.
 
-    Class indices and probabilities follow :func:`torch.nn.functional.cross_entropy`, label
-    smoothing included: with probabilities ``q``, the loss is ``-(q' * log_softmax(logits)).sum(1)``
-    with ``q' = q * (1 - label_smoothing) + label_smoothing / K``.
+    :func:`torch.nn.functional.cross_entropy` on the cast logits (and probabilities), so class
+    indices, probabilities and label smoothing follow it: with probabilities ``q``, the loss is
+    ``-(q' * log_softmax(logits)).sum(1)`` with ``q' = q * (1 - label_smoothing) + label_smoothing / K``.
+    ``reduction="none"`` gives the ``(B,)`` per-sample losses.
     """
-    check_logits_target(logits, target)
-    label_smoothing = check_label_smoothing(label_smoothing)
     dtype = compute_dtype(logits)
     if target.dim() == 2:
         target = target.to(dtype)
-    return F.cross_entropy(logits.to(dtype), target, reduction="none", label_smoothing=label_smoothing)
+    return F.cross_entropy(logits.to(dtype), target, reduction=reduction, label_smoothing=label_smoothing)

@@ -26,7 +26,7 @@ from ._validate import (
     check_label_smoothing,
     check_logits_target,
     check_reduction,
-    per_sample_cross_entropy,
+    cross_entropy,
     reduce,
 )
 
@@ -51,6 +51,13 @@ def feature_variance(features: Tensor) -> Tensor:
     Returns:
         ``(B,)`` float32, detached.
     """
+    _check_features(features)
+    return _variance(features)
+
+
+def _check_features(features: Tensor, logits: Tensor | None = None) -> None:
+    """``features`` is a floating point ``(B, ...)`` tensor with two or more values per sample,
+    with the batch size of ``logits`` when given."""
     if not isinstance(features, Tensor):
         raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
     if features.dim() < 2:
@@ -58,20 +65,27 @@ def feature_variance(features: Tensor) -> Tensor:
             f"features must have a batch dim and at least one feature dim, e.g. (B, C, H, W); "
             f"got shape {tuple(features.shape)}"
         )
+    if logits is not None and features.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"features and logits must have the same batch size; got features "
+            f"{tuple(features.shape)} and logits {tuple(logits.shape)}"
+        )
     if not features.is_floating_point():
         raise TypeError(f"features must be floating point, got {features.dtype}")
-    numel = math.prod(features.shape[1:])
-    if numel < 2:
+    if math.prod(features.shape[1:]) < 2:
         raise ValueError(
             f"features need at least 2 values per sample for an unbiased variance; "
             f"got shape {tuple(features.shape)}"
         )
+
+
+def _variance(features: Tensor) -> Tensor:
     features = features.detach()
     dims = tuple(range(1, features.dim()))
     if features.dtype == torch.float64 or features.device.type != "cpu":
         return torch.var(features.float() if features.dtype != torch.float64 else features,
                          dim=dims, correction=1).float()
-    return _cpu_variance(features.float(), dims, numel)
+    return _cpu_variance(features.float(), dims, math.prod(features.shape[1:]))
 
 
 # Rows whose mean^2 exceeds this multiple of their variance are recomputed with torch.var:
@@ -132,10 +146,13 @@ def _resolve_sync(sync: bool | Literal["auto"]) -> bool:
     return sync
 
 
-def _batch_extrema(variance: Tensor, sync: bool, process_group) -> tuple[Tensor, Tensor]:
-    """Min and max of the variances, over all ranks when ``sync`` (one all-reduce)."""
-    if variance.numel() == 0:
+def _check_not_empty(variance_or_features: Tensor) -> None:
+    if variance_or_features.shape[0] == 0:
         raise ValueError("features hold an empty batch: the Bias Loss needs at least one sample")
+
+
+def _batch_extrema(variance: Tensor, sync: bool, process_group) -> tuple[Tensor, Tensor]:
+    """Min and max of the (non-empty) variances, over all ranks when ``sync`` (one all-reduce)."""
     extrema = torch.stack((-variance.min(), variance.max()))
     if sync:
         dist.all_reduce(extrema, op=dist.ReduceOp.MAX, group=process_group)
@@ -162,7 +179,9 @@ def scale_variance(
     Returns:
         ``(B,)`` scaled variances; all zeros when ``max == min``.
     """
-    low, high = _batch_extrema(variance, _resolve_sync(sync), process_group)
+    sync = _resolve_sync(sync)
+    _check_not_empty(variance)
+    low, high = _batch_extrema(variance, sync, process_group)
     return _min_max_scale(variance, low, high, low)
 
 
@@ -188,30 +207,22 @@ def bias_weights(
     Returns ``(B,)`` float32, detached.
     """
     clamp = _check_args(alpha, beta, clamp)
-    scaled = scale_variance(feature_variance(features), sync=sync, process_group=process_group)
-    return weight_function(scaled, alpha, beta, clamp)
+    _check_features(features)
+    _check_not_empty(features)
+    return _batch_weights(features, alpha, beta, clamp, _resolve_sync(sync), process_group)
+
+
+def _batch_weights(features: Tensor, alpha: float, beta: float, clamp: Clamp, sync: bool, process_group) -> Tensor:
+    variance = _variance(features)
+    low, high = _batch_extrema(variance, sync, process_group)
+    return weight_function(_min_max_scale(variance, low, high, low), alpha, beta, clamp)
 
 
 def _weighted_loss(
     logits: Tensor, target: Tensor, weights: Tensor, reduction: str, label_smoothing: float
 ) -> Tensor:
-    ce = per_sample_cross_entropy(logits, target, label_smoothing=label_smoothing)
+    ce = cross_entropy(logits, target, "none", label_smoothing)
     return reduce(weights * ce, reduction)  # eq. 4
-
-
-def _check_features(logits: Tensor, features: Tensor) -> None:
-    if not isinstance(features, Tensor):
-        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
-    if features.dim() < 2:
-        raise ValueError(
-            f"features must have a batch dim and at least one feature dim, e.g. (B, C, H, W); "
-            f"got shape {tuple(features.shape)}"
-        )
-    if features.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"features and logits must have the same batch size; got features "
-            f"{tuple(features.shape)} and logits {tuple(logits.shape)}"
-        )
 
 
 def bias_loss(
@@ -245,10 +256,10 @@ def bias_loss(
     """
     check_logits_target(logits, target)
     reduction = check_reduction(reduction)
+    label_smoothing = check_label_smoothing(label_smoothing)
     clamp = _check_args(alpha, beta, clamp)
-    _check_features(logits, features)
-    scaled = scale_variance(feature_variance(features), sync=sync, process_group=process_group)
-    weights = weight_function(scaled, alpha, beta, clamp)
+    _check_features(features, logits)
+    weights = _batch_weights(features, alpha, beta, clamp, _resolve_sync(sync), process_group)
     return _weighted_loss(logits, target, weights, reduction, label_smoothing)
 
 
@@ -302,7 +313,12 @@ class BiasLoss(nn.Module):
     def weights(self, features: Tensor) -> Tensor:
         """The ``(B,)`` weights ``z(v)`` for ``features``; in training mode with
         ``scaling="running_min"`` this also updates the running minimum, as a forward does."""
-        variance = feature_variance(features)
+        _check_features(features)
+        _check_not_empty(features)
+        return self._weights(features)
+
+    def _weights(self, features: Tensor) -> Tensor:
+        variance = _variance(features)
         low, high = _batch_extrema(variance, _resolve_sync(self.sync), self.process_group)
         minimum = low
         if self.scaling == "running_min":
@@ -316,8 +332,8 @@ class BiasLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor, features: Tensor) -> Tensor:
         check_logits_target(logits, target)
-        _check_features(logits, features)
-        weights = self.weights(features)
+        _check_features(features, logits)
+        weights = self._weights(features)
         return _weighted_loss(logits, target, weights, self.reduction, self.label_smoothing)
 
     def extra_repr(self) -> str:

@@ -33,6 +33,7 @@ from ._validate import (
     check_logits_target,
     check_reduction,
     compute_dtype,
+    cross_entropy,
     reduce,
 )
 
@@ -76,13 +77,6 @@ def _check_alpha(
     return float(alpha)
 
 
-def _cross_entropy(logits: Tensor, target: Tensor, reduction: str, label_smoothing: float) -> Tensor:
-    dtype = compute_dtype(logits)
-    if target.dim() == 2:
-        target = target.to(dtype)
-    return F.cross_entropy(logits.to(dtype), target, reduction=reduction, label_smoothing=label_smoothing)
-
-
 def focal_loss(
     logits: Tensor,
     target: Tensor,
@@ -118,7 +112,7 @@ def focal_loss(
     label_smoothing = check_label_smoothing(label_smoothing)
 
     if gamma == 0.0 and alpha is None:
-        return _cross_entropy(logits, target, reduction, label_smoothing)  # bit for bit
+        return cross_entropy(logits, target, reduction, label_smoothing)  # bit for bit
 
     dtype = compute_dtype(logits)
     log_p = F.log_softmax(logits.to(dtype), dim=1)
@@ -221,7 +215,7 @@ class CrossEntropyLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor, features: Optional[Tensor] = None) -> Tensor:
         check_logits_target(logits, target)
-        return _cross_entropy(logits, target, self.reduction, self.label_smoothing)
+        return cross_entropy(logits, target, self.reduction, self.label_smoothing)
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}"
