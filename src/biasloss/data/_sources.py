@@ -1,5 +1,8 @@
 """Readers for the small datasets, returning uint8 NHWC tensors, and locators for the folder datasets.
 
+IDX files are read with torchvision's readers; what is ours is where the files are looked for (the
+Debian package's place included), gzip, the one-line errors, and the safe CIFAR unpickler.
+
 Every reader finds its files in a documented list of places, raises :class:`DatasetNotFoundError`
 with a one-line message (the places tried, how to get the data) when none has them, and
 :class:`DatasetCorruptError` when the files do not hold what their format says.
@@ -8,10 +11,12 @@ with a one-line message (the places tried, how to get the data) when none has th
 from __future__ import annotations
 
 import gzip
-import math
 import os
 import pickle
+import shutil
+import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,46 +68,49 @@ def _tried(paths: list[Path]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# IDX (Fashion-MNIST)
+# IDX (Fashion-MNIST): torchvision's readers; here only the places, gzip, and one-line errors
 # --------------------------------------------------------------------------------------------
 
-# IDX header: two zero bytes, a type code, the number of dimensions; then one big-endian uint32
-# per dimension; then the data, big-endian.
-_IDX_TYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+def _read_with(reader: Callable[[str], torch.Tensor], path: Path, what: str) -> torch.Tensor:
+    """``reader(path)``, a torchvision IDX reader, on a plain file or, for ``*.gz``, on a
+    decompressed temporary copy (torchvision reads plain files only). Any failure becomes one
+    :class:`DatasetCorruptError` line naming the file (torchvision checks with ``assert``).
+
+    Measured against our former parser on the 60k training images: the same on the gz files
+    (0.43 s, decompression dominates), 77 ms instead of 52 ms on plain ones (one more copy)."""
+    try:
+        if path.suffix != ".gz":
+            return reader(str(path))
+        with tempfile.TemporaryDirectory() as tmp, gzip.open(path, "rb") as packed:
+            plain = Path(tmp) / path.stem
+            with open(plain, "wb") as out:
+                shutil.copyfileobj(packed, out, 1 << 20)
+            return reader(str(plain))  # read into memory: the tensor does not need the file
+    except (OSError, EOFError, zlib.error) as e:  # gzip raises BadGzipFile (an OSError) or EOFError
+        raise DatasetCorruptError(f"cannot read {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - AssertionError, ValueError, RuntimeError, KeyError, ...
+        detail = f"{type(e).__name__}: {e}" if str(e) else "a bad header or size"
+        raise DatasetCorruptError(f"{path} is not an IDX file of {what} ({detail.splitlines()[0]})") from None
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (plain, or gzip-compressed when the name ends in ``.gz``) into a numpy array."""
-    path = Path(path)
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
-    except (OSError, EOFError, zlib.error) as e:  # gzip raises BadGzipFile (an OSError) or EOFError
-        raise DatasetCorruptError(f"cannot read {path}: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or not 1 <= raw[3] <= 4:
-        raise DatasetCorruptError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    dtype, ndim = _IDX_TYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DatasetCorruptError(f"{path} is truncated (header needs {header} bytes, file has {len(raw)})")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: no overflow past 2**63
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "longer than its header says"
-        raise DatasetCorruptError(
-            f"{path} is {what}: shape {shape} needs {expected} bytes, file has {len(raw)}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    """Read an IDX file (plain, or gzip-compressed when the name ends in ``.gz``) into a numpy array,
+    with torchvision's reader (``torchvision.datasets.mnist.read_sn3_pascalvincent_tensor``)."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    return _read_with(read_sn3_pascalvincent_tensor, Path(path), "any type").numpy()
 
 
-def _idx_file(folder: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+def _fashion_files(folder: Path) -> dict[str, Path] | None:
+    """The four IDX files in ``folder`` (each plain or ``.gz``), or None when one is missing."""
+    files = {}
+    for key, stem in _FASHION_FILES.items():
+        found = next((folder / n for n in (stem, stem + ".gz") if (folder / n).is_file()), None)
+        if found is None:
+            return None
+        files[key] = found
+    return files
 
 
 def _fashion_candidates(data_dir: str | os.PathLike | None) -> list[Path]:
@@ -125,8 +133,8 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, download: b
     first three. With ``download=True`` and nothing found, torchvision downloads it there.
     """
     candidates = _fashion_candidates(data_dir)
-    folder = next((c for c in candidates if all(_idx_file(c, s) for s in _FASHION_FILES.values())), None)
-    if folder is None and download:
+    files = next(filter(None, map(_fashion_files, candidates)), None)
+    if files is None and download:
         root = Path(data_dir).expanduser() if data_dir is not None else default_root()
         try:
             from torchvision.datasets import FashionMNIST
@@ -137,34 +145,28 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, download: b
                 f"fashion-mnist: not found in {_tried(candidates)} and the download to {root} failed "
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 "install it with `apt-get install dataset-fashion-mnist`") from None
-        folder = root / "FashionMNIST" / "raw"
-    if folder is None:
+        files = _fashion_files(root / "FashionMNIST" / "raw")
+    if files is None:
         raise DatasetNotFoundError(
             f"fashion-mnist: no {'/'.join(_FASHION_FILES.values())}[.gz] in {_tried(candidates)}; "
             "get it with `apt-get install dataset-fashion-mnist` (Debian) or pass --download")
-    files = {k: _idx_file(folder, s) for k, s in _FASHION_FILES.items()}
-    arrays = {k: read_idx(f) for k, f in files.items()}  # type: ignore[arg-type]
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    out = []
     for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         image_file, label_file = files[f"{split}_images"], files[f"{split}_labels"]
-        if images.ndim != 3 or images.dtype != np.uint8:
+        images = _read_with(read_image_file, image_file, "uint8 images (N, H, W)")
+        labels = _read_with(read_label_file, label_file, "uint8 labels (N,)")
+        if len(labels) != len(images):
             raise DatasetCorruptError(
-                f"{image_file}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
-        if labels.ndim != 1 or len(labels) != len(images):
-            raise DatasetCorruptError(
-                f"{label_file}: labels of shape {labels.shape} for the {len(images)} images of {image_file.name}")
+                f"{label_file}: {len(labels)} labels for the {len(images)} images of {image_file.name}")
         if images.shape[1:] != (28, 28):
             raise DatasetCorruptError(f"{image_file}: Fashion-MNIST images are 28 x 28, these are "
                                       f"{images.shape[1]} x {images.shape[2]}")
-        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < 10:
-            bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
-            raise DatasetCorruptError(f"{label_file}: label {bad} outside [0, 10)")
-    return ArrayData(
-        torch.from_numpy(arrays["train_images"][..., None]),
-        torch.from_numpy(arrays["train_labels"].astype(np.int64)),
-        torch.from_numpy(arrays["test_images"][..., None]),
-        torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-    )
+        if len(labels) and int(labels.max()) >= 10:  # read_label_file gives uint8 values: never < 0
+            raise DatasetCorruptError(f"{label_file}: label {int(labels.max())} outside [0, 10)")
+        out += [images[..., None], labels]
+    return ArrayData(*out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +215,10 @@ _CIFAR = {
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler for the CIFAR batches: plain containers and numpy arrays only, no other globals."""
+    """Unpickler for the CIFAR batches: plain containers and numpy arrays only, no other globals.
+
+    Kept because torchvision's CIFAR classes read the batches with a plain ``pickle.load``, which
+    runs any code a tampered file names."""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
@@ -256,8 +261,8 @@ def load_cifar(num_classes: int, data_dir: str | os.PathLike | None = None, *, d
     Looked for in ``data_dir/<folder>`` and ``data_dir`` itself when it is that folder, where
     ``<folder>`` is ``cifar-10-batches-py`` or ``cifar-100-python``; without ``data_dir`` in the
     download root. ``download=True`` lets torchvision fetch it into ``data_dir`` (or the download
-    root) when it is missing. The pickles are read directly (torchvision's class would also
-    check the published MD5 sums), keeping the images as uint8.
+    root) when it is missing. The pickles are read here, with the allow-list unpickler above (and
+    without torchvision's MD5 checks), as uint8 images.
     """
     folder_name, train_files, test_files, label_key, tv_name = _CIFAR[num_classes]
     root = Path(data_dir).expanduser() if data_dir is not None else default_root()
