@@ -111,6 +111,12 @@ def test_close_stops_the_persistent_workers(tmp_path):
     train.close()
     test.close()  # never iterated: nothing to stop
     assert not workers & children()
+    half_read = iter(train)  # an epoch left half read (an exception in the loop): close stops it too
+    next(half_read)
+    workers = children() - before
+    assert len(workers) == 2
+    train.close()
+    assert not workers & children()
 
 
 def test_imagenet_rank_sharding(tmp_path):

@@ -12,7 +12,7 @@ the number of workers, nor on the number of ranks, and the caller's RNG is left 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -140,14 +140,20 @@ class FolderLoader(EpochBatches):
         if shard is not None:
             self._shard = shard.tolist()
         self._pin = self.device.type == "cuda"
-        self._loader = DataLoader(
-            _SeededDataset(dataset, transform),
+        self._dataset = _SeededDataset(dataset, transform)
+        self._workers = workers
+        self._loader = self._data_loader()
+        self._epoch_iter: Generator[Any, None, None] | None = None
+
+    def _data_loader(self) -> DataLoader:
+        return DataLoader(
+            self._dataset,
             batch_sampler=_PlanSampler(self),
             collate_fn=self.collate_fn,
-            num_workers=workers,
+            num_workers=self._workers,
             pin_memory=self._pin,
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
+            persistent_workers=self._workers > 0,
+            prefetch_factor=4 if self._workers > 0 else None,
             generator=torch.Generator(),  # its base seed is unused; keeps the global RNG untouched
         )
 
@@ -164,24 +170,38 @@ class FolderLoader(EpochBatches):
             yield list(zip(order[start:stop], seeds[start:stop]))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self._loader:
-            images = images.to(self.device, non_blocking=self._pin)
-            labels = labels.to(self.device, dtype=torch.int64, non_blocking=self._pin)
-            yield normalize(images, self._shift, self._scale), labels
+        self._epoch_iter = self._device_batches()
+        return self._epoch_iter
+
+    def _device_batches(self) -> Generator[Any, None, None]:
+        for batch in self._loader:  # the workers start at the first batch asked for
+            yield self._to_device(batch)
+
+    def _to_device(self, batch: Any) -> Any:
+        images, labels = batch
+        images = images.to(self.device, non_blocking=self._pin)
+        labels = labels.to(self.device, dtype=torch.int64, non_blocking=self._pin)
+        return normalize(images, self._shift, self._scale), labels
 
     def close(self) -> None:
         """Stop the worker processes now; they persist across epochs, and a long-lived process
         (a notebook, ``biasloss reproduce``) would otherwise keep them until garbage collection.
-        Iterating again starts new ones."""
-        iterator = getattr(self._loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-        self._loader._iterator = None
+        Iterating again starts new ones.
+
+        The persistent workers belong to the DataLoader's iterator, which stops them when it is
+        deleted: closing our epoch's generator (which may be half read) and dropping the
+        DataLoader, which keeps the iterator too, for a fresh one deletes it.
+        """
+        if self._epoch_iter is not None:
+            self._epoch_iter.close()
+            self._epoch_iter = None
+        if self._workers > 0:
+            self._loader = self._data_loader()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(n={self.dataset_size}, batch_size={self.batch_size}, train={self.train}, "
                 f"batches={len(self)}, rank={self.rank}/{self.world_size}, device={self.device}, "
-                f"workers={self._loader.num_workers})")
+                f"workers={self._workers})")
 
 
 def _list_collate(batch: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -202,7 +222,7 @@ class DetectionLoader(FolderLoader):
         super().__init__(dataset, None, batch_size=batch_size, mean=(0.0,), std=(1.0,), device=device, train=train,
                          seed=seed, rank=rank, world_size=world_size, drop_last=drop_last, workers=workers)
 
-    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]]:  # type: ignore[override]
-        for images, targets in self._loader:
-            yield ([im.to(self.device, non_blocking=self._pin) for im in images],
-                   [{k: v.to(self.device, non_blocking=self._pin) for k, v in t.items()} for t in targets])
+    def _to_device(self, batch: Any) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        images, targets = batch
+        return ([im.to(self.device, non_blocking=self._pin) for im in images],
+                [{k: v.to(self.device, non_blocking=self._pin) for k, v in t.items()} for t in targets])
