@@ -6,13 +6,13 @@ Importing this package registers ``skipblocknet_xs/s/m/l`` with timm, so that
 
 from ._layers import fuse_bn
 from .factory import create_model, is_model, list_models, register, unknown_model_error
-from .official import (
-    convert_official_state_dict,
+from .official import convert_official_state_dict, official_key_map
+from .pretrained import (
+    PretrainedReport,
     load_official_weights,
-    official_key_map,
+    load_pretrained,
     to_official_state_dict,
 )
-from .pretrained import PretrainedReport, load_pretrained
 from .skipblocknet import (
     SKIPBLOCKNET_ARCH,
     SKIPBLOCKNET_VARIANTS,

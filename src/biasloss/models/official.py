@@ -1,10 +1,11 @@
-"""The authors' released SkipblockNet-M checkpoint (``skipblocknet-m.pth``) in our models.
+"""The format of the authors' released SkipblockNet-M checkpoint (``skipblocknet-m.pth``).
 
 Their file is a plain state dict with their module names (``first_layer``, ``base_block.conv``,
 ``blocks.{0..3}.{i}.conv``, ``skip1/skip2.core_block``, ``conv``, ``classifier.{0,3}``) and the
-squeeze-excite as ``nn.Linear`` layers. :func:`load_official_weights` renames every key to ours,
-reshapes the squeeze-excite weights to the 1x1 convolutions we use, checks the result against the
-model and loads it strictly; :func:`to_official_state_dict` goes back.
+squeeze-excite as ``nn.Linear`` layers. :func:`convert_official_state_dict` renames every key to
+ours and reshapes the squeeze-excite weights to the 1x1 convolutions we use. This module knows
+their layout as data and imports no model; :mod:`.pretrained` loads the result into a
+SkipblockNet (``load_official_weights``) and converts a model back (``to_official_state_dict``).
 
 Their layout, as positions in each ``nn.Sequential`` (``conv.N`` / ``core_block.N``):
 0 1x1 expand, 1 BN, 2 act, 3 depthwise, 4 BN, 5 act, 6 squeeze-excite or identity (skip blocks:
@@ -13,28 +14,31 @@ no 6), 7 (skip blocks: 6) 1x1 project, 8 (7) BN.
 
 from __future__ import annotations
 
-import os
 import re
-from typing import Any, Dict, List, Mapping, Union
+from typing import Any, Dict, List, Mapping
 
 import torch
 from torch import nn
 
-from biasloss._io import read_torch_file
-
 __all__ = [
     "official_key_map",
     "convert_official_state_dict",
-    "to_official_state_dict",
-    "load_official_weights",
     "official_filter_fn",
+    "is_se_weight",
     "key_examples",
     "unwrap_state_dict",
 ]
 
 # Inverted residuals after the base block, in the authors' grouping (their blocks.0..3) and in
-# ours (stages 1..5); both list the same 14 blocks in the same order.
-_THEIR_GROUPS = (5, 4, 2, 3)
+# ours (stages 1..5); both list the same 14 blocks in the same order. Per block of theirs: whether
+# it has a squeeze-excite (conv.6; an identity, without weights, otherwise).
+_THEIR_SE = (
+    (False, False, True, True, True),  # blocks.0: our stages 1 and 2
+    (False, False, False, False),  # blocks.1: stage 3
+    (True, True),  # blocks.2: stage 4
+    (True, True, True),  # blocks.3: stage 5
+)
+_THEIR_GROUPS = tuple(len(group) for group in _THEIR_SE)
 _OUR_STAGES = (2, 3, 4, 2, 3)  # stages 1..5; stage 0 is the base block
 
 _IR_LAYERS = {"0": "conv_pw", "1": "bn1", "3": "conv_dw", "4": "bn2", "7": "conv_pwl", "8": "bn3"}
@@ -45,8 +49,6 @@ _BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tr
 
 _IR_RE = re.compile(r"^(?:base_block|blocks\.(\d+)\.(\d+))\.conv\.(\d+)\.(.+)$")
 _SKIP_RE = re.compile(r"^(skip[12])\.core_block\.(\d+)\.(.+)$")
-
-_PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _our_block(group: int, idx: int) -> str:
@@ -96,15 +98,10 @@ def _official_keys() -> List[str]:
             keys += [f"{prefix}.6.fc.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
         return keys + conv_bn(prefix, "7", "8")
 
-    from .skipblocknet import SKIPBLOCKNET_ARCH
-
-    rows = [r for stage in SKIPBLOCKNET_ARCH[1:] for r in stage if r.kind == "ir"]
     keys = conv_bn("first_layer", "0", "1") + block("base_block.conv", se=False)
-    flat = 0
-    for group, n in enumerate(_THEIR_GROUPS):
-        for idx in range(n):
-            keys += block(f"blocks.{group}.{idx}.conv", se=rows[flat].se)
-            flat += 1
+    for group, se_flags in enumerate(_THEIR_SE):
+        for idx, se in enumerate(se_flags):
+            keys += block(f"blocks.{group}.{idx}.conv", se=se)
     for skip in _SKIP_STAGES:
         keys += conv_bn(f"{skip}.core_block", "0", "1") + conv_bn(f"{skip}.core_block", "3", "4")
         keys += conv_bn(f"{skip}.core_block", "6", "7")
@@ -118,7 +115,8 @@ def official_key_map() -> Dict[str, str]:
     return {k: _rename(k) for k in _official_keys()}
 
 
-def _is_se_weight(our_key: str) -> bool:
+def is_se_weight(our_key: str) -> bool:
+    """Whether ``our_key`` is a squeeze-excite weight: a 1x1 convolution here, a Linear in their file."""
     return ".se.conv_" in our_key and our_key.endswith(".weight")
 
 
@@ -169,90 +167,12 @@ def convert_official_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, torc
     out: Dict[str, torch.Tensor] = {}
     for theirs, ours in expected.items():
         v = sd[theirs]
-        if _is_se_weight(ours):
+        if is_se_weight(ours):
             if v.dim() != 2:
                 raise ValueError(f"{theirs!r}: expected a Linear weight (2-D), got shape {tuple(v.shape)}")
             v = v.reshape(v.shape[0], v.shape[1], 1, 1)
         out[ours] = v
     return out
-
-
-def to_official_state_dict(model_or_state_dict: Union[nn.Module, Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
-    """Our SkipblockNet-M state dict -> the authors' keys and shapes (the inverse conversion)."""
-    if isinstance(model_or_state_dict, nn.Module):
-        sd = model_or_state_dict.state_dict()
-    else:
-        sd = unwrap_state_dict(model_or_state_dict)
-    ours_to_theirs = {ours: theirs for theirs, ours in official_key_map().items()}
-    missing = [k for k in ours_to_theirs if k not in sd]
-    unknown = [k for k in sd if k not in ours_to_theirs]
-    if missing or unknown:
-        raise ValueError(
-            "only SkipblockNet-M (width 1.0) has the authors' layout: "
-            f"{len(missing)} keys missing ({key_examples(missing)}), {len(unknown)} extra ({key_examples(unknown)})"
-        )
-    ref = _m_shapes(num_classes=sd["classifier.weight"].shape[0])
-    wrong = [f"{k} {tuple(sd[k].shape)} (M: {ref[k]})" for k in ours_to_theirs if tuple(sd[k].shape) != ref[k]]
-    if wrong:
-        raise ValueError(
-            f"only SkipblockNet-M (width 1.0, 3 input channels) has the authors' layout: {key_examples(wrong)}"
-        )
-    out: Dict[str, torch.Tensor] = {}
-    for ours, theirs in ours_to_theirs.items():
-        v = sd[ours]
-        out[theirs] = v.reshape(v.shape[0], v.shape[1]) if _is_se_weight(ours) else v
-    return out
-
-
-def _m_shapes(num_classes: int) -> Dict[str, tuple]:
-    """Shapes of SkipblockNet-M's state dict (built on the meta device: no memory, no init cost)."""
-    from .skipblocknet import SkipblockNet
-
-    with torch.device("meta"):
-        model = SkipblockNet(num_classes=num_classes)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def load_official_weights(
-    model: nn.Module, state_dict_or_path: Union[Mapping[str, Any], _PathLike]
-) -> nn.Module:
-    """Load the authors' SkipblockNet-M checkpoint into ``model`` (strictly) and return ``model``.
-
-    ``model`` must have their layout: ``skipblocknet_m(num_classes=<the checkpoint's, 1000>)``,
-    any ``in_chans=3`` input and ``small_input`` (strides hold no weights). In eval mode the model
-    then gives the same outputs as theirs (at 224 px, where theirs runs).
-
-    Raises:
-        TypeError: ``model`` is not a SkipblockNet, or the input is not a state dict.
-        ValueError: the checkpoint is not theirs, or does not fit ``model`` (names the layers).
-    """
-    from .skipblocknet import SkipblockNet
-
-    if not isinstance(model, SkipblockNet):
-        raise TypeError(f"load_official_weights needs a SkipblockNet, got {type(model).__name__}")
-    raw = read_torch_file(state_dict_or_path) if isinstance(state_dict_or_path, (str, os.PathLike)) else state_dict_or_path
-    converted = convert_official_state_dict(raw)
-    own = model.state_dict()
-    problems: List[str] = []
-    for k, v in converted.items():
-        if k not in own:
-            problems.append(f"{k} is not in the model")
-        elif own[k].shape != v.shape:
-            problems.append(f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}")
-    extra = [k for k in own if k not in converted]
-    if extra:
-        problems.append(f"the model has {len(extra)} more entries ({key_examples(extra)})")
-    if problems:
-        n_cls = converted["classifier.weight"].shape[0]
-        raise ValueError(
-            "the authors' SkipblockNet-M checkpoint does not fit this model: "
-            + "; ".join(problems[:4])
-            + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
-            + f". It needs skipblocknet_m(num_classes={n_cls}, in_chans=3)"
-            + " (then model.reset_classifier(n) for another number of classes)."
-        )
-    model.load_state_dict(converted, strict=True)
-    return model
 
 
 def official_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -15,6 +15,9 @@ to another number of input channels: from RGB with :func:`timm.models.adapt_inpu
 the RGB filters summed), from grayscale (a Fashion-MNIST classifier into an RGB model) by
 repeating the filter over the channels divided by their number, so that a gray image gives the
 response it gave before. Any other difference means another architecture and is an error.
+
+The authors' SkipblockNet-M file also loads strictly, as it is, with :func:`load_official_weights`
+(their keys renamed by :mod:`.official`); :func:`to_official_state_dict` converts back.
 """
 
 from __future__ import annotations
@@ -28,9 +31,16 @@ from torch import nn
 
 from biasloss._io import read_torch_file
 
-from .official import convert_official_state_dict, key_examples, unwrap_state_dict
+from .official import (
+    convert_official_state_dict,
+    is_se_weight,
+    key_examples,
+    official_key_map,
+    unwrap_state_dict,
+)
+from .skipblocknet import SkipblockNet
 
-__all__ = ["PretrainedReport", "load_pretrained"]
+__all__ = ["PretrainedReport", "load_official_weights", "load_pretrained", "to_official_state_dict"]
 
 _PathLike = Union[str, "os.PathLike[str]"]
 
@@ -156,3 +166,77 @@ def load_pretrained(
     report.reinitialised += [k for k in own if k not in state and _under(k, head)]
     model.load_state_dict(merged, strict=True)
     return report
+
+
+def to_official_state_dict(model_or_state_dict: nn.Module | Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Our SkipblockNet-M state dict -> the authors' keys and shapes (the inverse conversion)."""
+    if isinstance(model_or_state_dict, nn.Module):
+        sd = model_or_state_dict.state_dict()
+    else:
+        sd = unwrap_state_dict(model_or_state_dict)
+    ours_to_theirs = {ours: theirs for theirs, ours in official_key_map().items()}
+    missing = [k for k in ours_to_theirs if k not in sd]
+    unknown = [k for k in sd if k not in ours_to_theirs]
+    if missing or unknown:
+        raise ValueError(
+            "only SkipblockNet-M (width 1.0) has the authors' layout: "
+            f"{len(missing)} keys missing ({key_examples(missing)}), {len(unknown)} extra ({key_examples(unknown)})"
+        )
+    ref = _m_shapes(num_classes=sd["classifier.weight"].shape[0])
+    wrong = [f"{k} {tuple(sd[k].shape)} (M: {ref[k]})" for k in ours_to_theirs if tuple(sd[k].shape) != ref[k]]
+    if wrong:
+        raise ValueError(
+            f"only SkipblockNet-M (width 1.0, 3 input channels) has the authors' layout: {key_examples(wrong)}"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for ours, theirs in ours_to_theirs.items():
+        v = sd[ours]
+        out[theirs] = v.reshape(v.shape[0], v.shape[1]) if is_se_weight(ours) else v
+    return out
+
+
+def _m_shapes(num_classes: int) -> dict[str, tuple]:
+    """Shapes of SkipblockNet-M's state dict (built on the meta device: no memory, no init cost)."""
+    with torch.device("meta"):
+        model = SkipblockNet(num_classes=num_classes)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def load_official_weights(
+    model: nn.Module, state_dict_or_path: Mapping[str, Any] | _PathLike
+) -> nn.Module:
+    """Load the authors' SkipblockNet-M checkpoint into ``model`` (strictly) and return ``model``.
+
+    ``model`` must have their layout: ``skipblocknet_m(num_classes=<the checkpoint's, 1000>)``,
+    any ``in_chans=3`` input and ``small_input`` (strides hold no weights). In eval mode the model
+    then gives the same outputs as theirs (at 224 px, where theirs runs).
+
+    Raises:
+        TypeError: ``model`` is not a SkipblockNet, or the input is not a state dict.
+        ValueError: the checkpoint is not theirs, or does not fit ``model`` (names the layers).
+    """
+    if not isinstance(model, SkipblockNet):
+        raise TypeError(f"load_official_weights needs a SkipblockNet, got {type(model).__name__}")
+    raw = read_torch_file(state_dict_or_path) if isinstance(state_dict_or_path, (str, os.PathLike)) else state_dict_or_path
+    converted = convert_official_state_dict(raw)
+    own = model.state_dict()
+    problems: list[str] = []
+    for k, v in converted.items():
+        if k not in own:
+            problems.append(f"{k} is not in the model")
+        elif own[k].shape != v.shape:
+            problems.append(f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}")
+    extra = [k for k in own if k not in converted]
+    if extra:
+        problems.append(f"the model has {len(extra)} more entries ({key_examples(extra)})")
+    if problems:
+        n_cls = converted["classifier.weight"].shape[0]
+        raise ValueError(
+            "the authors' SkipblockNet-M checkpoint does not fit this model: "
+            + "; ".join(problems[:4])
+            + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+            + f". It needs skipblocknet_m(num_classes={n_cls}, in_chans=3)"
+            + " (then model.reset_classifier(n) for another number of classes)."
+        )
+    model.load_state_dict(converted, strict=True)
+    return model

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ._layers import InvertedResidual, LayerFn, NormActFn, SkipBlock, SqueezeExcite, init_weights, norm_act_from
+from .official import official_filter_fn
 
 __all__ = [
     "BlockDef",
@@ -496,8 +497,6 @@ class SkipblockNet(nn.Module):
 
 
 def _create_skipblocknet(variant: str, pretrained: bool = False, **kwargs: Any) -> SkipblockNet:
-    from .official import official_filter_fn  # the authors' checkpoint, by file
-
     # the cfg describes the model as built: its channels, and for small_input a CIFAR-size
     # default input (32 px, pooled from 4x4) instead of ImageNet's 224 px (pooled from 7x7)
     size, pool = (32, 4) if kwargs.get("small_input") else (224, 7)
@@ -509,7 +508,7 @@ def _create_skipblocknet(variant: str, pretrained: bool = False, **kwargs: Any) 
         pretrained,
         model_cfg=SKIPBLOCKNET_VARIANTS[variant],
         feature_cfg=dict(feature_cls="getter"),
-        pretrained_filter_fn=official_filter_fn,
+        pretrained_filter_fn=official_filter_fn,  # the authors' checkpoint, by file
         pretrained_cfg_overlay=overlay,
         **kwargs,
     )
