@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
 import torch
 from torch import nn
 
-__all__ = ["is_out_of_memory", "one_line", "try_input"]
+__all__ = ["is_out_of_memory", "one_line", "positive", "positive_flags", "try_input"]
+
+N = TypeVar("N", bound=float | None)
+
+
+def positive(name: str, value: N, *, kind: type[int] | type[float] | None = None) -> N:
+    """``value`` when it is ``None`` or above zero, else ``ValueError``: ``"<name> must be positive,
+    got <value>"`` (``name`` as given: ``"--epochs"`` for a flag, ``"count"`` for an argument).
+    ``kind=int`` also refuses what is not an int ("must be a positive int"), ``kind=float`` what
+    is not finite ("must be a positive number")."""
+    if value is None:
+        return value
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if kind is float and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value}")
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def positive_flags(values: Mapping[str, Any], names: Iterable[str]) -> None:
+    """:func:`positive` for each of the options ``names`` (``batch_size``, ...) in ``values``
+    (``vars(args)``, a config), named by their flag (``--batch-size``); missing ones are unset."""
+    for name in names:
+        positive(f"--{name.replace('_', '-')}", values.get(name))
 
 
 def one_line(error: BaseException) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from biasloss._checks import positive_flags
 from biasloss._io import atomic_write, writable_file
 from biasloss.losses import check_clamp
 
@@ -683,10 +684,7 @@ def _curves_cmd(args: argparse.Namespace) -> Path:
 def _samples_cmd(args: argparse.Namespace) -> str:
     from biasloss.analysis.samples import plot_samples, sample_weights
 
-    for name in ("count", "limit"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"--{name} must be positive, got {value}")
+    positive_flags(vars(args), ("count", "limit"))
     check_out(args.out)
     if args.hist:
         check_out(args.hist)

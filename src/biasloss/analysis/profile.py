@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from biasloss._checks import is_out_of_memory, try_input
+from biasloss._checks import is_out_of_memory, positive, try_input
 from biasloss.models.utils import eval_mode, model_device
 
 __all__ = [
@@ -283,9 +283,7 @@ def _summary_ms(samples_s: Sequence[float]) -> dict[str, float | int]:
 def _threads(threads: int | None) -> Iterator[int]:
     previous = torch.get_num_threads()
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-        torch.set_num_threads(threads)
+        torch.set_num_threads(positive("threads", threads, kind=int))
     try:
         yield torch.get_num_threads()
     finally:

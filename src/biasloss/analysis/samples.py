@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from biasloss._checks import positive
 from biasloss.losses import bias_weights, clamp_option, feature_variance
 
 __all__ = ["SampleWeights", "plot_samples", "sample_weights"]
@@ -64,8 +65,7 @@ def sample_weights(
     from biasloss.train.distributed import resolve_device
     from biasloss.train.runner import model_from_checkpoint
 
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be a positive int, got {count!r}")
+    positive("count", count, kind=int)
     if limit is not None and limit < 2:
         raise ValueError(f"limit must be at least 2, got {limit}")
     device = resolve_device(device)

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from biasloss._checks import positive_flags
 from biasloss.features import FeatureTap, forward_with_features
 from biasloss.losses import bias_weights, check_clamp, feature_variance
 from biasloss.losses.bias import DEFAULT_CLAMP
@@ -487,11 +488,6 @@ def plot_histograms(
 # ---------------------------------------------------------------------------------------------
 
 
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"--{name} must be positive, got {value}")
-
-
 def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Model (eval weights of the checkpoint, or random init), evaluation loader and what they are.
 
@@ -571,9 +567,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("give --checkpoint or --model, not both")
     if not args.checkpoint and not args.model:
         raise ValueError("give --checkpoint CKPT (or --model NAME for a randomly initialised model)")
-    _positive("limit", args.limit)
-    _positive("batch-size", args.batch_size)
-    _positive("workers", args.workers)
+    positive_flags(vars(args), ("limit", "batch_size", "workers"))
     if args.hist:
         from biasloss.analysis.plots import FORMATS
 

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes, make_grid
 
+from biasloss._checks import positive
 from biasloss._io import atomic_write, writable_file
 
 __all__ = ["COLUMNS", "MIN_SIDE", "PAD", "PRED_COLOR", "TRUE_COLOR", "draw_detections", "register_show",
@@ -111,9 +112,7 @@ def run_detect_show(args: Any) -> Path:
     from biasloss.detection.voc import VOCBoxes
     from biasloss.train.distributed import resolve_device
 
-    images = 8 if getattr(args, "images", None) is None else args.images
-    if images <= 0:
-        raise ValueError(f"--images must be positive, got {images}")
+    images = positive("--images", 8 if getattr(args, "images", None) is None else args.images)
     score_thresh = 0.5 if getattr(args, "score_thresh", None) is None else args.score_thresh
     if not 0 <= score_thresh <= 1:
         raise ValueError(f"--score-thresh must be in [0, 1], got {score_thresh}")

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from biasloss._checks import positive, positive_flags
 from biasloss.data import DetectionLoader
 from biasloss.detection.metrics import voc_map
 from biasloss.detection.scenes import SCENE_CLASSES, make_scenes
@@ -123,13 +124,10 @@ def _resolve(args: Any, ckpt: dict[str, Any] | None) -> dict[str, Any]:
         cfg.setdefault(key, data[key])
     for key in ("model", "epochs", "batch_size", "lr", "weight_decay"):
         cfg.setdefault(key, getattr(recipe, key))
-    for key in ("epochs", "batch_size", "size", "limit", "stop_after"):
-        if cfg[key] is not None and cfg[key] <= 0:
-            raise ValueError(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
+    positive_flags(cfg, ("epochs", "batch_size", "size", "limit", "stop_after"))
     if cfg["workers"] < 0:
         raise ValueError(f"--workers must be >= 0, got {cfg['workers']}")
-    if not (math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
-        raise ValueError(f"--lr must be a positive number, got {cfg['lr']}")
+    positive("--lr", cfg["lr"], kind=float)
     if not (math.isfinite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0):
         raise ValueError(f"--weight-decay must be a number >= 0, got {cfg['weight_decay']}")
     if cfg["batch_size"] < 2:
@@ -251,9 +249,7 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
     if args.data_dir:
         cfg["data_dir"] = args.data_dir
     if args.limit is not None:
-        if args.limit <= 0:
-            raise ValueError(f"--limit must be positive, got {args.limit}")
-        cfg["limit"] = args.limit
+        cfg["limit"] = positive("--limit", args.limit)
     cfg["workers"] = args.workers or cfg["workers"]
     loader = _test_loader(cfg, DistInfo(), device, cfg.get("batch_size", 8))
     classes = DATASETS[cfg["dataset"]]["classes"]
