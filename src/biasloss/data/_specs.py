@@ -1,16 +1,17 @@
-"""What each dataset is (classes, channels, resolution, normalisation) and what augmentation a recipe asks for."""
+"""What a dataset is (classes, channels, resolution, normalisation, how it is read) and what
+augmentation a recipe asks for. The datasets themselves are :data:`biasloss.data.DATASETS`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "AugmentConfig",
-    "DATASETS",
     "DatasetCorruptError",
     "DatasetNotFoundError",
     "DatasetSpec",
-    "get_dataset_spec",
 ]
 
 
@@ -29,6 +30,9 @@ class DatasetSpec:
     ``image_size`` is the train/eval resolution fed to the model (digits are stored at 8 px and
     resized to 32 px once at load time). ``in_memory`` selects the uint8-tensor-on-device path;
     ``small_input`` asks the model for its small-input (stride 8) stem (True for <= 64 px).
+    ``recipe`` names the training recipe it gets without ``--recipe``. ``read(data_dir, *,
+    download)`` reads it: an in-memory dataset's ``ArrayData``, a folder dataset's ``(train, test,
+    classes)`` (map-style datasets of ``(PIL image, label)`` and the class names).
     """
 
     name: str
@@ -39,6 +43,8 @@ class DatasetSpec:
     std: tuple[float, ...]
     in_memory: bool
     small_input: bool
+    recipe: str
+    read: Callable[..., Any] = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -69,32 +75,3 @@ class AugmentConfig:
     @property
     def enabled(self) -> bool:
         return self.crop_padding > 0 or self.hflip or self.rotation > 0 or self.random_resized_crop
-
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-DATASETS: dict[str, DatasetSpec] = {
-    # Statistics of the 60,000 training images (computed from the Debian package's files).
-    "fashion-mnist": DatasetSpec("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), True, True),
-    # scikit-learn's 8x8 digits, resized once to 32x32 (bilinear) so that stride-8 models see a
-    # 4x4 map; statistics of all 1,797 resized images.
-    "digits": DatasetSpec("digits", 10, 1, 32, (0.3052,), (0.3236,), True, True),
-    "cifar10": DatasetSpec(
-        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True, True
-    ),
-    # Normalisation as in the paper's CIFAR-100 recipe (SPEC section 3).
-    "cifar100": DatasetSpec(
-        "cifar100", 100, 3, 32, (0.507, 0.4865, 0.4409), (0.2673, 0.2564, 0.2761), True, True
-    ),
-    "imagenet": DatasetSpec("imagenet", 1000, 3, 224, _IMAGENET_MEAN, _IMAGENET_STD, False, False),
-    # Fine-tuned from ImageNet weights (SPEC section 3): ImageNet statistics.
-    "food101": DatasetSpec("food101", 101, 3, 224, _IMAGENET_MEAN, _IMAGENET_STD, False, False),
-}
-
-
-def get_dataset_spec(name: str) -> DatasetSpec:
-    """The :class:`DatasetSpec` registered under ``name``; ``ValueError`` listing the known names otherwise."""
-    if not isinstance(name, str) or name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    return DATASETS[name]

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from biasloss.data import AugmentConfig
+from biasloss._checks import positive
+from biasloss.data import AugmentConfig, get_dataset_spec
 
 __all__ = ["RECIPES", "Recipe", "build_optimizer", "build_scheduler", "default_recipe", "get_recipe"]
 
@@ -55,11 +56,8 @@ class Recipe:
             raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in _SCHEDULES:
             raise ValueError(f"schedule must be one of {_SCHEDULES}, got {self.schedule!r}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("epochs", "batch_size", "lr"):
+            positive(name, getattr(self, name))
 
     def override(self, **changes) -> Recipe:
         """A copy with the given fields changed (``None`` values are ignored)."""
@@ -163,18 +161,8 @@ RECIPES: dict[str, Recipe] = {
     )
 }
 
-#: The recipe each dataset trains with when ``--recipe`` is not given.
-_DEFAULT_FOR_DATASET = {
-    "fashion-mnist": "fashion-mnist",
-    "digits": "digits",
-    "cifar10": "cifar100",
-    "cifar100": "cifar100",
-    "imagenet": "imagenet",
-    "food101": "food101",
-}
-
-
 def get_recipe(name: str) -> Recipe:
+    """The recipe named ``name``; ``ValueError`` listing the known ones otherwise."""
     try:
         return RECIPES[name]
     except KeyError:
@@ -182,7 +170,8 @@ def get_recipe(name: str) -> Recipe:
 
 
 def default_recipe(dataset: str) -> Recipe:
-    return get_recipe(_DEFAULT_FOR_DATASET.get(dataset, "cifar100"))
+    """The recipe ``dataset`` trains with when none is named (its :class:`~biasloss.data.DatasetSpec`'s)."""
+    return get_recipe(get_dataset_spec(dataset).recipe)
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
