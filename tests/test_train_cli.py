@@ -303,3 +303,72 @@ def test_torchrun_two_cpu_processes(tmp_path, capsys, torchrun):
     assert (single["top1"], single["top5"]) == (line["val_top1"], line["val_top5"])
     ckpt = load_checkpoint(out / "last.pt")
     assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the typed config and the registries behind the command
+# ---------------------------------------------------------------------------------------------
+
+
+def test_train_flags_are_the_train_config_fields():
+    from biasloss.cli import build_parser
+    from biasloss.train.runner import TrainConfig
+
+    args = vars(build_parser().parse_args(["train"]))
+    assert set(args) - {"command", "func"} == {f.name for f in dataclasses.fields(TrainConfig)}
+    # unset flags are the config's "not given"
+    assert {k: v for k, v in args.items() if k not in ("command", "func")} == dataclasses.asdict(TrainConfig())
+
+
+def test_run_train_takes_a_train_config_and_leaves_it_as_given(tmp_path):
+    import argparse
+
+    from biasloss.train.runner import TrainConfig, run_train
+
+    with pytest.raises(TypeError, match="TrainConfig"):
+        run_train(argparse.Namespace(resume=None))
+    config = TrainConfig(dataset="digits", model="skipblocknet_xs", epochs=1, batch_size=32, limit=32,
+                         progress=False, device="cpu", out=str(tmp_path / "run"))
+    before = dataclasses.replace(config)
+    run_train(config)
+    assert config == before  # resolved on a copy: alpha, seed, recipe ... are still None here
+    args = load_checkpoint(tmp_path / "run" / "last.pt")["args"]
+    assert (args["recipe"], args["loss"], args["alpha"], args["clamp"]) == ("digits", "bias", 0.3, [0.5, 1.5])
+
+
+def test_trained_with_takes_the_recipe_and_the_defaults():
+    from biasloss.train.runner import resume_conflict, trained_with
+
+    # an older checkpoint: batch size left to the recipe, no gamma or limit recorded, a tuple clamp
+    ckpt = {"args": {"dataset": "digits", "model": "skipblocknet_xs", "loss": "focal", "batch_size": None,
+                     "clamp": (0.5, 1.5)},
+            "recipe": {"name": "digits", "batch_size": 64, "epochs": 5, "gamma": 0.1}}
+    have = trained_with(ckpt)
+    assert (have["batch_size"], have["epochs"], have["clamp"], have["limit"]) == (64, 5, [0.5, 1.5], None)
+    assert have["gamma"] == 2.0  # focal's default, not the recipe's learning-rate gamma
+    assert resume_conflict(have, {"batch_size": 64, "clamp": [0.5, 1.5]}) is None
+    assert resume_conflict(have, {"batch_size": 64, "limit": 32}) == "--limit None, not 32"
+
+
+def test_a_loss_added_to_the_registry_reaches_the_command_and_the_trainer(monkeypatch):
+    from biasloss.cli import build_parser
+    from biasloss.losses import LOSSES, FocalLoss, LossSpec
+    from biasloss.train.distributed import DistInfo
+    from biasloss.train.recipes import get_recipe
+    from biasloss.train.runner import TrainConfig, _build_loss
+
+    monkeypatch.setitem(LOSSES, "focal3", LossSpec(FocalLoss, {"gamma": 3.0}))
+    args = build_parser().parse_args(["train", "--loss", "focal3", "--gamma", "1.5"])
+    assert args.loss == "focal3"
+    criterion = _build_loss(TrainConfig(loss="focal3", gamma=1.5), get_recipe("digits"), DistInfo())
+    assert isinstance(criterion, FocalLoss) and criterion.gamma == 1.5
+
+
+def test_each_dataset_names_its_default_recipe():
+    from biasloss.data import DATASETS
+    from biasloss.train.recipes import RECIPES, default_recipe
+
+    assert {name: default_recipe(name).name for name in DATASETS} == {
+        "fashion-mnist": "fashion-mnist", "digits": "digits", "cifar10": "cifar100", "cifar100": "cifar100",
+        "imagenet": "imagenet", "food101": "food101"}
+    assert all(spec.recipe in RECIPES for spec in DATASETS.values())

@@ -13,23 +13,28 @@ import os
 import sys
 from collections.abc import Sequence
 
-from biasloss._checks import one_line
+from biasloss._checks import one_line, positive
 
 __all__ = ["build_parser", "main"]
 
 
 def _add_train(sub) -> None:
+    from biasloss.data import DATASETS
+    from biasloss.losses import LOSSES
+    from biasloss.train.recipes import RECIPES
+    from biasloss.train.runner import DEFAULTS
+
     p = sub.add_parser("train", help="train a classifier with cross-entropy, focal loss or the Bias Loss",
                        description="Train a classifier; without flags: SkipblockNet-XS with the Bias Loss on "
                                    "Fashion-MNIST, the default recipe (2 epochs, about 7 minutes on a 2-core CPU).")
-    p.add_argument("--dataset", help="fashion-mnist (default), digits, cifar10, cifar100, imagenet, food101")
+    p.add_argument("--dataset", help=", ".join(f"{name} (default)" if name == DEFAULTS["dataset"] else name
+                                               for name in DATASETS))
     p.add_argument("--data-dir", help="where the dataset lives (default: standard places per dataset)")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
     p.add_argument("--model", help="skipblocknet_xs/s/m/l, cifar_* zoo, any timm name, or torchvision.<name> "
                                    "(default: the recipe's)")
-    p.add_argument("--loss", choices=("ce", "focal", "bias"), help="default: bias")
-    p.add_argument("--recipe", help="fashion-mnist, digits, cifar100, cifar100-authors, imagenet, food101 "
-                                    "(default: the dataset's)")
+    p.add_argument("--loss", choices=tuple(LOSSES), help=f"default: {DEFAULTS['loss']}")
+    p.add_argument("--recipe", help=f"{', '.join(RECIPES)} (default: the dataset's)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="per process")
     p.add_argument("--eval-batch-size", type=int)
@@ -115,17 +120,18 @@ def _export(args) -> int:
 
 
 def _train(args) -> int:
-    from biasloss.train.runner import run_train
+    from dataclasses import fields
 
-    run_train(args)
+    from biasloss.train.runner import TrainConfig, run_train
+
+    run_train(TrainConfig(**{field.name: getattr(args, field.name) for field in fields(TrainConfig)}))
     return 0
 
 
 def _eval(args) -> int:
     from biasloss.train.runner import run_eval
 
-    if args.batch_size is not None and args.batch_size <= 0:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    positive("--batch-size", args.batch_size)
     result = run_eval(args)
     if args.json:
         print(json.dumps(result))

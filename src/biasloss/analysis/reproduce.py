@@ -5,7 +5,8 @@ five compact models x cross-entropy, focal loss and Bias Loss) and Table 3 (Imag
 MobileNetV3-Large and SkipblockNet-M, cross-entropy against Bias Loss).
 
 A grid is models x losses x seeds. Every run goes through the trainer (``biasloss train``'s
-:func:`~biasloss.train.runner.run_train`, in this process, one after another) into
+:func:`~biasloss.train.runner.run_train`, given a :class:`~biasloss.train.runner.TrainConfig`, in
+this process, one after another) into
 ``<out>/runs/<model>-<loss>-s<seed>/``, so each run is an ordinary run directory (``metrics.jsonl``,
 ``last.pt``, ``best.pt``) that ``biasloss eval``, ``variance`` and ``plot curves`` understand.
 
@@ -50,11 +51,15 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from biasloss._checks import positive_flags
 from biasloss._io import atomic_write_text, writable_dir
+from biasloss.losses import LOSSES as LOSS_SPECS
+from biasloss.train import runner
+from biasloss.train.runner import DEFAULTS, TrainConfig, resume_conflict, trained_with
 
 __all__ = [
     "GRIDS",
@@ -75,11 +80,16 @@ __all__ = [
     "t_quantile_975",
 ]
 
-LOSSES = ("ce", "focal", "bias")
-#: loss options a grid can set, with the trainer's defaults
-LOSS_OPTIONS: dict[str, Any] = {"alpha": 0.3, "beta": 0.3, "scaling": "batch", "clamp": [0.5, 1.5], "gamma": 2.0,
-                                "label_smoothing": None}
-LOSS_NAMES = {"ce": "CE", "focal": "focal", "bias": "bias"}
+#: every loss of the registry (:data:`biasloss.losses.LOSSES`); Table 4 compares the paper's three
+LOSSES = tuple(LOSS_SPECS)
+PAPER_LOSSES = ("ce", "focal", "bias")
+#: loss options a grid can set: the losses' own (in the command's order) with the trainer's
+#: defaults, and the label smoothing (default: the recipe's)
+LOSS_OPTIONS: dict[str, Any] = {
+    **{f.name: DEFAULTS[f.name] for f in fields(TrainConfig) if any(f.name in spec.options for spec in LOSS_SPECS.values())},
+    "label_smoothing": None,
+}
+LOSS_NAMES = {loss: "CE" if loss == "ce" else loss for loss in LOSSES}
 METRIC = ("val_top1 (top-1 % on the test split, the trainer's evaluation weights) of the last epoch in each "
           "run's metrics.jsonl")
 
@@ -134,7 +144,7 @@ class GridSpec:
 
 GRIDS: dict[str, GridSpec] = {
     "table4": GridSpec("cifar100", ("cifar_shufflenetv2", "cifar_mobilenetv2_075", "cifar_nasnet_a",
-                                    "cifar_squeezenet", "cifar_densenet_k12"), LOSSES, "cifar100"),
+                                    "cifar_squeezenet", "cifar_densenet_k12"), PAPER_LOSSES, "cifar100"),
     "table3": GridSpec("imagenet", ("mobilenetv3_large_100", "skipblocknet_m"), ("ce", "bias"), "imagenet"),
     "grid": GridSpec(None, ("skipblocknet_xs",), LOSSES, None),
     "ablation": GridSpec(None, ("skipblocknet_xs",), ("ce", "bias"), None),
@@ -273,26 +283,32 @@ class _Settings:
         """The loss options this grid sets (the others are the trainer's defaults)."""
         return {k: getattr(self, k) for k in LOSS_OPTIONS if getattr(self, k) is not None}
 
-    def train_argv(self, run: Run) -> list[str]:
-        argv = ["train", "--dataset", self.dataset, "--model", run.model, "--loss", run.loss,
-                "--seed", str(run.seed), "--recipe", self.recipe, "--epochs", str(self.epochs),
-                "--out", str(run.dir)]
-        for flag, value in (("--batch-size", self.batch_size), ("--limit", self.limit),
-                            ("--data-dir", self.data_dir), ("--device", self.device),
-                            ("--workers", self.workers)):
-            if value is not None:
-                argv += [flag, str(value)]
-        for key, value in self.loss_options().items():
-            flag = "--" + key.replace("_", "-")
-            if key == "clamp":
-                argv += ["--no-clamp"] if value == "none" else [flag, *map(str, value)]
-            else:
-                argv += [flag, str(value)]
-        if self.progress is False:
-            argv.append("--no-progress")
-        if run.status == "resume":
-            argv += ["--resume", str(run.dir / "last.pt")]
-        return argv
+    def train_config(self, run: Run) -> TrainConfig:
+        """What the trainer trains ``run`` with (resuming it when it has begun)."""
+        return TrainConfig(dataset=self.dataset, model=run.model, loss=run.loss, seed=run.seed, recipe=self.recipe,
+                           epochs=self.epochs, out=str(run.dir), batch_size=self.batch_size, limit=self.limit,
+                           data_dir=self.data_dir, device=self.device, workers=self.workers,
+                           progress=self.progress, resume=str(run.dir / "last.pt") if run.status == "resume" else None,
+                           **self.loss_options())
+
+
+def _command(config: TrainConfig) -> str:
+    """``biasloss train ...``: the command that trains ``config``, its options in a grid's order."""
+    import shlex
+
+    argv = ["train"]
+    for key in ("dataset", "model", "loss", "seed", "recipe", "epochs", "out", "batch_size", "limit", "data_dir",
+                "device", "workers", *LOSS_OPTIONS, "progress", "resume"):
+        value, flag = getattr(config, key), "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if key == "clamp":
+            argv += ["--no-clamp"] if value == "none" else [flag, *map(str, value)]
+        elif key == "progress":
+            argv += [] if value else ["--no-progress"]
+        else:
+            argv += [flag, str(value)]
+    return "biasloss " + " ".join(shlex.quote(a) for a in argv)
 
 
 def read_run(run_dir: Path, planned_epochs: int) -> dict[str, Any] | None:
@@ -309,19 +325,6 @@ def read_run(run_dir: Path, planned_epochs: int) -> dict[str, Any] | None:
             "best_top1": max(float(line["val_top1"]) for line in lines if "val_top1" in line)}
 
 
-def _check_identity(run: Run, ckpt: Mapping[str, Any], settings: _Settings) -> None:
-    """Refuse a run directory trained with other settings than the grid's (effective values: a
-    setting left to the recipe is compared with the recipe's value)."""
-    saved, recipe = ckpt.get("args") or {}, ckpt.get("recipe") or {}
-    wanted = _identity(run, settings)
-    have = {key: saved.get(key) for key in wanted}
-    have["batch_size"] = saved.get("batch_size") or recipe.get("batch_size")
-    have["epochs"] = recipe.get("epochs", saved.get("epochs"))  # the schedule it was planned with
-    for key, default in LOSS_OPTIONS.items():  # runs from before an option existed had its default
-        have[key] = saved.get(key) if saved.get(key) is not None else recipe.get(key, default)
-    _compare_identity(str(run.dir), have, wanted)
-
-
 def _identity(run: Run, settings: _Settings) -> dict[str, Any]:
     """What a run must have been trained with to count as this grid's run (effective values)."""
     from biasloss.train.recipes import get_recipe
@@ -336,15 +339,12 @@ def _identity(run: Run, settings: _Settings) -> dict[str, Any]:
     return wanted
 
 
-def _compare_identity(where: str, have: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
-    for key, given in wanted.items():
-        value = have.get(key)
-        if isinstance(value, tuple):
-            value = list(value)
-        if value != given and not (key == "epochs" and value is None):
-            flag = key.replace("_", "-")
-            raise ValueError(f"{where} was trained with --{flag} {value}, not {given}: "
-                             f"use another --out, or delete that run")
+def _check_identity(where: Path, have: Mapping[str, Any], run: Run, settings: _Settings) -> None:
+    """Refuse a run directory or record trained with other settings than the grid's: ``have`` is
+    what it was trained with (:func:`~biasloss.train.runner.trained_with`, a record's identity)."""
+    conflict = resume_conflict(have, _identity(run, settings))
+    if conflict:
+        raise ValueError(f"{where} was trained with {conflict}: use another --out, or delete that run")
 
 
 def _inspect(run: Run, settings: _Settings, out: Path) -> None:
@@ -359,13 +359,13 @@ def _inspect(run: Run, settings: _Settings, out: Path) -> None:
         if record is None:
             run.status = "new"
             return
-        _compare_identity(str(_record_path(run, out)), record["identity"], _identity(run, settings))
+        _check_identity(_record_path(run, out), record["identity"], run, settings)
         run.status, run.epochs_done = "finished", settings.epochs
         run.final_top1, run.final_top5, run.best_top1 = (record["final_top1"], record["final_top5"],
                                                          record["best_top1"])
         return
     ckpt = load_checkpoint(last)
-    _check_identity(run, ckpt, settings)
+    _check_identity(run.dir, trained_with(ckpt), run, settings)
     epoch, step = int(ckpt["epoch"]), int(ckpt.get("step") or 0)
     run.epochs_done = epoch
     if epoch < settings.epochs or step:
@@ -420,7 +420,6 @@ def _write_record(run: Run, settings: _Settings, out: Path) -> None:
     """``<out>/records/<run>.json``: the command that trains the run, the versions, the seed,
     final and best top-1, and every ``metrics.jsonl`` line up to the planned last epoch."""
     import platform
-    import shlex
 
     import torch
 
@@ -440,7 +439,7 @@ def _write_record(run: Run, settings: _Settings, out: Path) -> None:
     fresh = Run(run.model, run.loss, run.seed, run_dir)
     record = {
         "name": run.name,
-        "command": "biasloss " + " ".join(shlex.quote(a) for a in settings.train_argv(fresh)),
+        "command": _command(settings.train_config(fresh)),
         "identity": _identity(run, settings),
         "seed": run.seed,
         "final_top1": run.final_top1,
@@ -722,9 +721,7 @@ def _write_results(runs: Sequence[Run], settings: _Settings, out: Path) -> dict[
 def run_grid(settings: _Settings, out: Path, *, dry_run: bool = False) -> dict[str, Any] | None:
     """Train every unfinished run, then write ``results.md``/``results.json``; returns the results
     (``None`` for a dry run, which only prints the plan)."""
-    from biasloss.cli import build_parser
     from biasloss.train.checkpoint import CheckpointError
-    from biasloss.train.runner import run_train
 
     runs = plan_grid(settings, out)
     todo = [r for r in runs if r.status != "finished"]
@@ -738,16 +735,14 @@ def run_grid(settings: _Settings, out: Path, *, dry_run: bool = False) -> dict[s
                     "finished": f"finished, top-1 {run.final_top1:.2f}" if run.final_top1 is not None else ""}
             print(f"[{i}/{len(runs)}] {run.name}: {what[run.status]}")
         return None
-    parser = build_parser()
     for i, run in enumerate(runs, 1):
         if run.status == "finished":
             print(f"[{i}/{len(runs)}] {run.name}: finished (top-1 {run.final_top1:.2f}), skipped", flush=True)
             continue
         how = "resuming at epoch " + str(run.epochs_done) if run.status == "resume" else "training"
         print(f"[{i}/{len(runs)}] {run.name}: {how}", flush=True)
-        args = parser.parse_args(settings.train_argv(run))
         try:
-            run_train(args)
+            runner.run_train(settings.train_config(run))
         except CheckpointError as e:
             raise CheckpointError(f"{run.name}: {str(e).splitlines()[0]}") from None
         _inspect(run, settings, out)
@@ -875,17 +870,14 @@ def settings_from_args(args: argparse.Namespace) -> _Settings:
     from biasloss.train.recipes import default_recipe, get_recipe
 
     grid = GRIDS[args.grid]
-    for name in ("epochs", "batch_size", "limit", "num_seeds", "workers"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    positive_flags(vars(args), ("epochs", "batch_size", "limit", "num_seeds", "workers"))
     if args.seeds is not None and args.num_seeds is not None:
         raise ValueError("give --seeds or --num-seeds, not both")
     seeds = args.seeds if args.seeds is not None else list(range(args.num_seeds or 3))
     if any(s < 0 for s in seeds):
         raise ValueError(f"--seeds must be >= 0, got {' '.join(map(str, seeds))}")
     seeds = _unique(seeds, "--seeds")
-    dataset = args.dataset or grid.dataset or "fashion-mnist"
+    dataset = args.dataset or grid.dataset or DEFAULTS["dataset"]
     get_dataset_spec(dataset)
     recipe = get_recipe(args.recipe) if args.recipe else (
         get_recipe(grid.recipe) if grid.recipe else default_recipe(dataset))
@@ -946,7 +938,8 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--models", nargs="+", metavar="MODEL",
                    help="model names (table4 also takes the zoo's short names: shufflenetv2 ...)")
-    p.add_argument("--losses", nargs="+", choices=LOSSES, metavar="LOSS", help="ce focal bias (default: the table's)")
+    p.add_argument("--losses", nargs="+", choices=LOSSES, metavar="LOSS",
+                   help=f"{' '.join(LOSSES)} (default: the table's)")
     p.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds (default 0 1 2)")
     p.add_argument("--num-seeds", type=int, metavar="N", help="seeds 0..N-1")
     p.add_argument("--epochs", type=int, help="default: the recipe's (200 for cifar100, 350 for imagenet)")

@@ -1,10 +1,16 @@
 """Losses sharing one call signature, ``criterion(logits, target, features)``.
 
 ``create_loss("ce" | "focal" | "bias", **kwargs)`` picks one by name, so a trainer can switch
-among the paper's three losses without knowing which it runs.
+among the paper's three losses without knowing which it runs. :data:`LOSSES` is the one table of
+them: the trainer's ``--loss`` choices, the options each takes and ``reproduce``'s losses come
+from it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -17,6 +23,7 @@ __all__ = [
     "CrossEntropyLoss",
     "FocalLoss",
     "LOSSES",
+    "LossSpec",
     "bias_loss",
     "bias_weights",
     "check_clamp",
@@ -29,11 +36,22 @@ __all__ = [
     "weight_function",
 ]
 
-#: Loss names accepted by :func:`create_loss` (and the CLI's ``--loss``).
-LOSSES: dict[str, type[nn.Module]] = {
-    "ce": CrossEntropyLoss,
-    "focal": FocalLoss,
-    "bias": BiasLoss,
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss of :data:`LOSSES`: its module, and the options of ``biasloss train`` it takes (by
+    their names there: ``--alpha`` is ``alpha``) with their defaults, in the command's form (the
+    clamp as ``[low, high]`` or ``"none"``, see :func:`clamp_option`)."""
+
+    cls: type[nn.Module]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: The losses by name: :func:`create_loss`'s names and ``biasloss train --loss``'s choices.
+LOSSES: dict[str, LossSpec] = {
+    "ce": LossSpec(CrossEntropyLoss),
+    "focal": LossSpec(FocalLoss, {"gamma": 2.0}),
+    "bias": LossSpec(BiasLoss, {"alpha": 0.3, "beta": 0.3, "scaling": "batch", "clamp": [0.5, 1.5]}),
 }
 
 
@@ -44,10 +62,10 @@ def create_loss(name: str, **kwargs) -> nn.Module:
     Bias Loss reads ``features``. ``kwargs`` go to the loss's constructor.
     """
     try:
-        cls = LOSSES[name]
+        spec = LOSSES[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}") from None
-    return cls(**kwargs)
+    return spec.cls(**kwargs)
 
 
 def needs_features(criterion: nn.Module) -> bool:

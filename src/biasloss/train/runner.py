@@ -1,18 +1,21 @@
 """``biasloss train`` and ``biasloss eval``: the training run around the engine.
 
-In the manner of torchvision's reference scripts: a run is described by its arguments, builds
-data, model, loss, optimizer, schedule and EMA from them, trains epoch by epoch, evaluates on the
-test split, appends one JSON line per epoch to ``metrics.jsonl`` and writes ``last.pt`` and
-``best.pt`` atomically. Everything random is a function of ``(seed, epoch, step)``, so ``--resume``
-continues exactly, even from a checkpoint written by Ctrl-C or SIGTERM in the middle of an epoch.
+In the manner of torchvision's reference scripts: a run is described by a :class:`TrainConfig`
+(the command's options), builds data, model, loss, optimizer, schedule and EMA from it, trains
+epoch by epoch, evaluates on the test split, appends one JSON line per epoch to ``metrics.jsonl``
+and writes ``last.pt`` and ``best.pt`` atomically. Everything random is a function of
+``(seed, epoch, step)``, so ``--resume`` continues exactly, even from a checkpoint written by
+Ctrl-C or SIGTERM in the middle of an epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import biasloss
+from biasloss._checks import positive, positive_flags
 from biasloss.data import build_loaders, get_dataset_spec
 from biasloss.features import FeatureTap
-from biasloss.losses import clamp_option, create_loss, needs_features
+from biasloss.losses import LOSSES, clamp_option, create_loss, needs_features
 from biasloss.models import create_model, list_models, load_pretrained
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
 from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed
@@ -31,8 +35,58 @@ from biasloss.train.engine import ClassifierObjective, ModelWithFeatures, evalua
 from biasloss.train.loop import Run, autocast_dtype, next_free_dir, open_run_dir, train_task
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler, default_recipe, get_recipe
 
-__all__ = ["build_model", "model_from_checkpoint", "run_eval", "run_train"]
+__all__ = ["DEFAULTS", "IDENTITY_ARGS", "TrainConfig", "build_model", "model_from_checkpoint", "resume_conflict",
+           "run_eval", "run_train", "trained_with"]
 
+
+@dataclasses.dataclass
+class TrainConfig:
+    """What ``biasloss train`` trains: one field per option of the command (``--batch-size`` is
+    ``batch_size``). ``None`` is "not given": resuming, the checkpoint's value; otherwise the
+    recipe's (``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``label_smoothing``,
+    ``model``) or :data:`DEFAULTS`. ``clamp`` is ``[low, high]``, or ``"none"`` for no clamp."""
+
+    dataset: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    model: str | None = None
+    loss: str | None = None
+    recipe: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    eval_batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    label_smoothing: float | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    scaling: str | None = None
+    clamp: list[float] | str | None = None
+    gamma: float | None = None
+    no_loss_sync: bool = False
+    seed: int | None = None
+    out: str | None = None
+    init: str | None = None
+    resume: str | None = None
+    stop_after: int | None = None
+    limit: int | None = None
+    device: str | None = None
+    workers: int | None = None
+    progress: bool | None = None
+    amp: str | None = None
+    channels_last: bool | None = None
+    compile: bool = False
+
+
+#: What an option left unset trains with (the model is the recipe's); every loss's own options
+#: (:data:`biasloss.losses.LOSSES`) are set, whichever loss a run trains.
+DEFAULTS: dict[str, Any] = {
+    "dataset": "fashion-mnist", "loss": "bias", "seed": 0,
+    **{key: value for spec in LOSSES.values() for key, value in spec.options.items()},
+    "amp": "auto", "channels_last": True,
+}
+#: Options whose default is the recipe's; the recipe a checkpoint saves holds their values.
+RECIPE_ARGS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "model")
 #: Arguments that define what is trained; a resume must not change them.
 IDENTITY_ARGS = ("dataset", "model", "loss", "recipe", "seed", "alpha", "beta", "scaling", "clamp", "gamma",
                  "limit", "batch_size", "lr", "weight_decay", "label_smoothing")
@@ -43,52 +97,67 @@ def _log(info: DistInfo, message: str) -> None:
         print(message, flush=True)
 
 
-def _resolve(args, ckpt: dict[str, Any] | None) -> None:
-    """Fill unset arguments from the checkpoint being resumed (or the defaults), and refuse a
-    resume that would change what is trained."""
+def trained_with(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """What a training checkpoint trained: the value of each of :data:`IDENTITY_ARGS` and of
+    ``epochs`` (the schedule it was planned with) it ran with. An option left to the recipe has
+    the recipe's value, one the checkpoint predates its :data:`DEFAULTS` value; ``None`` where
+    neither says (``limit``: all the data)."""
+    args, recipe = ckpt.get("args") or {}, ckpt.get("recipe") or {}
+    have: dict[str, Any] = {}
+    for key in (*IDENTITY_ARGS, "epochs"):
+        value = args.get(key)
+        if value is None and key in RECIPE_ARGS:
+            value = recipe.get(key)
+        if value is None:
+            value = DEFAULTS.get(key)
+        have[key] = list(value) if isinstance(value, tuple) else value
+    return have
+
+
+def resume_conflict(have: Mapping[str, Any], wanted: Mapping[str, Any]) -> str | None:
+    """The first setting of ``wanted`` that ``have`` (:func:`trained_with`) differs in, as
+    ``"--lr 0.1, not 0.2"`` (the value trained with first); ``None`` when they agree."""
+    for key, given in wanted.items():
+        value = have.get(key)
+        if value != given:
+            return f"--{key.replace('_', '-')} {value}, not {given}"
+    return None
+
+
+def _resolve(config: TrainConfig, ckpt: dict[str, Any] | None) -> TrainConfig:
+    """``config`` with unset options from the checkpoint being resumed (or the defaults); refuses
+    a resume that would change what is trained, and bad values."""
+    config = copy.deepcopy(config)
     if ckpt is not None:
-        ckpt_args, ckpt_recipe = ckpt["args"], ckpt.get("recipe") or {}
-        for key in IDENTITY_ARGS:
-            given, saved = getattr(args, key, None), ckpt_args.get(key)
-            if saved is None:  # the recipe's value was used
-                saved = ckpt_recipe.get(key)
-            if given is not None and saved is not None and given != saved:
-                raise CheckpointError(
-                    f"cannot resume: the checkpoint was trained with --{key.replace('_', '-')} {saved}, "
-                    f"not {given}"
-                )
-        for key, saved in ckpt_args.items():
-            if getattr(args, key, None) is None and key not in ("resume", "out", "stop_after"):
-                setattr(args, key, saved)
-        if args.out is None:
-            args.out = str(Path(args.resume).parent)
-    if args.dataset is None:
-        args.dataset = "fashion-mnist"
-    get_dataset_spec(args.dataset)
-    recipe = get_recipe(args.recipe) if args.recipe else default_recipe(args.dataset)
-    args.recipe = recipe.name
+        have = trained_with(ckpt)
+        given = {key: getattr(config, key) for key in IDENTITY_ARGS}
+        conflict = resume_conflict(have, {k: v for k, v in given.items() if v is not None and have[k] is not None})
+        if conflict:
+            raise CheckpointError(f"cannot resume: the checkpoint was trained with {conflict}")
+        for field in dataclasses.fields(TrainConfig):
+            saved = ckpt["args"].get(field.name)
+            if getattr(config, field.name) is None and field.name not in ("resume", "out", "stop_after"):
+                setattr(config, field.name, copy.deepcopy(saved))
+        if config.out is None:
+            config.out = str(Path(config.resume).parent)
+    if config.dataset is None:
+        config.dataset = DEFAULTS["dataset"]
+    get_dataset_spec(config.dataset)
+    recipe = get_recipe(config.recipe) if config.recipe else default_recipe(config.dataset)
+    config.recipe = recipe.name
     # resumed runs keep their precision and memory format unless told otherwise
-    defaults = {"loss": "bias", "seed": 0, "alpha": 0.3, "beta": 0.3, "scaling": "batch", "clamp": [0.5, 1.5],
-                "gamma": 2.0,
-                "model": recipe.model, "amp": "auto", "channels_last": True}
-    for key, value in defaults.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    for name in ("epochs", "batch_size", "workers", "stop_after", "limit"):
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
-        raise ValueError(f"--lr must be a positive number, got {args.lr}")
-    if args.weight_decay is not None and not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
-        raise ValueError(f"--weight-decay must be a number >= 0, got {args.weight_decay}")
+    for key, value in (DEFAULTS | {"model": recipe.model}).items():
+        if getattr(config, key) is None:
+            setattr(config, key, copy.deepcopy(value))
+    positive_flags(vars(config), ("epochs", "batch_size", "workers", "stop_after", "limit"))
+    positive("--lr", config.lr, kind=float)
+    if config.weight_decay is not None and not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise ValueError(f"--weight-decay must be a number >= 0, got {config.weight_decay}")
+    return config
 
 
-def _recipe(args) -> Recipe:
-    return get_recipe(args.recipe).override(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, model=args.model,
-    )
+def _recipe(config: TrainConfig) -> Recipe:
+    return get_recipe(config.recipe).override(**{key: getattr(config, key) for key in RECIPE_ARGS})
 
 
 def build_model(args, spec, recipe: Recipe | None = None) -> nn.Module:
@@ -99,20 +168,19 @@ def build_model(args, spec, recipe: Recipe | None = None) -> nn.Module:
                          small_input=small_input)
     if recipe is not None and recipe.bn_momentum is not None:
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
                 m.momentum = recipe.bn_momentum
     return model
 
 
-def _build_loss(args, recipe: Recipe, info: DistInfo) -> nn.Module:
-    kwargs: dict[str, Any] = {"label_smoothing": recipe.label_smoothing}
-    if args.loss == "bias":
-        kwargs.update(alpha=args.alpha, beta=args.beta, scaling=args.scaling,
-                      clamp=clamp_option(getattr(args, "clamp", None)),
-                      sync=info.enabled and not args.no_loss_sync)
-    elif args.loss == "focal":
-        kwargs.update(gamma=args.gamma)
-    return create_loss(args.loss, **kwargs)
+def _build_loss(config: TrainConfig, recipe: Recipe, info: DistInfo) -> nn.Module:
+    """``config.loss`` with its own options (:data:`~biasloss.losses.LOSSES`) and the recipe's label smoothing."""
+    options = {key: getattr(config, key) for key in LOSSES[config.loss].options}
+    if "clamp" in options:
+        options["clamp"] = clamp_option(options["clamp"])
+    if config.loss == "bias":  # min-max scaling over the global batch under torchrun
+        options["sync"] = info.enabled and not config.no_loss_sync
+    return create_loss(config.loss, label_smoothing=recipe.label_smoothing, **options)
 
 
 def _features_net(model: nn.Module, criterion: nn.Module, spec, tap_layer: str | None = None) -> ModelWithFeatures:
@@ -123,50 +191,52 @@ def _features_net(model: nn.Module, criterion: nn.Module, spec, tap_layer: str |
     return ModelWithFeatures(model, tap, with_features=want)
 
 
-def _jsonable(args) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+def _jsonable(config: TrainConfig) -> dict[str, Any]:
+    return {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in dataclasses.asdict(config).items()}
 
 
-def _default_out(args) -> Path:
+def _default_out(config: TrainConfig) -> Path:
     """``runs/<dataset>-<model>-<loss>-s<seed>``, numbered past directories holding a run."""
-    return next_free_dir(Path("runs") / f"{args.dataset}-{args.model}-{args.loss}-s{args.seed}")
+    return next_free_dir(Path("runs") / f"{config.dataset}-{config.model}-{config.loss}-s{config.seed}")
 
 
-def run_train(args) -> dict[str, Any]:
-    """Train as ``args`` says; returns the last epoch's metrics."""
-    ckpt = load_checkpoint(args.resume) if args.resume else None
+def run_train(config: TrainConfig) -> dict[str, Any]:
+    """Train as ``config`` says; returns the last epoch's metrics."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"run_train takes a TrainConfig, got {type(config).__name__}")
+    ckpt = load_checkpoint(config.resume) if config.resume else None
     if ckpt is not None:
-        training_args(ckpt, args.resume)  # a checkpoint that does not say what it trained is not resumed
-    _resolve(args, ckpt)
-    return train_task(lambda info, device, cleanup: _build_run(args, info, device, ckpt, cleanup),
-                      device=args.device, ckpt=ckpt, resume_from=args.resume, stop_after=args.stop_after)
+        training_args(ckpt, config.resume)  # a checkpoint that does not say what it trained is not resumed
+    config = _resolve(config, ckpt)
+    return train_task(lambda info, device, cleanup: _build_run(config, info, device, ckpt, cleanup),
+                      device=config.device, ckpt=ckpt, resume_from=config.resume, stop_after=config.stop_after)
 
 
-def _build_run(args, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None,
+def _build_run(config: TrainConfig, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None,
                cleanup: contextlib.ExitStack) -> Run:
-    """The classification run ``args`` describe: data, model, loss, optimizer, schedule, EMA."""
-    spec = get_dataset_spec(args.dataset)
-    recipe = _recipe(args)
-    out = Path(args.out) if args.out else _default_out(args)
+    """The classification run a resolved ``config`` describes: data, model, loss, optimizer, schedule, EMA."""
+    spec = get_dataset_spec(config.dataset)
+    recipe = _recipe(config)
+    out = Path(config.out) if config.out else _default_out(config)
     if info.is_main:
-        open_run_dir(out, args.resume, cleanup)
-    torch.manual_seed(args.seed)
+        open_run_dir(out, config.resume, cleanup)
+    torch.manual_seed(config.seed)
     train_loader, val_loader, spec = build_loaders(
-        args.dataset, data_dir=args.data_dir, batch_size=recipe.batch_size,
-        eval_batch_size=args.eval_batch_size, device=device, augment=recipe.augment, seed=args.seed,
-        workers=args.workers or 4, drop_last=recipe.drop_last, rank=info.rank,
-        world_size=info.world_size, limit=args.limit,
+        config.dataset, data_dir=config.data_dir, batch_size=recipe.batch_size,
+        eval_batch_size=config.eval_batch_size, device=device, augment=recipe.augment, seed=config.seed,
+        workers=config.workers or 4, drop_last=recipe.drop_last, rank=info.rank,
+        world_size=info.world_size, limit=config.limit,
         # the default dataset falls back to torchvision's download where there is a network
-        download=args.download or args.dataset == "fashion-mnist",
+        download=config.download or config.dataset == DEFAULTS["dataset"],
     )
     cleanup.callback(train_loader.close)  # stop DataLoader workers when the run ends, however it ends
     cleanup.callback(val_loader.close)
-    model = build_model(args, spec, recipe)
-    if getattr(args, "init", None) and ckpt is None:  # a resume takes its weights from the checkpoint
-        _log(info, f"initialised with {load_pretrained(model, args.init).summary()}")
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = build_model(config, spec, recipe)
+    if config.init and ckpt is None:  # a resume takes its weights from the checkpoint
+        _log(info, f"initialised with {load_pretrained(model, config.init).summary()}")
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
-    criterion = _build_loss(args, recipe, info).to(device)
+    criterion = _build_loss(config, recipe, info).to(device)
     ema = None
     if recipe.ema_decay is not None:  # before any tap: hooks must not be deep-copied into it
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
@@ -177,19 +247,19 @@ def _build_run(args, info: DistInfo, device: torch.device, ckpt: dict[str, Any] 
     if info.enabled:
         train_net = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:
+    if config.compile:
         train_net = torch.compile(train_net)
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, recipe, len(train_loader))
-    amp_dtype = autocast_dtype(args.amp, device)
+    amp_dtype = autocast_dtype(config.amp, device)
     n_params = sum(p.numel() for p in model.parameters())
-    _log(info, f"biasloss {biasloss.__version__}: {args.model} ({n_params / 1e6:.2f}M params) on {args.dataset} "
+    _log(info, f"biasloss {biasloss.__version__}: {config.model} ({n_params / 1e6:.2f}M params) on {config.dataset} "
                f"[{train_loader.num_samples * info.world_size} train images], "
-               f"loss {args.loss}, recipe {recipe.name}, {recipe.epochs} epochs, batch {recipe.batch_size}"
+               f"loss {config.loss}, recipe {recipe.name}, {recipe.epochs} epochs, batch {recipe.batch_size}"
                f"{f' x {info.world_size} ranks' if info.enabled else ''}, device {device}, out {out}")
 
     def validate() -> dict[str, Any]:
-        val = evaluate(eval_net, criterion, val_loader, device=device, amp_dtype=amp_dtype, progress=args.progress)
+        val = evaluate(eval_net, criterion, val_loader, device=device, amp_dtype=amp_dtype, progress=config.progress)
         return {"val_loss": round(val.loss, 6), "val_top1": round(val.top1, 4), "val_top5": round(val.top5, 4)}
 
     return Run(
@@ -197,10 +267,10 @@ def _build_run(args, info: DistInfo, device: torch.device, ckpt: dict[str, Any] 
         objective=ClassifierObjective(criterion), criterion=criterion, optimizer=optimizer, scheduler=scheduler,
         train_loader=train_loader, validate=validate,
         describe=lambda m: f"val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f} top5 {m['val_top5']:.2f}",
-        score="val_top1", epochs=recipe.epochs, seed=args.seed, amp_dtype=amp_dtype,
+        score="val_top1", epochs=recipe.epochs, seed=config.seed, amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None, ema=ema,
-        progress=args.progress,
-        extra={"args": _jsonable(args),
+        progress=config.progress,
+        extra={"args": _jsonable(config),
                "num_classes": spec.num_classes,  # for folder datasets, the classes found in the data
                "recipe": dataclasses.asdict(recipe)},
     )
