@@ -10,8 +10,8 @@ import pytest
 
 from biasloss.analysis import reproduce
 from biasloss.analysis.reproduce import (
+    GridSettings,
     Run,
-    _Settings,
     aggregate,
     format_markdown,
     mean_std,
@@ -79,7 +79,7 @@ def test_t_quantiles():
 
 
 def test_markdown_has_paper_columns_for_table4(tmp_path):
-    settings = _Settings(command="table4", dataset="cifar100", models=["cifar_shufflenetv2", "cifar_resnet18"],
+    settings = GridSettings(command="table4", dataset="cifar100", models=["cifar_shufflenetv2", "cifar_resnet18"],
                          losses=["ce", "focal", "bias"], seeds=[0, 1, 2], recipe="cifar100", epochs=200)
     top1 = {"ce": [69.0, 70.0, 71.0], "focal": [69.5, 70.0, 70.5], "bias": [70.0, 71.5, 71.0]}
     runs = []

@@ -65,6 +65,7 @@ __all__ = [
     "GRIDS",
     "PAPER",
     "ABLATIONS",
+    "GridSettings",
     "GridSpec",
     "Run",
     "aggregate",
@@ -77,6 +78,7 @@ __all__ = [
     "register",
     "run_ablation",
     "run_grid",
+    "settings_from_args",
     "t_quantile_975",
 ]
 
@@ -254,8 +256,9 @@ class Run:
 
 
 @dataclass
-class _Settings:
-    """What every run of the grid is trained with (``None``: the trainer's default)."""
+class GridSettings:
+    """A grid (:func:`settings_from_args`): its runs, and what every run is trained with (``None``:
+    the trainer's default)."""
 
     command: str
     dataset: str
@@ -325,7 +328,7 @@ def read_run(run_dir: Path, planned_epochs: int) -> dict[str, Any] | None:
             "best_top1": max(float(line["val_top1"]) for line in lines if "val_top1" in line)}
 
 
-def _identity(run: Run, settings: _Settings) -> dict[str, Any]:
+def _identity(run: Run, settings: GridSettings) -> dict[str, Any]:
     """What a run must have been trained with to count as this grid's run (effective values)."""
     from biasloss.train.recipes import get_recipe
 
@@ -339,7 +342,7 @@ def _identity(run: Run, settings: _Settings) -> dict[str, Any]:
     return wanted
 
 
-def _check_identity(where: Path, have: Mapping[str, Any], run: Run, settings: _Settings) -> None:
+def _check_identity(where: Path, have: Mapping[str, Any], run: Run, settings: GridSettings) -> None:
     """Refuse a run directory or record trained with other settings than the grid's: ``have`` is
     what it was trained with (:func:`~biasloss.train.runner.trained_with`, a record's identity)."""
     conflict = resume_conflict(have, _identity(run, settings))
@@ -347,7 +350,7 @@ def _check_identity(where: Path, have: Mapping[str, Any], run: Run, settings: _S
         raise ValueError(f"{where} was trained with {conflict}: use another --out, or delete that run")
 
 
-def _inspect(run: Run, settings: _Settings, out: Path) -> None:
+def _inspect(run: Run, settings: GridSettings, out: Path) -> None:
     """Set ``run.status`` (new / resume / finished) and, when finished, its numbers: from the run
     directory when it is there, else from the run's record (``<out>/records/<run>.json``, what a
     published grid keeps once its run directories are gone)."""
@@ -385,7 +388,7 @@ def _inspect(run: Run, settings: _Settings, out: Path) -> None:
         _write_record(run, settings, out)
 
 
-def plan_grid(settings: _Settings, out: Path) -> list[Run]:
+def plan_grid(settings: GridSettings, out: Path) -> list[Run]:
     """Every run of the grid, in order (model, loss, seed), with its status."""
     runs = [Run(m, loss, s, out / "runs" / f"{m}-{loss}-s{s}")
             for m in settings.models for loss in settings.losses for s in settings.seeds]
@@ -416,7 +419,7 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return record
 
 
-def _write_record(run: Run, settings: _Settings, out: Path) -> None:
+def _write_record(run: Run, settings: GridSettings, out: Path) -> None:
     """``<out>/records/<run>.json``: the command that trains the run, the versions, the seed,
     final and best top-1, and every ``metrics.jsonl`` line up to the planned last epoch."""
     import platform
@@ -480,7 +483,7 @@ VARIANCE_LOSSES = ("ce", "bias")  # Table 5 compares these two
 VARIANCE_STATS = ("avg", "max", "min")
 
 
-def measure_variance(runs: Sequence[Run], settings: _Settings, out: Path) -> None:
+def measure_variance(runs: Sequence[Run], settings: GridSettings, out: Path) -> None:
     """Table 5's measurement (:func:`biasloss.analysis.variance.checkpoint_variance`: 5th, 20th and
     last conv layer, test split) of every finished CE and Bias Loss run's ``last.pt``, added to
     the run's record once. A run whose record has it already is skipped, and so is one without a
@@ -505,7 +508,7 @@ def measure_variance(runs: Sequence[Run], settings: _Settings, out: Path) -> Non
         print(f"{run.name}: feature variance measured on {result.samples} test images", flush=True)
 
 
-def variance_table(runs: Sequence[Run], settings: _Settings, out: Path) -> list[dict[str, Any]]:
+def variance_table(runs: Sequence[Run], settings: GridSettings, out: Path) -> list[dict[str, Any]]:
     """Rows per (model, layer, stat): CE and Bias Loss mean ± std over seeds and the paired
     difference bias - CE, from the records :func:`measure_variance` wrote; ``[]`` if none has it."""
     rows: list[dict[str, Any]] = []
@@ -546,7 +549,7 @@ def _paired_ratio(treatment: Mapping[int, float], baseline: Mapping[int, float])
             "ci95": None if logs["ci95"] is None else [math.exp(v) for v in logs["ci95"]]}
 
 
-def aggregate(runs: Sequence[Run], settings: _Settings) -> dict[str, Any]:
+def aggregate(runs: Sequence[Run], settings: GridSettings) -> dict[str, Any]:
     """Cells (mean, std, n per model and loss) and paired differences against ``ce``."""
     cells, differences = [], []
     for model in settings.models:
@@ -697,7 +700,7 @@ def format_variance(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def _write_results(runs: Sequence[Run], settings: _Settings, out: Path) -> dict[str, Any]:
+def _write_results(runs: Sequence[Run], settings: GridSettings, out: Path) -> dict[str, Any]:
     results = {
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("device", "workers", "progress", "variance")},
         "metric": METRIC,
@@ -718,7 +721,7 @@ def _write_results(runs: Sequence[Run], settings: _Settings, out: Path) -> dict[
 # ---------------------------------------------------------------------------------------------
 
 
-def run_grid(settings: _Settings, out: Path, *, dry_run: bool = False) -> dict[str, Any] | None:
+def run_grid(settings: GridSettings, out: Path, *, dry_run: bool = False) -> dict[str, Any] | None:
     """Train every unfinished run, then write ``results.md``/``results.json``; returns the results
     (``None`` for a dry run, which only prints the plan)."""
     from biasloss.train.checkpoint import CheckpointError
@@ -755,7 +758,7 @@ def run_grid(settings: _Settings, out: Path, *, dry_run: bool = False) -> dict[s
     return results
 
 
-def run_ablation(settings: _Settings, out: Path, *, baseline: Path | None = None,
+def run_ablation(settings: GridSettings, out: Path, *, baseline: Path | None = None,
                  dry_run: bool = False) -> dict[str, Any] | None:
     """The Bias Loss ablations (:data:`ABLATIONS`) of one model: each a grid of Bias Loss runs in
     ``<out>/<name>/``, against the paper's default Bias Loss and cross-entropy of the same seeds.
@@ -795,7 +798,7 @@ def run_ablation(settings: _Settings, out: Path, *, baseline: Path | None = None
     return results
 
 
-def _ablation_results(settings: _Settings, base_runs: Sequence[Run], variants: Mapping[str, Sequence[Run]],
+def _ablation_results(settings: GridSettings, base_runs: Sequence[Run], variants: Mapping[str, Sequence[Run]],
                       out: Path, baseline: Path | None) -> dict[str, Any]:
     def top1(runs: Sequence[Run], loss: str = "bias") -> dict[int, float]:
         return {r.seed: r.final_top1 for r in runs if r.loss == loss and r.final_top1 is not None}
@@ -864,7 +867,7 @@ def _unique(values: Sequence[Any], what: str) -> list[Any]:
     return list(values)
 
 
-def settings_from_args(args: argparse.Namespace) -> _Settings:
+def settings_from_args(args: argparse.Namespace) -> GridSettings:
     """Validate the command line and fill in the grid's defaults."""
     from biasloss.data import get_dataset_spec
     from biasloss.train.recipes import default_recipe, get_recipe
@@ -883,7 +886,7 @@ def settings_from_args(args: argparse.Namespace) -> _Settings:
         get_recipe(grid.recipe) if grid.recipe else default_recipe(dataset))
     losses = _unique(args.losses or list(grid.losses), "--losses")
     models = _unique([_model_name(m, args.grid) for m in (args.models or grid.models)], "--models")
-    return _Settings(
+    return GridSettings(
         command=args.grid, dataset=dataset, models=models, losses=losses, seeds=seeds, recipe=recipe.name,
         epochs=args.epochs or recipe.epochs, batch_size=args.batch_size, limit=args.limit,
         data_dir=args.data_dir, device=args.device, workers=args.workers, progress=args.progress,
