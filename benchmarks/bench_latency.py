@@ -52,10 +52,12 @@ from typing import Callable, Dict, List
 
 import torch
 
+from biasloss.deploy import onnx_session
+
 REFERENCE = "torchvision.mobilenet_v3_large"
 
 
-def _machine() -> Dict[str, object]:
+def machine() -> Dict[str, object]:
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -87,7 +89,7 @@ def _machine() -> Dict[str, object]:
     return info
 
 
-def _loadavg() -> str:
+def loadavg() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
@@ -111,7 +113,7 @@ def _build(name: str) -> torch.nn.Module:
 Times = Dict[str, Dict[str, List[float]]]  # model -> clock ("wall", "cpu") -> seconds per run
 
 
-def _interleave(fns: Dict[str, Callable[[], object]], rounds: int, warmup: int) -> Times:
+def interleave(fns: Dict[str, Callable[[], object]], rounds: int, warmup: int) -> Times:
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -171,22 +173,8 @@ def bench_eager(args: argparse.Namespace, fused: bool) -> Dict[str, Dict[str, Di
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         fns = {n: (lambda m=m: m(x)) for n, m in models.items()}
-        times = _interleave(fns, args.rounds, args.warmup)
+        times = interleave(fns, args.rounds, args.warmup)
     return _summary(times, args.models[-1])
-
-
-def _ort_session(path: str, threads: int, profile_prefix: str | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if profile_prefix is not None:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
 def _export_all(args: argparse.Namespace, x: torch.Tensor, tmp: str) -> Dict[str, str]:
@@ -208,10 +196,10 @@ def bench_onnx(args: argparse.Namespace) -> Dict[str, object]:
         paths = _export_all(args, x, tmp)
         sessions = {}
         for n, path in paths.items():
-            sess = _ort_session(path, args.threads)
+            sess = onnx_session(path, args.threads)
             sessions[n] = (sess, sess.get_inputs()[0].name)
         fns = {n: (lambda s=s, i=i: s.run(None, {i: xn})) for n, (s, i) in sessions.items()}
-        times = _interleave(fns, args.rounds, args.warmup)
+        times = interleave(fns, args.rounds, args.warmup)
         summary: Dict[str, object] = dict(_summary(times, args.models[-1]))
         if args.breakdown:
             summary["breakdown"] = _ort_breakdown(args, paths, xn, tmp)
@@ -239,7 +227,7 @@ def _ort_node_times(sess, runs: int) -> List[tuple]:
 def _ort_breakdown(args: argparse.Namespace, paths: Dict[str, str], xn, tmp: str) -> Dict[str, Dict[str, float]]:
     """Kernel time per model, split into nodes matched in the reference's graph and the rest."""
     runs = max(50, args.rounds // 2)
-    sessions = {n: _ort_session(p, args.threads, os.path.join(tmp, f"prof{i}")) for i, (n, p) in enumerate(paths.items())}
+    sessions = {n: onnx_session(p, args.threads, os.path.join(tmp, f"prof{i}")) for i, (n, p) in enumerate(paths.items())}
     feeds = {n: {s.get_inputs()[0].name: xn} for n, s in sessions.items()}
     for _ in range(runs):  # interleaved, like the timings
         for n, sess in sessions.items():
@@ -309,14 +297,14 @@ def main(argv: List[str] | None = None) -> Dict[str, object]:
         _mallopt()
     result: Dict[str, object] = {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "machine": _machine(),
+        "machine": machine(),
         "threads": args.threads,
         "batch": args.batch,
         "size": args.size,
         "channels_last": args.channels_last,
         "mallopt": args.mallopt,
         "rounds": args.rounds,
-        "loadavg_before": _loadavg(),
+        "loadavg_before": loadavg(),
     }
     print("command:", result["command"])
     print("machine:", json.dumps(result["machine"]))
@@ -335,7 +323,7 @@ def main(argv: List[str] | None = None) -> Dict[str, object]:
         if breakdown is not None:
             result["onnx_breakdown"] = breakdown
             _print_breakdown(breakdown, ref)
-    result["loadavg_after"] = _loadavg()
+    result["loadavg_after"] = loadavg()
     print(f"\nload average after: {result['loadavg_after']}")
     if args.json:
         with open(args.json, "w") as f:

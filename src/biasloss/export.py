@@ -1,18 +1,27 @@
-"""A trained checkpoint to a deployable file: ONNX or TorchScript, checked against PyTorch.
+"""A trained checkpoint to a deployable file: ONNX, ExecuTorch or TorchScript, checked against PyTorch.
 
 ``biasloss export --checkpoint runs/x/best.pt --out model.onnx`` builds the model the checkpoint
 describes with the weights ``train`` evaluated (the EMA's when the recipe keeps one), folds every
 BatchNorm into its convolution (:func:`biasloss.models.fuse_bn`), exports it for the resolution it
-was trained at, and runs the exported file (ONNX Runtime, or ``torch.jit.load``) on the same input
-as the PyTorch model to report the largest difference. The file is written atomically. The model
-expects images normalised with the dataset's mean and std, which the result lists (and the ONNX
-file carries as metadata).
+was trained at, and runs the exported file (ONNX Runtime, ExecuTorch or ``torch.jit.load``) on the
+same input as the PyTorch model to report the largest difference. The file is written atomically.
+The model expects images normalised with the dataset's mean and std, which the result lists (and
+the file carries as metadata: the ONNX model's ``metadata_props``, or ``model.pte.json`` beside an
+ExecuTorch program). The runtimes come from :mod:`biasloss.deploy`.
+
+``--int8`` (:func:`export_int8`) adds ``model.int8.onnx`` (ONNX Runtime's static QDQ quantization:
+per-channel int8 weights, uint8 activations) or ``model.int8.pte`` (PT2E static quantization with
+XNNPACK's symmetric per-channel config) beside the fp32 file, calibrated on images of the
+checkpoint's own training split with the evaluation transform, and kept only when its top-1 on the
+test split, measured in the same runtime as the fp32 file's, is within ``--max-drop`` points of it.
+Both files record both top-1s and the calibration as metadata.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -22,30 +31,49 @@ import torch
 from torch import nn
 
 from biasloss._checks import try_input
-from biasloss._io import atomic_path, writable_file
+from biasloss._io import atomic_path, atomic_write_text, writable_file
+from biasloss.deploy import (
+    executorch_method,
+    onnx_session,
+    quantize_onnx,
+    quiet,
+    require,
+    to_executorch,
+    to_onnx,
+)
 
-__all__ = ["FORMATS", "export_checkpoint"]
+__all__ = ["FORMATS", "Int8AccuracyError", "export_checkpoint", "export_int8", "int8_path", "metadata_path"]
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "executorch")
+_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pte": "executorch"}
 _TOLERANCE = 1e-3  # largest |exported - PyTorch| accepted, relative to the logits' scale
+_CALIBRATION_SEED = 0  # which training images calibrate: the first N of this seed's epoch-0 order
+_BATCH = 64  # images per ONNX Runtime call, calibrating and evaluating
+_QUANTIZATION = {
+    "onnx": "onnxruntime static QDQ, per-channel int8 weights, uint8 activations, MinMax calibration",
+    "executorch": "PT2E static, XNNPACK symmetric config: per-channel int8 weights, int8 activations",
+}
 
 
 def _format_for(path: Path, fmt: str | None) -> str:
     if fmt is None:
-        fmt = "onnx" if path.suffix == ".onnx" else "torchscript" if path.suffix in (".pt", ".ts") else ""
+        fmt = _SUFFIXES.get(path.suffix, "")
         if not fmt:
-            raise ValueError(f"cannot tell the format from {path.name!r}: name it .onnx or .pt, or pass --format")
+            raise ValueError(f"cannot tell the format from {path.name!r}: name it .onnx, .pt or .pte, or pass --format")
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     return fmt
 
 
-def _load_model(checkpoint: str | os.PathLike) -> tuple[nn.Module, str, Any]:
+def _load_model(checkpoint: str | os.PathLike, ckpt: dict[str, Any] | None = None) -> tuple[nn.Module, str, Any]:
+    """The model ``checkpoint`` describes, in eval mode, with the weights train evaluated; the
+    checkpoint is read unless ``ckpt`` (its contents) is given."""
     from biasloss.data import get_dataset_spec
     from biasloss.train.checkpoint import load_checkpoint, training_args
     from biasloss.train.runner import model_from_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
+    if ckpt is None:
+        ckpt = load_checkpoint(checkpoint)
     spec = get_dataset_spec(training_args(ckpt, checkpoint).dataset)
     if ckpt.get("num_classes"):  # folder datasets: the classes found in the data
         spec = dataclasses.replace(spec, num_classes=int(ckpt["num_classes"]))
@@ -53,24 +81,34 @@ def _load_model(checkpoint: str | os.PathLike) -> tuple[nn.Module, str, Any]:
     return model.eval(), which, spec
 
 
-def _export_onnx(model: nn.Module, x: torch.Tensor, path: str, dynamic_batch: bool, metadata: dict[str, str]) -> None:
-    dynamic = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=dynamic, verbose=False)
-    for key, value in metadata.items():
-        program.model.metadata_props[key] = value
-    program.save(path)
-
-
 def _run_onnx(path: str, x: torch.Tensor) -> torch.Tensor | None:
     try:
-        import onnxruntime as ort
+        session = onnx_session(path)
     except ImportError:
         return None
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     return torch.from_numpy(out)
+
+
+def metadata_path(path: str | os.PathLike) -> Path:
+    """Where the metadata of an ExecuTorch program lives (a ``.pte`` has no field for it): model.pte.json."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _set_metadata(path: Path, values: dict[str, str]) -> None:
+    """Add ``values`` to the ``metadata_props`` of the ONNX model at ``path``."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props} | values
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
+def _write_sidecar(program: Path, values: dict[str, str]) -> None:
+    """The metadata of the ExecuTorch program ``program``, in :func:`metadata_path`."""
+    atomic_write_text(metadata_path(program), json.dumps(values, indent=1) + "\n")
 
 
 def _export_torchscript(model: nn.Module, x: torch.Tensor, path: str) -> str:
@@ -89,6 +127,51 @@ def _run_torchscript(path: str, x: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.jit.load(path)(x)
+
+
+def _export_to(model: nn.Module, which: str, spec, tmp: Path, fmt: str, image_size: int | None,
+               dynamic_batch: bool, fuse: bool, check: bool) -> dict[str, Any]:
+    """Export ``model`` to ``tmp`` (the temporary file of an :func:`atomic_path`) and check it;
+    the result of :func:`export_checkpoint` less ``path`` and ``bytes``."""
+    from biasloss.models import fuse_bn
+
+    size = spec.image_size if image_size is None else image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise ValueError(f"--image-size must be an int >= 8, got {size!r}")
+    if fuse:
+        fuse_bn(model)
+    x = torch.randn(2, spec.in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    reference = try_input(model, x, f"--image-size {size}", spec.image_size)
+    metadata = {"biasloss_model": str(model.__class__.__name__), "dataset": spec.name,
+                "input": f"{spec.in_chans}x{size}x{size}", "mean": json.dumps(list(spec.mean)),
+                "std": json.dumps(list(spec.std)), "num_classes": str(reference.shape[-1])}
+    how = fmt
+    if fmt == "onnx":
+        to_onnx(model, x, tmp, dynamic_batch=dynamic_batch, metadata=metadata)
+    elif fmt == "executorch":  # batch 1, as on a phone
+        x, reference = x[:1], reference[:1]
+        to_executorch(model, x, tmp)
+        how = "executorch (xnnpack)"
+    else:
+        how = f"torchscript ({_export_torchscript(model, x, str(tmp))})"
+    exported = None
+    if check:  # ONNX with a dynamic batch: run another batch size than the export's
+        inputs = x if fmt != "onnx" or not dynamic_batch else torch.cat([x, x[:1]])
+        expected = reference if inputs is x else torch.cat([reference, reference[:1]])
+        with torch.no_grad():
+            run = {"onnx": _run_onnx, "torchscript": _run_torchscript,
+                   "executorch": lambda p, i: executorch_method(p)(i)}[fmt]
+            exported = run(str(tmp), inputs)
+    diff = None if exported is None else float((exported - expected).abs().max())
+    scale = float(reference.abs().max()) or 1.0
+    if diff is not None and not diff <= _TOLERANCE * max(scale, 1.0):
+        raise ValueError(f"the exported model differs from PyTorch by {diff:.3g} (logits up to {scale:.3g})")
+    return {
+        "format": how, "weights": which, "bn_fused": fuse,
+        "input": ["batch" if fmt == "onnx" and dynamic_batch else x.shape[0], spec.in_chans, size, size],
+        "mean": list(spec.mean), "std": list(spec.std), "num_classes": int(reference.shape[-1]),
+        "max_abs_diff": diff, "checked": diff is not None, "metadata": metadata,
+    }
 
 
 def export_checkpoint(
@@ -114,42 +197,214 @@ def export_checkpoint(
         ValueError: unknown format, bad size, unreadable checkpoint (``CheckpointError``), or an
             exported model that disagrees with PyTorch.
     """
-    from biasloss.models import fuse_bn
-
     path = Path(out)
     fmt = _format_for(path, fmt)
     writable_file(path)
     model, which, spec = _load_model(checkpoint)
-    size = spec.image_size if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"--image-size must be an int >= 8, got {size!r}")
-    if fuse:
-        fuse_bn(model)
-    x = torch.randn(2, spec.in_chans, size, size, generator=torch.Generator().manual_seed(0))
-    reference = try_input(model, x, f"--image-size {size}", spec.image_size)
-    metadata = {"biasloss_model": str(model.__class__.__name__), "dataset": spec.name,
-                "input": f"{spec.in_chans}x{size}x{size}", "mean": json.dumps(list(spec.mean)),
-                "std": json.dumps(list(spec.std)), "num_classes": str(reference.shape[-1])}
-    with atomic_path(path) as tmp_path:
-        tmp = str(tmp_path)
-        how = fmt
-        if fmt == "onnx":
-            _export_onnx(model, x, tmp, dynamic_batch, metadata)
-        else:
-            how = f"torchscript ({_export_torchscript(model, x, tmp)})"
-        exported = None
-        if check:  # ONNX with a dynamic batch: run another batch size than the export's
-            inputs = x if fmt == "torchscript" or not dynamic_batch else torch.cat([x, x[:1]])
-            expected = reference if inputs is x else torch.cat([reference, reference[:1]])
-            with torch.no_grad():
-                exported = _run_onnx(tmp, inputs) if fmt == "onnx" else _run_torchscript(tmp, inputs)
-        diff = None if exported is None else float((exported - expected).abs().max())
-        scale = float(reference.abs().max()) or 1.0
-        if diff is not None and not diff <= _TOLERANCE * max(scale, 1.0):
-            raise ValueError(f"the exported model differs from PyTorch by {diff:.3g} (logits up to {scale:.3g})")
-    return {
-        "path": str(path), "format": how, "weights": which, "bn_fused": fuse,
-        "input": ["batch" if fmt == "onnx" and dynamic_batch else 2, spec.in_chans, size, size],
-        "mean": list(spec.mean), "std": list(spec.std), "num_classes": int(reference.shape[-1]),
-        "max_abs_diff": diff, "checked": diff is not None, "bytes": path.stat().st_size,
-    }
+    with atomic_path(path) as tmp:
+        result = _export_to(model, which, spec, tmp, fmt, image_size, dynamic_batch, fuse, check)
+    metadata = result.pop("metadata")
+    if fmt == "executorch":
+        _write_sidecar(path, metadata)
+    return {"path": str(path), **result, "bytes": path.stat().st_size}
+
+
+# ---------------------------------------------------------------------------------------------
+# int8: ONNX Runtime static quantization, calibrated on the training split
+# ---------------------------------------------------------------------------------------------
+
+
+class Int8AccuracyError(ValueError):
+    """The int8 model's top-1 fell more than ``max_drop`` points below the fp32 model's; the fp32
+    file was written (``fp32_path``), the int8 one was not."""
+
+    def __init__(self, message: str, *, top1_fp32: float, top1_int8: float, fp32_path: str) -> None:
+        super().__init__(message)
+        self.top1_fp32, self.top1_int8, self.fp32_path = top1_fp32, top1_int8, fp32_path
+
+
+def int8_path(out: str | os.PathLike) -> Path:
+    """Where :func:`export_int8` writes the int8 model for the fp32 ``out``: model.onnx -> model.int8.onnx."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.int8{out.suffix}")
+
+
+def _training_checkpoint(checkpoint: str | os.PathLike) -> tuple[dict[str, Any], Any]:
+    """The checkpoint's contents and training arguments; a file that is not a ``biasloss train``
+    checkpoint (a bare state dict, no arguments naming the dataset) is a one-line error saying
+    why int8 needs one."""
+    from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
+
+    try:
+        ckpt = load_checkpoint(checkpoint)
+    except CheckpointError as e:
+        if "not a biasloss training checkpoint" not in str(e):
+            raise  # missing or unreadable: the message says so
+        reason = e
+    else:
+        try:
+            return ckpt, training_args(ckpt, checkpoint)
+        except CheckpointError as e:
+            reason = e
+    raise CheckpointError(f"int8 export needs a checkpoint written by 'biasloss train', which records the training "
+                          f"set to calibrate on: {reason}") from None
+
+
+def _calibration_images(loader, n: int) -> list[torch.Tensor]:
+    """The first ``n`` images of the (unaugmented, seeded) training loader's epoch 0, in batches."""
+    loader.set_epoch(0)
+    batches, taken = [], 0
+    for images, _ in loader:
+        batches.append(images[: n - taken].contiguous())
+        taken += batches[-1].shape[0]
+        if taken >= n:
+            break
+    return batches
+
+
+def _top1(path: Path, fmt: str, loader) -> tuple[float, int]:
+    """Top-1 (%) over ``loader`` of the exported model at ``path``, run in its runtime (ONNX
+    Runtime in batches; ExecuTorch one image at a time, the batch it was exported for), and the
+    images seen."""
+    if fmt == "onnx":
+        session = onnx_session(path)
+        name = session.get_inputs()[0].name
+
+        def logits(images: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {name: images.contiguous().numpy()})[0])
+    else:
+        forward = executorch_method(path)
+
+        def logits(images: torch.Tensor) -> torch.Tensor:
+            return torch.cat([forward(image[None].contiguous()) for image in images])
+    correct = total = 0
+    for images, labels in loader:
+        correct += int((logits(images).argmax(1) == labels).sum())
+        total += int(labels.numel())
+    return round(100.0 * correct / max(total, 1), 4), total
+
+
+def export_int8(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    calibrate: int = 512,
+    max_drop: float = 1.0,
+    data_dir: str | os.PathLike | None = None,
+    calibration_dataset: str | None = None,
+    fmt: str | None = None,
+    image_size: int | None = None,
+    dynamic_batch: bool = True,
+    fuse: bool = True,
+    check: bool = True,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Export ``checkpoint`` to the fp32 ONNX or ExecuTorch ``out`` (as :func:`export_checkpoint`)
+    and quantize it to ``<stem>.int8.onnx`` / ``<stem>.int8.pte`` beside it; return what :func:`export_checkpoint` does plus ``int8_path``,
+    ``int8_bytes``, ``top1_fp32``, ``top1_int8``, ``top1_drop``, ``test_images``, ``calibration``
+    and ``quantization``.
+
+    Quantization is ONNX Runtime's static post-training quantization in QDQ format (per-channel
+    int8 weights, uint8 activations, MinMax ranges), after its pre-processing (shape inference,
+    basic graph optimisations): :func:`biasloss.deploy.quantize_onnx`; or for ExecuTorch, PT2E
+    static quantization with XNNPACK's quantizer (:func:`biasloss.deploy.to_executorch`). It is calibrated on ``calibrate`` images of the checkpoint's
+    training split (the same ``limit`` train used), unaugmented as at test time, in a fixed seeded
+    order, so two exports write the same file. Both files are then evaluated in ONNX Runtime on the
+    whole test split; both top-1s, the calibration and the quantization are written into the
+    metadata of both files (beside the fp32 export's mean, std, input and number of classes).
+
+    Args:
+        calibrate: how many training images calibrate the activation ranges (all when fewer).
+        max_drop: the most top-1 points the int8 model may lose; beyond it the fp32 file is kept
+            and no int8 file is written (:class:`Int8AccuracyError`).
+        data_dir: where the dataset lives (default: where the checkpoint's training found it).
+        calibration_dataset: must be the checkpoint's training dataset (its default).
+        fmt, image_size, dynamic_batch: must leave the export ONNX at the training resolution with
+            any batch size (the test split is evaluated in batches).
+        fuse, check, workers: as for :func:`export_checkpoint`; DataLoader workers for folder datasets.
+
+    Raises:
+        ImportError: onnx, onnxruntime or onnxscript (ExecuTorch: executorch, torchao) is missing (``pip install 'biasloss[deploy]'``):
+            :class:`biasloss.deploy.MissingRuntimeError`, a ``ValueError`` too.
+        ValueError: bad arguments, a checkpoint that does not record its training set
+            (``CheckpointError``), calibration data from another dataset, or an int8 model more than
+            ``max_drop`` points worse (:class:`Int8AccuracyError`).
+        DatasetNotFoundError: the dataset is not where the checkpoint or ``data_dir`` says.
+    """
+    from biasloss.data import build_loaders
+
+    path = Path(out)
+    fmt = _format_for(path, fmt)
+    if fmt not in _QUANTIZATION:
+        raise ValueError(f"--int8 quantizes an ONNX or ExecuTorch export; name --out *.onnx or *.pte "
+                         f"(got {path.name!r}, format {fmt})")
+    if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate <= 0:
+        raise ValueError(f"--calibrate must be a positive number of images, got {calibrate!r}")
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not (
+            math.isfinite(max_drop) and max_drop >= 0):
+        raise ValueError(f"--max-drop must be a number of top-1 points >= 0, got {max_drop!r}")
+    if fmt == "onnx" and not dynamic_batch:
+        raise ValueError("--int8 evaluates the test split in batches; drop --static-batch")
+    needed = ("onnx", "onnxruntime.quantization", "onnxscript") if fmt == "onnx" else ("executorch", "torchao")
+    for module in needed:  # onnxscript: torch.onnx.export's; torchao: ExecuTorch's quantizer
+        require(module, "int8 export")
+    ckpt, saved = _training_checkpoint(checkpoint)
+    if calibration_dataset is not None and calibration_dataset != saved.dataset:
+        raise ValueError(f"calibration must come from the checkpoint's training set ({saved.dataset}), "
+                         f"not {calibration_dataset}: the activation ranges are those of the data the model sees")
+    out8 = int8_path(path)
+    writable_file(path)
+    model, which, spec = _load_model(checkpoint, ckpt)
+    if image_size is not None and image_size != spec.image_size:
+        raise ValueError(f"--int8 evaluates on the test split at the training resolution ({spec.image_size} px); "
+                         f"drop --image-size {image_size}")
+    # the data train evaluated on (its directory and limit); unaugmented training images calibrate
+    train_loader, test_loader, _ = build_loaders(
+        saved.dataset, data_dir=data_dir if data_dir is not None else saved.data_dir, batch_size=_BATCH,
+        device="cpu", seed=_CALIBRATION_SEED, workers=4 if workers is None else workers, limit=saved.limit)
+    try:
+        batches = _calibration_images(train_loader, calibrate)
+        train_loader.close()
+        calibration = (f"{sum(b.shape[0] for b in batches)} images of {saved.dataset} train "
+                       f"(seed {_CALIBRATION_SEED}, evaluation transform)")
+        rejected: Int8AccuracyError | None = None
+        with quiet(), atomic_path(path) as tmp32:
+            result = _export_to(model, which, spec, tmp32, fmt, None, True, fuse, check)
+            metadata = result.pop("metadata")
+            top1_fp32, n_test = _top1(tmp32, fmt, test_loader)
+            measured = {"top1_fp32": f"{top1_fp32:.4f}", "test_images": f"{n_test} images of {saved.dataset} test"}
+            try:
+                with atomic_path(out8) as tmp8:
+                    if fmt == "onnx":
+                        quantize_onnx(tmp32, tmp8, batches)
+                    else:  # the fp32 model, BatchNorm folded by the export, batch 1 as exported
+                        to_executorch(model, batches[0][:1], tmp8, batches)
+                    top1_int8, _ = _top1(tmp8, fmt, test_loader)
+                    drop = round(top1_fp32 - top1_int8, 4)
+                    if drop > max_drop:
+                        rejected = Int8AccuracyError(
+                            f"int8 top-1 {top1_int8:.2f} % is {drop:.2f} points below fp32 {top1_fp32:.2f} %, "
+                            f"more than --max-drop {float(max_drop)}; kept the fp32 export {path}",
+                            top1_fp32=top1_fp32, top1_int8=top1_int8, fp32_path=str(path))
+                        raise rejected  # leaves the block: the int8 temporary file goes
+                    measured |= {"top1_int8": f"{top1_int8:.4f}", "calibration": calibration,
+                                 "quantization": _QUANTIZATION[fmt]}
+                    if fmt == "onnx":
+                        _set_metadata(tmp8, measured)
+            except Int8AccuracyError:
+                out8.unlink(missing_ok=True)  # the int8 file of an earlier export does not match this one
+                metadata_path(out8).unlink(missing_ok=True)
+            if fmt == "onnx":  # the fp32 file is kept in any case, with its own top-1
+                _set_metadata(tmp32, measured)
+    finally:
+        train_loader.close()
+        test_loader.close()
+    if fmt == "executorch":
+        _write_sidecar(path, metadata | measured)
+        if rejected is None:
+            _write_sidecar(out8, metadata | measured)
+    if rejected is not None:
+        raise rejected
+    return {"path": str(path), **result, "bytes": path.stat().st_size, "int8_path": str(out8),
+            "int8_bytes": out8.stat().st_size, "top1_fp32": top1_fp32, "top1_int8": top1_int8,
+            "top1_drop": drop, "test_images": n_test, "calibration": calibration, "quantization": _QUANTIZATION[fmt]}

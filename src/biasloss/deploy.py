@@ -1,0 +1,226 @@
+"""On-device runtimes and int8: ONNX Runtime (QDQ) and ExecuTorch (XNNPACK).
+
+The paper times SkipblockNet-M in PyTorch Mobile on phones (Table 2, single-threaded). Its
+successor is ExecuTorch, whose XNNPACK backend runs fp32 and int8 models on ARM and x86 CPUs;
+ONNX Runtime is the other runtime mobile users deploy with. This module holds what both need,
+for any PyTorch image classifier (ours, timm's, torchvision's), so that :mod:`biasloss.export`
+and ``benchmarks/bench_deploy.py`` take one path:
+
+* :func:`to_onnx`: ``torch.onnx.export`` (the dynamo exporter), spatial means as global pools,
+  metadata, one self-contained file;
+* :func:`onnx_session`: an ONNX Runtime CPU session with a given number of threads;
+* :func:`global_pool_spatial_means`: ``ReduceMean`` over H and W (what ``torch.onnx.export``
+  makes of ``mean((2, 3))`` and of ``adaptive_avg_pool2d(x, 1)``) rewritten as the equal
+  ``GlobalAveragePool``, which ONNX Runtime runs in int8 (``QLinearGlobalAveragePool``) where it
+  runs ``ReduceMean`` in float between a dequantize and a quantize;
+* :func:`quantize_onnx`: ONNX Runtime's static post-training quantization, QDQ format,
+  per-channel int8 weights, uint8 activations;
+* :func:`to_executorch` / :func:`executorch_method`: a ``.pte`` program lowered to XNNPACK, fp32
+  or int8 (PT2E static quantization with XNNPACK's symmetric per-channel config).
+
+Every runtime is an optional dependency (``pip install 'biasloss[deploy]'``); a missing one is a
+:class:`MissingRuntimeError`, an ``ImportError`` that is also a ``ValueError`` so the command line
+reports it in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "DEPLOY_EXTRA",
+    "MissingRuntimeError",
+    "executorch_method",
+    "global_pool_spatial_means",
+    "onnx_session",
+    "quantize_onnx",
+    "quiet",
+    "require",
+    "to_executorch",
+    "to_onnx",
+]
+
+DEPLOY_EXTRA = "pip install 'biasloss[deploy]'"
+
+
+class MissingRuntimeError(ImportError, ValueError):
+    """A package of the ``deploy`` extra is not installed."""
+
+
+def require(module: str, what: str) -> Any:
+    """Import ``module`` (e.g. ``"onnxruntime.quantization"``) or raise :class:`MissingRuntimeError`
+    saying that ``what`` needs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        top = module.split(".")[0]
+        raise MissingRuntimeError(f"{what} needs {top}: {DEPLOY_EXTRA}", name=top) from None
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """No warnings or log lines from the exporters and quantizers (they log to the root logger)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = None, *, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session of ``path``: all graph optimisations, sequential execution,
+    ``threads`` intra-op threads (default: as many as PyTorch uses)."""
+    ort = require("onnxruntime", "running an ONNX model")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, *, dynamic_batch: bool = True,
+            metadata: dict[str, str] | None = None) -> None:
+    """Export ``model`` (in eval mode) for inputs shaped like ``example`` to one ONNX file at
+    ``path`` (weights inside), any batch size when ``dynamic_batch``, with ``metadata`` as the
+    model's ``metadata_props`` and spatial means as ``GlobalAveragePool``
+    (:func:`global_pool_spatial_means`)."""
+    onnx = require("onnx", "ONNX export")
+    require("onnxscript", "ONNX export")
+    dynamic = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    with quiet():
+        proto = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=dynamic, verbose=False).model_proto
+    global_pool_spatial_means(proto)
+    onnx.helper.set_model_props(proto, dict(metadata or {}))
+    onnx.save(proto, str(path))
+
+
+def global_pool_spatial_means(model: Any) -> int:
+    """Rewrite, in place, every ``ReduceMean`` of a 4-D tensor over axes 2 and 3 with
+    ``keepdims=1`` in the ONNX ``model`` (a ``ModelProto``) as ``GlobalAveragePool``, which
+    computes the same; returns how many were rewritten. Tensors whose rank shape inference
+    cannot tell are left alone."""
+    onnx = require("onnx", "rewriting an ONNX graph")
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    constants |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*inferred.input, *inferred.value_info)
+             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+    rewritten = 0
+    for i, node in enumerate(list(graph.node)):
+        if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes", constants.get(node.input[1]) if len(node.input) > 1 else None)
+        if axes is None or attrs.get("keepdims", 1) != 1 or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3]:
+            continue
+        graph.node.remove(node)
+        graph.node.insert(i, helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name))
+        rewritten += 1
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:  # the axes the means took
+        graph.initializer.remove(init)
+    return rewritten
+
+
+def quantize_onnx(fp32: str | os.PathLike, int8: str | os.PathLike, batches: Iterable[torch.Tensor]) -> None:
+    """ONNX Runtime's static QDQ quantization of the model at ``fp32`` into ``int8``: per-channel
+    int8 weights, uint8 activations, ranges from ``batches`` (MinMax)."""
+    q = require("onnxruntime.quantization", "int8 export")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    feeds = list(batches)
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self, name: str) -> None:
+            self.feeds = iter([{name: b.contiguous().numpy()} for b in feeds])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    with tempfile.TemporaryDirectory(prefix="biasloss-int8-") as work, quiet():
+        # shape inference and ONNX Runtime's basic graph optimisations (constant folding, Conv+Add
+        # fusion), as ONNX Runtime's quantization guide recommends before quantizing
+        prepared = Path(work) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared))
+        name = onnx_session(prepared, 1).get_inputs()[0].name
+        # MinMax: on digits, Percentile and Entropy were no better (same top-1, or 0.3-0.8 points less) and 2-3x slower
+        q.quantize_static(str(prepared), str(int8), Reader(name), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          weight_type=q.QuantType.QInt8, activation_type=q.QuantType.QUInt8,
+                          calibrate_method=q.CalibrationMethod.MinMax)
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with row-major strides. ExecuTorch reads a tensor's dimension order from its strides,
+    and a one-channel image batch from a channels-last pipeline is contiguous in both layouts
+    (``is_contiguous()`` is True) while its strides say channels-last."""
+    return x.clone(memory_format=torch.contiguous_format)
+
+
+def to_executorch(model: nn.Module, example: torch.Tensor, path: str | os.PathLike,
+                  calibration: Sequence[torch.Tensor] | None = None) -> None:
+    """Lower ``model`` (in eval mode) for inputs shaped like ``example`` to an ExecuTorch program
+    on the XNNPACK backend at ``path`` (``.pte``): fp32, or with ``calibration`` batches int8
+    (PT2E static quantization, XNNPACK's symmetric config: per-channel int8 weights, int8
+    activations)."""
+    require("executorch", "ExecuTorch export")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackPartitioner,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+
+    example = _dense(example)
+    with quiet(), torch.no_grad():
+        program = torch.export.export(model, (example,))
+        if calibration is not None:
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer,
+                get_symmetric_quantization_config,
+            )
+            from torchao.quantization.pt2e.quantize_pt2e import (
+                convert_pt2e,
+                prepare_pt2e,
+            )
+
+            quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            prepared = prepare_pt2e(program.module(), quantizer)
+            for batch in calibration:
+                for image in batch.split(example.shape[0]):
+                    if image.shape[0] == example.shape[0]:
+                        prepared(_dense(image))
+            program = torch.export.export(convert_pt2e(prepared), (example,))
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    Path(path).write_bytes(lowered.buffer)
+
+
+def executorch_method(path: str | os.PathLike) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ``forward`` of the ExecuTorch program at ``path`` as a function of one input tensor."""
+    require("executorch", "running an ExecuTorch program")
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    return lambda x: method.execute([_dense(x)])[0]
