@@ -94,12 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     check = subprocess.run(_biasloss("detect", "eval", "--checkpoint", str(out / "last.pt"), "--json"),
                            check=True, capture_output=True, text=True)
     evaluated = json.loads(check.stdout)["map"]
-    print(f"detect eval of last.pt: mAP {evaluated:.4f} (logged {lines[-1]['map']:.4f})")
+    logged = lines[-1]["map"]
+    # one process evaluates as training did, to the digit; torchrun ranks detect their shards on one
+    # thread each, and another thread count and batch rounds the scores differently, which can
+    # reorder near-equal detections: a few hundredths of a point
+    agrees = evaluated == logged if args.nproc == 1 else abs(evaluated - logged) <= 0.1
+    print(f"detect eval of last.pt (one process): mAP {evaluated:.4f} (logged {logged:.4f}"
+          f"{'' if args.nproc == 1 else f' by {args.nproc} processes'}): {'agrees' if agrees else 'DISAGREES'}")
     record = {"machine": _cpu(), "cpus": os.cpu_count(), "threads": threads,
               "torch": torch.__version__, "command": command, "processes": args.nproc, "settings": cfg, "epochs": rows,
-              "target": args.target, "budget_s": args.budget, "reached": reached, "eval_map": evaluated}
+              "target": args.target, "budget_s": args.budget, "reached": reached, "eval_map": evaluated,
+              "eval_agrees": agrees}
     (out / "result.json").write_text(json.dumps(record, indent=1) + "\n")
-    return 0 if evaluated == lines[-1]["map"] else 1
+    return 0 if agrees else 1
 
 
 if __name__ == "__main__":
