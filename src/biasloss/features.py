@@ -61,7 +61,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile: no public accessor
             model = model._orig_mod
         else:
             return model

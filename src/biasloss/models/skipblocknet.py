@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from timm.layers import SelectAdaptivePool2d, make_divisible
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models._features import feature_take_indices  # not exported by timm.models; its own models import it so
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
