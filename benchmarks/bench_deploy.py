@@ -17,10 +17,15 @@ size, one forward each per round, the order rotating every round; reported: the 
 median over ``--rounds`` rounds (wall clock), the ratios int8 / fp32 per model and runtime and
 SkipblockNet / MobileNetV3-Large per runtime and precision, and the files' sizes.
 
+``--ablation`` adds, at 224 px, two variants of SkipblockNet-M (random weights, as all the timed
+models): ``skipblocknet_m-noskip`` without its two skip blocks and ``skipblocknet_m-relufirst``
+with ReLU instead of hard-swish in its first block (MobileNetV3-Large's choice there), so the
+int8 time of what SkipblockNet-M adds to MobileNetV3-Large can be read off.
+
 With ``--checkpoint`` (a Fashion-MNIST ``biasloss train`` checkpoint) it also runs
 ``biasloss export --int8`` on it in both runtimes and reports the test-set top-1 of fp32 and int8.
 
-    python benchmarks/bench_deploy.py --checkpoint runs/fashion-mnist-skipblocknet_xs-bias-s0/best.pt
+    python benchmarks/bench_deploy.py --ablation --checkpoint runs/fashion-mnist-skipblocknet_xs-bias-s0/best.pt
 
 Run it alone on the machine: it is a timing, and another process on the same cores slows it.
 """
@@ -33,6 +38,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,15 +46,32 @@ from bench_latency import interleave, loadavg, machine
 
 from biasloss.deploy import executorch_method, onnx_session, quantize_onnx, to_executorch, to_onnx
 from biasloss.models import create_model, fuse_bn, list_models
+from biasloss.models.skipblocknet import SKIPBLOCKNET_ARCH, SkipblockNet, SkipblockNetCfg
 
 REFERENCE = "torchvision.mobilenet_v3_large"
 SETTINGS = {"224": (3, 224, 1000, False), "fashion-mnist": (1, 28, 10, True)}  # channels, side, classes, small input
 
 
+def _ablated(name: str) -> SkipblockNetCfg:
+    """SkipblockNet-M's table without its skip blocks, or with a ReLU first block."""
+    stages = SKIPBLOCKNET_ARCH
+    if name.endswith("-noskip"):
+        stages = tuple(tuple(b for b in stage if b.kind != "skip") for stage in stages)
+    else:
+        stages = ((replace(stages[0][0], act="relu"),), *stages[1:])
+    return SkipblockNetCfg(stages=stages)
+
+
+ABLATIONS = ("skipblocknet_m-noskip", "skipblocknet_m-relufirst")
+
+
 def _model(name: str, setting: str) -> torch.nn.Module:
     chans, _, classes, small = SETTINGS[setting]
     torch.manual_seed(0)
-    model = create_model(name, num_classes=classes, in_chans=chans, small_input=small and name in list_models())
+    if name in ABLATIONS:
+        model = SkipblockNet(cfg=_ablated(name), num_classes=classes, in_chans=chans)
+    else:
+        model = create_model(name, num_classes=classes, in_chans=chans, small_input=small and name in list_models())
     return fuse_bn(model.eval())
 
 
@@ -87,6 +110,9 @@ def bench(args: argparse.Namespace, setting: str, tmp: Path) -> dict[str, object
     variants: dict[str, tuple[Callable[[], object], int]] = {}
     for name in args.models:
         variants |= _variants(name, setting, args.runtimes, tmp)
+    if args.ablation and setting == "224":
+        for name in ABLATIONS:
+            variants |= _variants(name, setting, ["executorch"], tmp)
     times = {k: v["wall"] for k, v in interleave({k: f for k, (f, _) in variants.items()}, args.rounds, args.warmup).items()}
     chans, side, _, _ = SETTINGS[setting]
     print(f"\n## {setting}: batch 1 x {chans} x {side} x {side}, 1 thread, {args.rounds} interleaved rounds")
@@ -103,11 +129,11 @@ def bench(args: argparse.Namespace, setting: str, tmp: Path) -> dict[str, object
             gain = f"{row['int8_over_fp32']['min']:.3f}, {row['int8_over_fp32']['median']:.3f}"
         rows[key] = row
         print(f"| {name} | {runtime} | {precision} | {row['min_ms']:.3f} | {row['median_ms']:.3f} | {size / 1e6:.2f} | {gain} |")
-    others = [m for m in args.models if m != REFERENCE]
+    others = [m for m in args.models if m != REFERENCE] + (list(ABLATIONS) if args.ablation and setting == "224" else [])
     if REFERENCE in args.models and others:
         print(f"\n| model / {REFERENCE} | runtime | precision | min | median |\n|---|---|---|---|---|")
         for name in others:
-            for runtime in args.runtimes:
+            for runtime in args.runtimes if name not in ABLATIONS else ["executorch"]:
                 for precision in ("fp32", "int8"):
                     r = _ratio(times, f"{name}:{runtime}:{precision}", f"{REFERENCE}:{runtime}:{precision}")
                     rows[f"{name}/{REFERENCE}:{runtime}:{precision}"] = r
@@ -137,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS))
     p.add_argument("--rounds", type=int, default=80)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--ablation", action="store_true",
+                   help="also time SkipblockNet-M without skip blocks and with a ReLU first block (ExecuTorch)")
     p.add_argument("--checkpoint", help="a Fashion-MNIST 'biasloss train' checkpoint: top-1 of fp32 and int8")
     p.add_argument("--calibrate", type=int, default=512, help="calibration images for --checkpoint (default 512)")
     p.add_argument("--json", help="write the results here")

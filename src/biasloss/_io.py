@@ -68,9 +68,15 @@ def remove_stale_temps(path: str | os.PathLike) -> None:
 
 
 def _new_file_mode() -> int:
-    """The mode ``open(path, "w")`` would give a new file: 0666 less the process's umask."""
-    mask = os.umask(0)
-    os.umask(mask)
+    """The mode ``open(path, "w")`` would give a new file: 0666 less the process's umask, read
+    from /proc where Linux shows it (setting the umask to read it would, for a moment, change it
+    for every thread of the process)."""
+    try:
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
 
 

@@ -145,7 +145,8 @@ def _export(args) -> int:
         print(f"wrote {result['int8_path']} (int8, {result['int8_bytes'] / 1e6:.1f} MB, "
               f"{result['bytes'] / result['int8_bytes']:.1f}x smaller; {result['quantization']}; "
               f"calibrated on {result['calibration']})")
-        print(f"top-1 on {result['test_images']} test images in ONNX Runtime: fp32 {result['top1_fp32']:.2f} %  "
+        runtime = "ExecuTorch" if result["format"].startswith("executorch") else "ONNX Runtime"
+        print(f"top-1 on {result['test_images']} test images in {runtime}: fp32 {result['top1_fp32']:.2f} %  "
               f"int8 {result['top1_int8']:.2f} %  drop {result['top1_drop']:+.2f} points")
     return 0
 

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +111,7 @@ def _write_sidecar(program: Path, values: dict[str, str]) -> None:
 
 
 def _export_torchscript(model: nn.Module, x: torch.Tensor, path: str) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream, still the format mobile runtimes read
+    with quiet():  # torch.jit is deprecated upstream, still the format mobile runtimes read
         try:
             scripted, how = torch.jit.script(model), "script"
         except Exception:  # models with Python TorchScript cannot compile: record one forward instead
@@ -124,8 +122,7 @@ def _export_torchscript(model: nn.Module, x: torch.Tensor, path: str) -> str:
 
 
 def _run_torchscript(path: str, x: torch.Tensor) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         return torch.jit.load(path)(x)
 
 
@@ -276,7 +273,7 @@ def _top1(path: Path, fmt: str, loader) -> tuple[float, int]:
         forward = executorch_method(path)
 
         def logits(images: torch.Tensor) -> torch.Tensor:
-            return torch.cat([forward(image[None].contiguous()) for image in images])
+            return torch.cat([forward(image[None]) for image in images])
     correct = total = 0
     for images, labels in loader:
         correct += int((logits(images).argmax(1) == labels).sum())
@@ -309,7 +306,7 @@ def export_int8(
     basic graph optimisations): :func:`biasloss.deploy.quantize_onnx`; or for ExecuTorch, PT2E
     static quantization with XNNPACK's quantizer (:func:`biasloss.deploy.to_executorch`). It is calibrated on ``calibrate`` images of the checkpoint's
     training split (the same ``limit`` train used), unaugmented as at test time, in a fixed seeded
-    order, so two exports write the same file. Both files are then evaluated in ONNX Runtime on the
+    order, so two exports write the same file. Both files are then evaluated in their runtime on the
     whole test split; both top-1s, the calibration and the quantization are written into the
     metadata of both files (beside the fp32 export's mean, std, input and number of classes).
 

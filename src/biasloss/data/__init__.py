@@ -36,6 +36,7 @@ import torch
 from ._folder import DetectionLoader, FolderLoader, eval_transform, train_transform
 from ._memory import InMemoryLoader
 from ._sources import (
+    DIGITS_SIZE,
     ArrayData,
     default_root,
     find_food101_root,
@@ -129,6 +130,8 @@ def _food101(data_dir: str | os.PathLike | None, *, download: bool = False) -> t
                 ds[0]  # the first listed image is there
         except FileNotFoundError as e:
             raise DatasetCorruptError(f"food101: {e.filename} is listed in meta/ but missing") from None
+        except OSError as e:  # PIL cannot read it
+            raise DatasetCorruptError(f"food101: the first image of meta/ is not a readable image ({e})") from None
     if train.classes != test.classes:
         raise DatasetCorruptError("food101: meta/train.json and meta/test.json list different classes")
     return train, test, train.classes
@@ -144,7 +147,7 @@ DATASETS: dict[str, DatasetSpec] = {
                                  recipe="fashion-mnist", read=load_fashion_mnist),
     # scikit-learn's 8x8 digits, resized once to 32x32 (bilinear) so that stride-8 models see a
     # 4x4 map; statistics of all 1,797 resized images.
-    "digits": DatasetSpec("digits", 10, 1, 32, (0.3052,), (0.3236,), True, True, recipe="digits", read=_digits),
+    "digits": DatasetSpec("digits", 10, 1, DIGITS_SIZE, (0.3052,), (0.3236,), True, True, recipe="digits", read=_digits),
     "cifar10": DatasetSpec("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True, True,
                            recipe="cifar100", read=partial(load_cifar, 10)),
     # Normalisation as in the paper's CIFAR-100 recipe (SPEC section 3).

@@ -68,6 +68,9 @@ _SPLITS = ("year", "train_set", "test_year", "test_set", "size")
 _OPTIONS = (*IDENTITY, "epochs", "workers", "data_dir", "amp", "channels_last", "compile", "progress", "stop_after")
 
 
+_WORKERS = min(4, os.cpu_count() or 1)  # default DataLoader workers
+
+
 def build_detector(model: str, size: int, init: str | None = None, num_classes: int = len(VOC_CLASSES)) -> nn.Module:
     """SSD on ``model``'s trunk, optionally starting from classification weights (``init``);
     ``num_classes`` counts the background."""
@@ -113,7 +116,7 @@ def _resolve(args: Any, ckpt: dict[str, Any] | None) -> dict[str, Any]:
         if key in given and key in saved and given[key] != saved[key]:
             raise CheckpointError(f"cannot resume: the checkpoint was trained with --{key.replace('_', '-')} "
                                   f"{saved[key]}, not {given[key]}")
-    cfg = {"dataset": "voc", "seed": 0, "workers": min(4, os.cpu_count() or 1), "amp": "auto", "channels_last": True,
+    cfg = {"dataset": "voc", "seed": 0, "workers": _WORKERS, "amp": "auto", "channels_last": True,
            "compile": False, "progress": None,
            "stop_after": None, "init": None, "limit": None} | saved | given
     if cfg["dataset"] not in DATASETS:
@@ -230,7 +233,7 @@ def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> t
     if "best_map" not in ckpt:
         raise CheckpointError(f"{path} is not a 'biasloss detect train' checkpoint (a classifier's? "
                               "evaluate those with 'biasloss eval')")
-    cfg = {"workers": min(4, os.cpu_count() or 1), "amp": "auto", "channels_last": True, "limit": None}
+    cfg = {"workers": _WORKERS, "amp": "auto", "channels_last": True, "limit": None}
     cfg |= ckpt["args"] | {"epoch": ckpt["epoch"]}
     model = build_detector(cfg["model"], cfg["size"], num_classes=len(DATASETS[cfg["dataset"]]["classes"]))
     try:

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .utils import BATCHNORMS
+
 __all__ = [
     "LayerFn",
     "NormActFn",
@@ -222,7 +224,7 @@ def init_weights(module: nn.Module, linear_like: Iterable[nn.Module] = ()) -> No
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
+        elif isinstance(m, BATCHNORMS):
             if m.weight is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

@@ -8,7 +8,11 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "model_device"]
+__all__ = ["BATCHNORMS", "eval_mode", "model_device"]
+
+#: torch's BatchNorm layers (their shared base class is private)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+              nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
 
 
 def model_device(model: nn.Module) -> torch.device:

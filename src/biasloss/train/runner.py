@@ -29,6 +29,7 @@ from biasloss.data import build_loaders, get_dataset_spec
 from biasloss.features import FeatureTap
 from biasloss.losses import LOSSES, clamp_option, create_loss, needs_features
 from biasloss.models import create_model, list_models, load_pretrained
+from biasloss.models.utils import BATCHNORMS
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
 from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed
 from biasloss.train.engine import ClassifierObjective, ModelWithFeatures, evaluate
@@ -168,7 +169,7 @@ def build_model(args, spec, recipe: Recipe | None = None) -> nn.Module:
                          small_input=small_input)
     if recipe is not None and recipe.bn_momentum is not None:
         for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
+            if isinstance(m, BATCHNORMS):
                 m.momentum = recipe.bn_momentum
     return model
 
