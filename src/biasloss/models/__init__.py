@@ -9,6 +9,7 @@ from .factory import create_model, is_model, list_models, register, unknown_mode
 from .official import convert_official_state_dict, official_key_map
 from .pretrained import (
     PretrainedReport,
+    evaluated_weights,
     load_official_weights,
     load_pretrained,
     to_official_state_dict,
@@ -39,6 +40,7 @@ __all__ = [
     "skipblocknet_l",
     "load_official_weights",
     "load_pretrained",
+    "evaluated_weights",
     "PretrainedReport",
     "convert_official_state_dict",
     "to_official_state_dict",

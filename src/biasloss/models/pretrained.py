@@ -40,7 +40,7 @@ from .official import (
 )
 from .skipblocknet import SkipblockNet
 
-__all__ = ["PretrainedReport", "load_official_weights", "load_pretrained", "to_official_state_dict"]
+__all__ = ["PretrainedReport", "evaluated_weights", "load_official_weights", "load_pretrained", "to_official_state_dict"]
 
 _PathLike = Union[str, "os.PathLike[str]"]
 
@@ -63,14 +63,24 @@ class PretrainedReport:
         return "; ".join(parts)
 
 
+def evaluated_weights(ckpt: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor], str]:
+    """The weights a ``biasloss train`` checkpoint was evaluated with and which they are: the
+    EMA's (``torch.optim.swa_utils.AveragedModel`` keys ``module.<key>``, without the prefix) when
+    the recipe kept one, else the model's; ``(state_dict, "ema" | "model")``."""
+    ema = ckpt.get("ema")
+    if ckpt.get("eval_weights") == "ema" and isinstance(ema, Mapping) and ema:
+        return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}, "ema"
+    return ckpt["model"], "model"
+
+
 def _source_state(raw: Any) -> Dict[str, torch.Tensor]:
     """The state dict inside ``raw``: a biasloss training checkpoint, the authors' file, or a
     (wrapped) plain state dict."""
     if isinstance(raw, Mapping) and "args" in raw and isinstance(raw.get("model"), Mapping):
-        if raw.get("eval_weights") == "ema" and isinstance(raw.get("ema"), Mapping):
-            ema = raw["ema"]  # torch.optim.swa_utils.AveragedModel: module.<key>, plus n_averaged
-            return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
-        raw = raw["model"]
+        weights, which = evaluated_weights(raw)
+        if which == "ema":
+            return weights
+        raw = weights
     state = unwrap_state_dict(raw)
     if "first_layer.0.weight" in state:  # the authors' SkipblockNet-M
         return convert_official_state_dict(state)

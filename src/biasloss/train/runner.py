@@ -28,7 +28,7 @@ from biasloss._checks import positive, positive_flags
 from biasloss.data import build_loaders, get_dataset_spec
 from biasloss.features import FeatureTap
 from biasloss.losses import LOSSES, clamp_option, create_loss, needs_features
-from biasloss.models import create_model, list_models, load_pretrained
+from biasloss.models import create_model, evaluated_weights, list_models, load_pretrained
 from biasloss.models.utils import BATCHNORMS
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
 from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed
@@ -316,10 +316,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], spec, path: str | os.PathLike = 
     (the EMA's when there is one); returns ``(model, "ema" | "model")``."""
     saved = training_args(ckpt, path)
     model = build_model(saved, spec)
-    weights, which = ckpt["model"], "model"
-    if ckpt.get("eval_weights") == "ema" and ckpt.get("ema"):
-        weights = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
-        which = "ema"
+    weights, which = evaluated_weights(ckpt)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
