@@ -121,7 +121,7 @@ def test_detect_train_eval_resume(tmp_path, capsys):
 def test_detect_trains_and_evaluates_on_the_scenes(tmp_path, capsys):
     from biasloss.detection import SCENE_CLASSES, make_scenes
 
-    data = make_scenes(tmp_path / "scenes", train=8, test=4, size=64)
+    data = make_scenes(tmp_path / "scenes", train=8, val=3, test=4, size=64)
     run = tmp_path / "run"
     assert main(["detect", "train", "--dataset", "scenes", "--data-dir", str(data), "--model", "skipblocknet_xs",
                  "--size", "96", "--batch-size", "4", "--workers", "1", "--epochs", "1", "--out", str(run)]) == 0
@@ -133,7 +133,10 @@ def test_detect_trains_and_evaluates_on_the_scenes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["detect", "eval", "--checkpoint", str(run / "last.pt"), "--workers", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["map"] == line["map"] and result["images"] == 4
+    assert result["map"] == line["map"] and result["images"] == 4 and result["test_set"] == "test"
+    # the val scenes, for choosing settings without the test scenes
+    assert main(["detect", "eval", "--checkpoint", str(run / "last.pt"), "--workers", "1", "--test-set", "val"]) == 0
+    assert " on 3 val images (epoch 1)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra,message", [

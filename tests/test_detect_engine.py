@@ -19,7 +19,7 @@ from biasloss.train.engine import DetectorObjective
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    return make_scenes(tmp_path_factory.mktemp("scenes") / "s", train=16, test=4, size=64)
+    return make_scenes(tmp_path_factory.mktemp("scenes") / "s", train=16, val=0, test=4, size=64)
 
 
 def _argv(scenes, out, *extra):
@@ -115,7 +115,7 @@ def test_the_detector_learns(tmp_path):
     from biasloss.detection import VOCBoxes
     from biasloss.detection.train import build_detector, detector_from_checkpoint, evaluate_map
 
-    data = make_scenes(tmp_path / "s", train=256, test=64, size=112)
+    data = make_scenes(tmp_path / "s", train=256, val=0, test=64, size=112)
     cpu, classes = torch.device("cpu"), len(SCENE_CLASSES)
 
     def score(model, split):

@@ -45,7 +45,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     try:
-        return make_scenes(tmp_path_factory.mktemp("show") / "s", train=4, test=3, size=SIZE)
+        return make_scenes(tmp_path_factory.mktemp("show") / "s", train=4, val=0, test=3, size=SIZE)
     except DatasetNotFoundError as e:
         pytest.skip(f"Fashion-MNIST not available: {e}")
 

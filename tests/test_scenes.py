@@ -19,7 +19,7 @@ from biasloss.detection import scenes as scenes_module
 from biasloss.detection.scenes import render_scene
 
 SIZE = 64
-COUNTS = {"train": 6, "test": 4}
+COUNTS = {"train": 6, "val": 3, "test": 4}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,7 @@ def fmnist():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    return make_scenes(tmp_path_factory.mktemp("scenes") / "a", train=COUNTS["train"], test=COUNTS["test"],
-                       size=SIZE, seed=3)
+    return make_scenes(tmp_path_factory.mktemp("scenes") / "a", **COUNTS, size=SIZE, seed=3)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -44,17 +43,22 @@ def _object_sources(root: Path, split: str, i: int) -> list[tuple[str, int]]:
 
 
 def test_same_arguments_same_bytes(dataset, tmp_path):
-    again = make_scenes(tmp_path / "b", train=COUNTS["train"], test=COUNTS["test"], size=SIZE, seed=3)
+    again = make_scenes(tmp_path / "b", **COUNTS, size=SIZE, seed=3)
     first, second = _files(dataset), _files(again)
-    assert len(first) == 2 * sum(COUNTS.values()) + 3 + 1  # jpg + xml per scene, 3 image sets, scenes.json
+    assert len(first) == 2 * sum(COUNTS.values()) + 4 + 1  # jpg + xml per scene, 4 image sets, scenes.json
     assert first == second
     base = dataset / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
-    assert (base / "trainval.txt").read_text() == (base / "train.txt").read_text()
-    assert (base / "test.txt").read_text().split() == [f"test_{i:06d}" for i in range(COUNTS["test"])]
+    for split, n in COUNTS.items():
+        assert (base / f"{split}.txt").read_text().split() == [f"{split}_{i:06d}" for i in range(n)]
+    assert (base / "trainval.txt").read_text() == (base / "train.txt").read_text() + (base / "val.txt").read_text()
+    # a val scene is not the train scene of the same number
+    jpeg = "VOCdevkit/VOC2007/JPEGImages/{}_000000.jpg"
+    assert first[jpeg.format("val")] != first[jpeg.format("train")]
     info = json.loads((dataset / "scenes.json").read_text())
     assert info["params"] == {**COUNTS, "size": SIZE, "seed": 3} and info["classes"] == list(SCENE_CLASSES)
     # another seed: other scenes
-    other = make_scenes(tmp_path / "c", train=1, test=1, size=SIZE, seed=4)
+    other = make_scenes(tmp_path / "c", train=1, val=0, test=1, size=SIZE, seed=4)
+    assert not (other / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "val.txt").read_text()
     name = "VOCdevkit/VOC2007/JPEGImages/train_000000.jpg"
     assert _files(other)[name] != first[name]
 
@@ -62,16 +66,24 @@ def test_same_arguments_same_bytes(dataset, tmp_path):
 def test_the_same_dataset_is_kept_and_another_refused(dataset, tmp_path):
     info = dataset / "scenes.json"
     stamp = info.stat().st_mtime_ns
-    assert make_scenes(dataset, train=COUNTS["train"], test=COUNTS["test"], size=SIZE, seed=3) == dataset
+    assert make_scenes(dataset, **COUNTS, size=SIZE, seed=3) == dataset
     assert info.stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="holds a different scenes dataset"):
-        make_scenes(dataset, train=COUNTS["train"], test=COUNTS["test"], size=SIZE, seed=4)
+        make_scenes(dataset, **COUNTS, size=SIZE, seed=4)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty"):
         make_scenes(tmp_path / "busy", train=1, test=1, size=SIZE)
     (tmp_path / "empty").mkdir()  # an empty directory is filled
-    assert (make_scenes(tmp_path / "empty", train=1, test=1, size=SIZE) / "scenes.json").is_file()
+    assert (make_scenes(tmp_path / "empty", train=1, val=0, test=1, size=SIZE) / "scenes.json").is_file()
+    # a dataset written before val scenes existed (no "val" in its parameters) is one with none
+    old = tmp_path / "empty" / "scenes.json"
+    written = json.loads(old.read_text())
+    del written["params"]["val"]
+    old.write_text(json.dumps(written))
+    assert make_scenes(tmp_path / "empty", train=1, val=0, test=1, size=SIZE) == tmp_path / "empty"
+    with pytest.raises(ValueError, match="holds a different scenes dataset"):
+        make_scenes(tmp_path / "empty", train=1, val=1, test=1, size=SIZE)
 
 
 def test_an_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
@@ -85,7 +97,7 @@ def test_an_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(scenes_module, "render_scene", fail_on_third)
     with pytest.raises(KeyboardInterrupt):
-        make_scenes(tmp_path / "out", train=4, test=1, size=SIZE)
+        make_scenes(tmp_path / "out", train=4, val=0, test=1, size=SIZE)
     assert list(tmp_path.iterdir()) == []  # neither the dataset nor its temporary directory
 
 
@@ -123,7 +135,7 @@ def test_read_by_vocboxes_and_vocdetection(dataset, fmnist):
 def test_boxes_are_tight_and_inside(dataset, fmnist):
     n_objects = 0
     for split, n in COUNTS.items():
-        pool = (fmnist.train_images if split == "train" else fmnist.test_images).numpy()[..., 0]
+        pool = (fmnist.test_images if split == "test" else fmnist.train_images).numpy()[..., 0]
         for i in range(n):
             scene = render_scene(fmnist, split, i, size=SIZE, seed=3)
             assert scene.image.shape == (SIZE, SIZE, 3) and scene.image.dtype == np.uint8
@@ -150,11 +162,12 @@ def test_boxes_are_tight_and_inside(dataset, fmnist):
 
 def test_garments_come_from_their_own_split(dataset, fmnist):
     for split, n in COUNTS.items():
-        labels = fmnist.train_labels if split == "train" else fmnist.test_labels
+        garments = "test" if split == "test" else "train"  # val scenes are made of train garments
+        labels = fmnist.test_labels if split == "test" else fmnist.train_labels
         for i in range(n):
             scene = render_scene(fmnist, split, i, size=SIZE, seed=3)
             recorded = _object_sources(dataset, split, i)
-            assert recorded == [(split, int(s)) for s in scene.sources]
+            assert recorded == [(garments, int(s)) for s in scene.sources]
             assert scene.labels.tolist() == [int(labels[s]) + 1 for s in scene.sources]
 
 
@@ -173,8 +186,8 @@ def test_splits_do_not_mix_on_data_that_tells_them_apart(tmp_path):
             images[k, y:y + rng.integers(8, 18), x:x + rng.integers(8, 18)] = 200
         _write_idx(tmp_path / f"{split}-images-idx3-ubyte", images)
         _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", first_label + np.arange(n) % 5)
-    out = make_scenes(tmp_path / "scenes", train=8, test=8, size=SIZE, data_dir=tmp_path)
-    for split, allowed in (("train", range(1, 6)), ("test", range(6, 11))):
+    out = make_scenes(tmp_path / "scenes", train=8, val=8, test=8, size=SIZE, data_dir=tmp_path)
+    for split, allowed in (("train", range(1, 6)), ("val", range(1, 6)), ("test", range(6, 11))):
         data = VOCBoxes(out, "2007", split, train=False, classes=SCENE_CLASSES)
         labels = torch.cat([data[i][1]["labels"] for i in range(len(data))])
         assert len(labels) >= 8 and set(labels.tolist()) <= set(allowed)
@@ -183,6 +196,7 @@ def test_splits_do_not_mix_on_data_that_tells_them_apart(tmp_path):
 @pytest.mark.parametrize("kwargs,error,message", [
     ({"train": 0}, ValueError, "train must be at least 1"),
     ({"test": -2}, ValueError, "test must be at least 1"),
+    ({"val": -1}, ValueError, "val must be at least 0"),
     ({"size": 32}, ValueError, "size must be between 48 and 512"),
     ({"size": 4096}, ValueError, "size must be between 48 and 512"),
     ({"seed": -1}, ValueError, "seed must be at least 0"),
@@ -196,11 +210,12 @@ def test_bad_arguments(tmp_path, kwargs, error, message):
 
 def test_cli(dataset, tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["detect", "make-scenes", "--out", str(out), "--train", "2", "--test", "1", "--size", str(SIZE),
-            "--seed", "3"]
+    argv = ["detect", "make-scenes", "--out", str(out), "--train", "2", "--val", "1", "--test", "1", "--size",
+            str(SIZE), "--seed", "3"]
     assert main(argv) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("wrote: 2 train scenes") and str(out) in line and "\n" not in line
+    assert line.startswith("wrote: 2 train scenes") and ", 1 val scenes (" in line and str(out) in line
+    assert "\n" not in line
     # scene i depends on (seed, split, i, size) only: the smaller set is the start of the larger
     small, large = _files(out), _files(dataset)
     assert [k for k in small if k.endswith((".jpg", ".xml"))] and all(

@@ -8,19 +8,22 @@ expects, so :class:`~biasloss.detection.VOCBoxes` (with ``classes=SCENE_CLASSES`
     out/scenes.json                                  how it was made (written last)
     out/VOCdevkit/VOC2007/JPEGImages/<id>.jpg        RGB, size x size
     out/VOCdevkit/VOC2007/Annotations/<id>.xml       VOC XML, 1-based inclusive boxes
-    out/VOCdevkit/VOC2007/ImageSets/Main/{train,trainval,test}.txt
+    out/VOCdevkit/VOC2007/ImageSets/Main/{train,val,trainval,test}.txt
 
 Each scene is a smooth random colour gradient with low-frequency blotches, a few faint
 unannotated distractors (small crops of other garments, thin strokes), 1-4 garments scaled to a
 side of 3/16 to 1/2 of the image and tinted, placed so that no two boxes overlap by more than
 IoU 0.3 (or cover more than half of the smaller one), then pixel noise. A box is the tight box
-of the garment's pasted pixels, not of its 28 x 28 frame. Train scenes take garments (and
+of the garment's pasted pixels, not of its 28 x 28 frame. Train and val scenes take garments (and
 distractors) only from Fashion-MNIST's train split, test scenes only from its test split; each
-object's XML records its source image (``<fashion_mnist><split>``, ``<index>``).
+object's XML records its source image (``<fashion_mnist><split>``, ``<index>``). The val scenes
+are for choosing settings without looking at the test scenes: other compositions of the same
+garment pool as the train scenes (a garment can recur, in another colour, size and place), so
+their mAP ranks settings but runs a little above the test scenes'.
 
 Scene ``i`` of a split depends only on ``(seed, split, i, size)``: the same arguments give
-byte-identical files (for the same numpy and Pillow), and a larger ``train`` count extends the
-smaller set. ("VOC2007" because torchvision accepts only the years 2007 to 2012.)
+byte-identical files (for the same numpy and Pillow), and a larger count extends the smaller
+set. ("VOC2007" because torchvision accepts only the years 2007 to 2012.)
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ SCENE_CLASSES = (
 
 _VERSION = 1  # bump whenever a scene's pixels or annotations change
 _YEAR = "2007"
-_SPLITS = ("train", "test")
+_SPLITS = ("train", "test", "val")  # the order seeds the scenes: do not change it
+_GARMENTS = {"train": "train", "val": "train", "test": "test"}  # the Fashion-MNIST split each draws from
 _JPEG_QUALITY = 90
 _MIN_SIZE, _MAX_SIZE = 48, 512
 _SIDE = (3 / 16, 1 / 2)  # garment side as a fraction of the image side: 24..64 px at 128
@@ -146,11 +150,13 @@ def _overlaps(box: np.ndarray, others: list[np.ndarray]) -> bool:
 
 
 def render_scene(data: ArrayData, split: str, index: int, *, size: int = 128, seed: int = 0) -> Scene:
-    """Scene ``index`` of ``split`` ("train" or "test"), drawing garments from that split of
-    ``data`` (:func:`biasloss.data.load_arrays` of ``"fashion-mnist"``) with a generator seeded
-    by ``(seed, split, index)``. Arguments are those :func:`make_scenes` validated."""
-    images = data.train_images if split == "train" else data.test_images
-    labels = data.train_labels if split == "train" else data.test_labels
+    """Scene ``index`` of ``split`` ("train", "val" or "test"), drawing garments from ``data``'s
+    train split (train and val scenes) or test split (:func:`biasloss.data.load_arrays` of
+    ``"fashion-mnist"``) with a generator seeded by ``(seed, split, index)``. Arguments are those
+    :func:`make_scenes` validated."""
+    from_train = _GARMENTS[split] == "train"
+    images = data.train_images if from_train else data.test_images
+    labels = data.train_labels if from_train else data.test_labels
     pool = images.numpy()[..., 0]
     rng = np.random.default_rng([seed, _SPLITS.index(split), index])
     canvas = _background(rng, size)
@@ -199,7 +205,8 @@ def _annotation(name: str, split: str, scene: Scene) -> str:
         # VOC: 1-based, inclusive corners
         f"\t\t<bndbox>\n\t\t\t<xmin>{x0 + 1}</xmin>\n\t\t\t<ymin>{y0 + 1}</ymin>\n"
         f"\t\t\t<xmax>{x1}</xmax>\n\t\t\t<ymax>{y1}</ymax>\n\t\t</bndbox>\n"
-        f"\t\t<fashion_mnist>\n\t\t\t<split>{split}</split>\n\t\t\t<index>{source}</index>\n\t\t</fashion_mnist>\n"
+        f"\t\t<fashion_mnist>\n\t\t\t<split>{_GARMENTS[split]}</split>\n"
+        f"\t\t\t<index>{source}</index>\n\t\t</fashion_mnist>\n"
         f"\t</object>\n"
         for (x0, y0, x1, y1), label, source in zip(scene.boxes.tolist(), scene.labels.tolist(), scene.sources.tolist())
     )
@@ -227,13 +234,18 @@ def _check_int(name: str, value: object, minimum: int, maximum: int | None = Non
 
 
 def _same_dataset(a: dict, b: dict) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("dataset", "version", "params", "fashion_mnist_sha256"))
+    def params(info: dict) -> dict:  # datasets written before val scenes existed have none
+        return {"val": 0} | info.get("params", {})
+
+    return params(a) == params(b) and all(
+        a.get(k) == b.get(k) for k in ("dataset", "version", "fashion_mnist_sha256"))
 
 
 def make_scenes(
     out: str | os.PathLike,
     *,
     train: int = 10000,
+    val: int = 1000,
     test: int = 1000,
     size: int = 128,
     seed: int = 0,
@@ -241,12 +253,12 @@ def make_scenes(
 ) -> Path:
     """Write the Fashion-MNIST scenes dataset (see the module doc) under ``out`` and return it.
 
-    Defaults: 10,000 train / 1000 test scenes of 128 x 128 px. At 128 px the garments span 24-64 px,
-    so a 28 px Fashion-MNIST image is scaled by 0.86-2.3 and keeps its detail (at 96 px the
-    smallest would be shrunk to 18 px); SSD resizes to its input size either way. 10,000 train
-    scenes hold about 25,000 boxes, 2,500 per class (enough that a 20-minute training run sees
-    each scene only about three times), and 1000 test scenes about 2,500, 250 per class for each
-    AP; all of it generates in about a minute of one CPU core and takes about 75 MB.
+    Defaults: 10,000 train / 1000 val / 1000 test scenes of 128 x 128 px. At 128 px the garments
+    span 24-64 px, so a 28 px Fashion-MNIST image is scaled by 0.86-2.3 and keeps its detail (at
+    96 px the smallest would be shrunk to 18 px); SSD resizes to its input size either way. 10,000
+    train scenes hold about 25,000 boxes, 2,500 per class (a 20-minute training run sees each
+    scene only three or four times), and 1000 val or test scenes about 2,500, 250 per class for
+    each AP; all of it generates in under a minute of one CPU core and takes about 85 MB.
 
     ``out`` must be new or an empty directory: the scenes are written into a temporary
     directory beside it and renamed to ``out`` when complete, so an interrupted run leaves no
@@ -254,7 +266,7 @@ def make_scenes(
     Fashion-MNIST files) it is returned as it is; any other content raises ``ValueError``.
     ``data_dir`` is where Fashion-MNIST is looked for (:func:`biasloss.data.load_arrays`).
     """
-    for name, value, minimum in (("train", train, 1), ("test", test, 1), ("seed", seed, 0)):
+    for name, value, minimum in (("train", train, 1), ("val", val, 0), ("test", test, 1), ("seed", seed, 0)):
         _check_int(name, value, minimum)
     _check_int("size", size, _MIN_SIZE, _MAX_SIZE)  # garment sides 3/16..1/2 of it: at least 9 px
     out = Path(out)
@@ -264,7 +276,7 @@ def make_scenes(
     info = {
         "dataset": "biasloss Fashion-MNIST scenes",
         "version": _VERSION,
-        "params": {"train": int(train), "test": int(test), "size": int(size), "seed": int(seed)},
+        "params": {"train": int(train), "val": int(val), "test": int(test), "size": int(size), "seed": int(seed)},
         "fashion_mnist_sha256": _fingerprint(data),
         "classes": list(SCENE_CLASSES),
         "voc_year": _YEAR,
@@ -295,7 +307,7 @@ def make_scenes(
             (base / sub).mkdir(parents=True)
         ids: dict[str, list[str]] = {}
         boxes: dict[str, int] = {}
-        for split, count in zip(_SPLITS, (train, test)):
+        for split, count in zip(_SPLITS, (train, test, val)):
             width = max(6, len(str(count - 1)))
             ids[split], boxes[split] = [], 0
             for i in range(count):
@@ -306,8 +318,9 @@ def make_scenes(
                 (base / "Annotations" / f"{name}.xml").write_text(_annotation(name, split, scene))
                 ids[split].append(name)
                 boxes[split] += len(scene.labels)
-        for image_set, split in (("train", "train"), ("trainval", "train"), ("test", "test")):
-            (base / "ImageSets" / "Main" / f"{image_set}.txt").write_text("".join(f"{n}\n" for n in ids[split]))
+        for image_set, names in (("train", ids["train"]), ("val", ids["val"]), ("trainval", ids["train"] + ids["val"]),
+                                 ("test", ids["test"])):
+            (base / "ImageSets" / "Main" / f"{image_set}.txt").write_text("".join(f"{n}\n" for n in names))
         info["objects"] = boxes
         (tmp / "scenes.json").write_text(json.dumps(info, indent=1) + "\n")  # last: the dataset is complete
         if out.is_dir():

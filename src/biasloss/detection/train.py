@@ -251,6 +251,8 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
     model, cfg = detector_from_checkpoint(args.checkpoint, device)
     if args.data_dir:
         cfg["data_dir"] = args.data_dir
+    if args.test_set:
+        cfg["test_set"] = args.test_set
     if args.limit is not None:
         cfg["limit"] = positive("--limit", args.limit)
     cfg["workers"] = args.workers or cfg["workers"]
@@ -262,7 +264,7 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
     finally:
         loader.close()
     return {"map": round(scores["map"] * 100, 4), "images": loader.num_samples, "epoch": cfg["epoch"],
-            "model": cfg["model"], "ap": {classes[k]: round(v * 100, 2) for k, v in sorted(scores["ap"].items())}}
+            "model": cfg["model"], "test_set": cfg["test_set"], "ap": {classes[k]: round(v * 100, 2) for k, v in sorted(scores["ap"].items())}}
 
 
 def register(subparsers) -> None:
@@ -305,6 +307,8 @@ def register(subparsers) -> None:
     e = sub.add_parser("eval", help="mAP of a detect checkpoint on its test split")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data-dir")
+    e.add_argument("--test-set", help="the image set to score (default: the one the run was scored on, e.g. test; "
+                                      "val for the scenes' val split)")
     e.add_argument("--workers", type=int)
     e.add_argument("--limit", type=int)
     e.add_argument("--device")
@@ -314,9 +318,12 @@ def register(subparsers) -> None:
     m = sub.add_parser("make-scenes", help="write the Fashion-MNIST scenes detection dataset in VOC's layout",
                        description="Fashion-MNIST garments, tinted and scaled, on cluttered backgrounds: a "
                                    "deterministic stand-in for PASCAL VOC, read by VOCBoxes(..., classes="
-                                   "SCENE_CLASSES). Defaults: 10,000 train and 1000 test scenes of 128 px, seed 0.")
+                                   "SCENE_CLASSES). Defaults: 10,000 train, 1000 val and 1000 test scenes of 128 px, "
+                                   "seed 0.")
     m.add_argument("--out", required=True, help="a new or empty directory (it will hold VOCdevkit/VOC2007)")
     m.add_argument("--train", type=int, help="train scenes (default 10000), garments from Fashion-MNIST's train split")
+    m.add_argument("--val", type=int, help="val scenes for choosing settings (default 1000, 0: none), garments from "
+                                           "Fashion-MNIST's train split too; trainval lists train and val")
     m.add_argument("--test", type=int, help="test scenes (default 1000), garments from its test split")
     m.add_argument("--size", type=int, help="image side in pixels, 48..512 (default 128)")
     m.add_argument("--seed", type=int, help="default 0")
@@ -332,18 +339,19 @@ def _train(args) -> int:
 def _eval(args) -> int:
     result = run_detect_eval(args)
     print(json.dumps(result) if args.json else f"{result['model']} SSD: mAP {result['map']:.2f} on "
-          f"{result['images']} test images (epoch {result['epoch']}); AP per class: "
+          f"{result['images']} {result['test_set']} images (epoch {result['epoch']}); AP per class: "
           + ", ".join(f"{name} {ap:.1f}" for name, ap in result["ap"].items()))
     return 0
 
 
 def _make_scenes(args) -> int:
-    given = {k: getattr(args, k) for k in ("train", "test", "size", "seed") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("train", "val", "test", "size", "seed") if getattr(args, k) is not None}
     existed = (Path(args.out) / "scenes.json").is_file()
     out = make_scenes(args.out, data_dir=args.data_dir, **given)
     info = json.loads((out / "scenes.json").read_text())
     p, objects = info["params"], info["objects"]
     print(f"{'already there, the same dataset' if existed else 'wrote'}: {p['train']} train scenes "
-          f"({objects['train']} objects) and {p['test']} test scenes ({objects['test']} objects), "
+          f"({objects['train']} objects), {p.get('val', 0)} val scenes ({objects.get('val', 0)} objects) and "
+          f"{p['test']} test scenes ({objects['test']} objects), "
           f"{p['size']}x{p['size']} px, seed {p['seed']}, in {out} (VOCdevkit/VOC2007)")
     return 0
