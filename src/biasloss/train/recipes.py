@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -181,12 +181,24 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
     groups = sorted(param_groups_weight_decay(model, recipe.weight_decay), key=lambda g: g["weight_decay"] == 0)
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+        return _fused_if_possible(torch.optim.SGD, groups, lr=recipe.lr, momentum=recipe.momentum,
+                                  nesterov=recipe.nesterov)
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr)
+        return _fused_if_possible(torch.optim.AdamW, groups, lr=recipe.lr)
     from timm.optim import RMSpropTF  # TF epsilon placement, as the paper's recipe
 
     return RMSpropTF(groups, lr=recipe.lr, alpha=0.9, eps=1e-3, momentum=recipe.momentum)
+
+
+def _fused_if_possible(cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]],
+                       **options: Any) -> torch.optim.Optimizer:
+    """``cls(groups, fused=True, **options)``: one kernel for all parameters, 4-5x faster a step than
+    the per-tensor loop on the CPU (benchmarks/bench_optimizer.py); the per-tensor form where this
+    torch or device has no fused kernel (CPU: torch >= 2.4 for AdamW)."""
+    try:
+        return cls(groups, fused=True, **options)
+    except (RuntimeError, TypeError):  # no fused kernel for these parameters' device or dtype
+        return cls(groups, **options)
 
 
 def lr_multiplier(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
