@@ -319,7 +319,7 @@ def fit(run: Run, stop: StopFlag, start: Start = Start(), last_epoch: int | None
             metrics["train_top1"] = round(result.top1, 4)
         metrics |= run.validate()
         metrics |= {"lr": run.optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 3),
-                    "train_img_s": round(result.throughput * run.info.world_size, 1)}
+                    "train_img_s": round(result.throughput, 1)}
         improved = metrics[run.score] > best
         best = max(best, metrics[run.score])
         if run.info.is_main:  # the checkpoint first: the log never runs ahead of last.pt
