@@ -56,8 +56,8 @@ DATASETS: dict[str, dict[str, Any]] = {
     "scenes": {"classes": SCENE_CLASSES, "year": "2007", "train_set": "train", "test_year": "2007",
                "test_set": "test", "size": 224, "augment": "flip",
                "recipe": Recipe(name="scenes-ssd", description="SkipblockNet-XS at 224 px, AdamW 3e-3, 0.2 "
-                                "epochs of warm-up, cosine, batch 32, 3 epochs, horizontal flips",
-                                epochs=3, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=1e-4,
+                                "epochs of warm-up, cosine, batch 16, 4 epochs, horizontal flips",
+                                epochs=4, batch_size=16, lr=3e-3, optimizer="adamw", weight_decay=1e-4,
                                 schedule="cosine", warmup_epochs=0.2, warmup_lr=3e-5, model="skipblocknet_xs")},
 }
 
