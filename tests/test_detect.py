@@ -124,12 +124,14 @@ def test_detect_trains_and_evaluates_on_the_scenes(tmp_path, capsys):
     data = make_scenes(tmp_path / "scenes", train=8, val=3, test=4, size=64)
     run = tmp_path / "run"
     assert main(["detect", "train", "--dataset", "scenes", "--data-dir", str(data), "--model", "skipblocknet_xs",
-                 "--size", "96", "--batch-size", "4", "--workers", "1", "--epochs", "1", "--out", str(run)]) == 0
+                 "--head", "ssdlite", "--size", "96", "--batch-size", "4", "--workers", "1", "--epochs", "1",
+                 "--out", str(run)]) == 0
     (line,) = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["args"]["dataset"] == "scenes" and ckpt["args"]["train_set"] == "train"
+    assert ckpt["args"]["head"] == "ssdlite"  # eval below rebuilds that head from the checkpoint
     # the head predicts the 10 garment classes and the background
-    assert ckpt["model"]["head.classification_head.module_list.0.weight"].shape[0] % len(SCENE_CLASSES) == 0
+    assert ckpt["model"]["head.classification_head.module_list.0.1.weight"].shape[0] % len(SCENE_CLASSES) == 0
     capsys.readouterr()
     assert main(["detect", "eval", "--checkpoint", str(run / "last.pt"), "--workers", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -30,15 +30,31 @@ def test_feature_maps_at_300px():
     assert model.backbone.c16_name == "stages.5.blocks.0.bn1"  # expansion of the 16 -> 32 block
 
 
-def test_training_losses_reach_every_parameter():
+@pytest.mark.parametrize("head", ["ssd", "ssdlite"])
+def test_training_losses_reach_every_parameter(head):
     torch.manual_seed(0)
-    model = ssd_skipblocknet("skipblocknet_xs", num_classes=5).train()
+    model = ssd_skipblocknet("skipblocknet_xs", num_classes=5, head=head).train()
     images = [torch.rand(3, 300, 300), torch.rand(3, 240, 320)]
     losses = model(images, _targets(2, 5))
     assert set(losses) == {"bbox_regression", "classification"}
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_ssdlite_heads_are_separable_and_smaller():
+    ssd, lite = (ssd_skipblocknet("skipblocknet_xs", num_classes=11, size=224, head=h) for h in ("ssd", "ssdlite"))
+    convs = [m for m in lite.head.modules() if isinstance(m, torch.nn.Conv2d)]
+    # per map and task: a 3x3 depthwise convolution, then a 1x1 one to the anchors' outputs
+    assert [c.kernel_size for c in convs] == [(3, 3), (1, 1)] * 12
+    assert all(c.groups == c.in_channels for c in convs[::2])
+    size = {name: sum(p.numel() for p in m.head.parameters()) for name, m in (("ssd", ssd), ("lite", lite))}
+    assert size["lite"] < size["ssd"] / 5
+    assert torch.equal(torch.tensor(ssd.backbone.out_channels), torch.tensor(lite.backbone.out_channels))
+    lite.eval()
+    with torch.no_grad():
+        out = lite([torch.rand(3, 128, 128)])
+    assert set(out[0]) == {"boxes", "scores", "labels"}
 
 
 def test_inference_returns_detections_in_image_coordinates():
@@ -70,6 +86,8 @@ def test_bad_arguments():
         ssd_skipblocknet("skipblocknet_xxl")
     with pytest.raises(ValueError, match="background"):
         ssd_skipblocknet(num_classes=1)
+    with pytest.raises(ValueError, match="head must be one of ssd, ssdlite"):
+        ssd_skipblocknet(head="yolo")
     with pytest.raises(ValueError, match="small_input"):
         SkipblockNetSSDFeatures(create_model("skipblocknet_xs", num_classes=10, small_input=True))
     with pytest.raises(TypeError):

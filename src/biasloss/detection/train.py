@@ -33,7 +33,7 @@ from biasloss.detection.scenes import SCENE_CLASSES, make_scenes
 from biasloss.detection.show import register_show
 from biasloss.detection.voc import VOC_CLASSES, VOCBoxes
 from biasloss.models import create_model, load_pretrained
-from biasloss.models.detection import ssd_skipblocknet
+from biasloss.models.detection import HEADS, ssd_skipblocknet
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint
 from biasloss.train.distributed import DistInfo, resolve_device
 from biasloss.train.engine import DetectorObjective
@@ -48,13 +48,13 @@ __all__ = ["DATASETS", "build_detector", "detection_scores", "detector_from_chec
 #: make-scenes``' output, with a recipe sized to 20 minutes on 2 CPU cores (docs/detection.md).
 DATASETS: dict[str, dict[str, Any]] = {
     "voc": {"classes": VOC_CLASSES, "year": "2012", "train_set": "trainval", "test_year": "2007", "test_set": "test",
-            "size": 300, "augment": "ssd",
+            "size": 300, "augment": "ssd", "head": "ssd",
             "recipe": Recipe(name="voc-ssd", description="the paper (sec. 5.4): SGD 0.01 cosine, batch 42, "
                              "200 epochs; momentum 0.9 and weight decay 4e-5 of torchvision's SSDLite",
                              epochs=200, batch_size=42, lr=0.01, weight_decay=4e-5, schedule="cosine",
                              model="skipblocknet_s")},
     "scenes": {"classes": SCENE_CLASSES, "year": "2007", "train_set": "train", "test_year": "2007",
-               "test_set": "test", "size": 224, "augment": "flip",
+               "test_set": "test", "size": 224, "augment": "flip", "head": "ssd",
                "recipe": Recipe(name="scenes-ssd", description="SkipblockNet-XS at 224 px, AdamW 3e-3, 0.2 "
                                 "epochs of warm-up, cosine, batch 16, 4 epochs, horizontal flips",
                                 epochs=4, batch_size=16, lr=3e-3, optimizer="adamw", weight_decay=1e-4,
@@ -62,22 +62,23 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 
 #: What defines a detection run; a resume must not change it.
-IDENTITY = ("dataset", "model", "init", "seed", "size", "batch_size", "lr", "weight_decay", "limit",
+IDENTITY = ("dataset", "model", "head", "init", "seed", "size", "batch_size", "lr", "weight_decay", "limit",
             "year", "train_set", "test_year", "test_set")
-_SPLITS = ("year", "train_set", "test_year", "test_set", "size")
+_SPLITS = ("year", "train_set", "test_year", "test_set", "size", "head")
 _OPTIONS = (*IDENTITY, "epochs", "workers", "data_dir", "amp", "channels_last", "compile", "progress", "stop_after")
 
 
 _WORKERS = min(4, os.cpu_count() or 1)  # default DataLoader workers
 
 
-def build_detector(model: str, size: int, init: str | None = None, num_classes: int = len(VOC_CLASSES)) -> nn.Module:
+def build_detector(model: str, size: int, init: str | None = None, num_classes: int = len(VOC_CLASSES),
+                   head: str = "ssd") -> nn.Module:
     """SSD on ``model``'s trunk, optionally starting from classification weights (``init``);
-    ``num_classes`` counts the background."""
+    ``num_classes`` counts the background; ``head``: ``ssd`` or ``ssdlite`` (:data:`HEADS`)."""
     trunk = create_model(model, num_classes=1000)
     if init:
         load_pretrained(trunk, init)
-    return ssd_skipblocknet(trunk=trunk, num_classes=num_classes, size=size)
+    return ssd_skipblocknet(trunk=trunk, num_classes=num_classes, size=size, head=head)
 
 
 def evaluate_map(model: nn.Module, loader: Any, device: torch.device, use_07_metric: bool,
@@ -111,7 +112,7 @@ def detection_scores(model: nn.Module, loader: Any, device: torch.device, use_07
 def _resolve(args: Any, ckpt: dict[str, Any] | None) -> dict[str, Any]:
     """The run's settings: the command line over the resumed checkpoint's over the data set's."""
     given = {k: v for k, v in vars(args).items() if k in _OPTIONS and v is not None}
-    saved = ckpt["args"] if ckpt is not None else {}
+    saved = ({"head": "ssd"} | ckpt["args"]) if ckpt is not None else {}  # checkpoints from before --head: ssd
     for key in IDENTITY:
         if key in given and key in saved and given[key] != saved[key]:
             raise CheckpointError(f"cannot resume: the checkpoint was trained with --{key.replace('_', '-')} "
@@ -123,7 +124,7 @@ def _resolve(args: Any, ckpt: dict[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {cfg['dataset']!r}")
     data = DATASETS[cfg["dataset"]]
     recipe: Recipe = data["recipe"]
-    for key in _SPLITS:  # the data set's own splits and size unless given
+    for key in _SPLITS:  # the data set's own splits, size and head unless given
         cfg.setdefault(key, data[key])
     for key in ("model", "epochs", "batch_size", "lr", "weight_decay"):
         cfg.setdefault(key, getattr(recipe, key))
@@ -185,7 +186,7 @@ def _build_run(cfg: dict[str, Any], info: DistInfo, device: torch.device, ckpt: 
     cleanup.callback(test_loader.close)
     num_classes = len(DATASETS[cfg["dataset"]]["classes"])
     memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
-    model = build_detector(cfg["model"], cfg["size"], None if ckpt else cfg["init"], num_classes)
+    model = build_detector(cfg["model"], cfg["size"], None if ckpt else cfg["init"], num_classes, cfg["head"])
     model = model.to(device=device, memory_format=memory_format)
     train_net: nn.Module = model
     if info.enabled:
@@ -233,9 +234,10 @@ def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> t
     if "best_map" not in ckpt:
         raise CheckpointError(f"{path} is not a 'biasloss detect train' checkpoint (a classifier's? "
                               "evaluate those with 'biasloss eval')")
-    cfg = {"workers": _WORKERS, "amp": "auto", "channels_last": True, "limit": None}
+    cfg = {"workers": _WORKERS, "amp": "auto", "channels_last": True, "limit": None, "head": "ssd"}
     cfg |= ckpt["args"] | {"epoch": ckpt["epoch"]}
-    model = build_detector(cfg["model"], cfg["size"], num_classes=len(DATASETS[cfg["dataset"]]["classes"]))
+    model = build_detector(cfg["model"], cfg["size"], num_classes=len(DATASETS[cfg["dataset"]]["classes"]),
+                           head=cfg["head"])
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -279,6 +281,9 @@ def register(subparsers) -> None:
                         "its own recipe)")
     t.add_argument("--model", help="skipblocknet_xs/s/m/l (default: the data set's, skipblocknet_s for VOC as in "
                                    "Table 6)")
+    t.add_argument("--head", choices=HEADS, help="prediction heads: ssd (3x3 convolutions, the paper's) or ssdlite "
+                                                 "(separable, MobileNetV2's SSDLite; about a ninth of the "
+                                                 "multiply-adds) (default: the data set's)")
     t.add_argument("--init", help="classification weights for the backbone (a 'biasloss train' checkpoint or a "
                                   "state dict)")
     t.add_argument("--year", help="training year (default: the data set's, VOC 2012)")

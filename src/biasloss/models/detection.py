@@ -7,25 +7,34 @@ to the last layer (stride 32), then adds four stride-2 blocks (1x1 reduce, 3x3 d
 1x1 expand, each BatchNorm + ReLU6) of 512, 256, 256 and 128 channels. Six maps in all: 19, 10, 5,
 3, 2 and 1 pixels square at 300 px. The detector itself is torchvision's
 :class:`~torchvision.models.detection.SSD` with its box coder, matcher, hard-negative mining and
-post-processing; the prediction heads are SSD's 3x3 convolutions
-(:class:`~torchvision.models.detection.ssd.SSDHead`) and the default boxes those of SSD
+post-processing, and the default boxes are those of SSD
 (:class:`~torchvision.models.detection.anchor_utils.DefaultBoxGenerator`, aspect ratios 2 and 3).
+The prediction heads are SSD's 3x3 convolutions (``head="ssd"``,
+:class:`~torchvision.models.detection.ssd.SSDHead`; Table 6's 9.4M-parameter detector has heads
+of that size) or MobileNetV2's SSDLite ones (``head="ssdlite"``: 3x3 depthwise, BatchNorm, ReLU6,
+then 1x1, torchvision's :class:`~torchvision.models.detection.ssdlite.SSDLiteHead`), about a
+ninth of the multiply-adds.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDHead
+from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from .skipblocknet import SKIPBLOCKNET_VARIANTS, SkipblockNet
 
-__all__ = ["SkipblockNetSSDFeatures", "ssd_skipblocknet"]
+__all__ = ["HEADS", "SkipblockNetSSDFeatures", "ssd_skipblocknet"]
+
+#: The prediction heads :func:`ssd_skipblocknet` builds.
+HEADS = ("ssd", "ssdlite")
 
 
 def _extra_block(in_chs: int, out_chs: int) -> nn.Sequential:
@@ -95,6 +104,7 @@ def ssd_skipblocknet(
     size: int = 300,
     *,
     trunk: Optional[SkipblockNet] = None,
+    head: str = "ssd",
     **ssd_kwargs: Any,
 ) -> SSD:
     """SSD with a SkipblockNet feature extractor (Table 6: SkipblockNet-S, 300 px, PASCAL VOC).
@@ -105,6 +115,8 @@ def ssd_skipblocknet(
         size: input side in pixels; images are resized to it by the SSD transform.
         trunk: a SkipblockNet to use, e.g. one holding ImageNet weights
             (:func:`~biasloss.models.load_pretrained`); its classifier is removed.
+        head: ``"ssd"`` (3x3 convolutions, the paper's) or ``"ssdlite"`` (separable, MobileNetV2's
+            SSDLite; BatchNorm eps 1e-3, momentum 0.03 as torchvision's SSDLite).
         **ssd_kwargs: passed to torchvision's ``SSD`` (``score_thresh``, ``nms_thresh``, ...).
     """
     if trunk is None:
@@ -113,9 +125,16 @@ def ssd_skipblocknet(
         trunk = SkipblockNet(SKIPBLOCKNET_VARIANTS[variant], num_classes=0)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes!r}")
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     features = SkipblockNetSSDFeatures(trunk)
     anchors = DefaultBoxGenerator([[2, 3] for _ in features.out_channels], min_ratio=0.2, max_ratio=0.95)
-    head = SSDHead(features.out_channels, anchors.num_anchors_per_location(), num_classes)
+    per_location = anchors.num_anchors_per_location()
+    if head == "ssd":
+        predictor: nn.Module = SSDHead(features.out_channels, per_location, num_classes)
+    else:
+        predictor = SSDLiteHead(features.out_channels, per_location, num_classes,
+                                partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
     ssd_kwargs.setdefault("image_mean", [0.485, 0.456, 0.406])
     ssd_kwargs.setdefault("image_std", [0.229, 0.224, 0.225])
-    return SSD(features, anchors, (size, size), num_classes, head=head, **ssd_kwargs)
+    return SSD(features, anchors, (size, size), num_classes, head=predictor, **ssd_kwargs)
