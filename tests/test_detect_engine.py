@@ -57,7 +57,8 @@ def test_a_stop_mid_epoch_resumes_bit_for_bit(scenes, tmp_path, monkeypatch):
     straight, split = (load_checkpoint(tmp_path / r / "last.pt")["model"] for r in ("straight", "split"))
     for key, value in straight.items():
         torch.testing.assert_close(split[key], value, rtol=0, atol=0, msg=key)
-    timeless = [[{k: v for k, v in m.items() if k not in ("time_s", "train_img_s")} for m in _metrics(tmp_path / r)]
+    clocks = ("time_s", "train_s", "train_img_s")
+    timeless = [[{k: v for k, v in m.items() if k not in clocks} for m in _metrics(tmp_path / r)]
                 for r in ("straight", "split")]
     assert timeless[0] == timeless[1] and [m["epoch"] for m in timeless[0]] == [1, 2]
 
@@ -82,7 +83,8 @@ def test_mixed_precision_trains_and_eval_reproduces_the_logged_map(scenes, tmp_p
     run = tmp_path / "run"
     assert main(_argv(scenes, run, "--epochs", "1", "--amp", "bf16")) == 0
     (line,) = _metrics(run)
-    assert set(line) == {"epoch", "train_loss", "map", "lr", "time_s", "train_img_s"}
+    assert set(line) == {"epoch", "train_loss", "map", "lr", "time_s", "train_s", "train_img_s"}
+    assert 0 < line["train_s"] < line["time_s"]  # the epoch's time includes its evaluation
     assert load_checkpoint(run / "last.pt")["args"]["amp"] == "bf16"
     capsys.readouterr()
     assert main(["detect", "eval", "--checkpoint", str(run / "last.pt"), "--workers", "0", "--json"]) == 0
@@ -128,8 +130,8 @@ def test_the_detector_learns(tmp_path):
     before = {split: score(untrained, split) for split in ("train", "test")}
     run = tmp_path / "run"
     assert main(["detect", "train", "--dataset", "scenes", "--data-dir", str(data), "--size", "112", "--batch-size",
-                 "16", "--epochs", "8", "--lr", "0.004", "--workers", "0", "--no-progress", "--device", "cpu",
-                 "--out", str(run)]) == 0
+                 "16", "--epochs", "8", "--lr", "0.004", "--head", "ssd", "--workers", "0", "--no-progress",
+                 "--device", "cpu", "--out", str(run)]) == 0  # the untrained detector's heads: ssd
     trained, _ = detector_from_checkpoint(run / "last.pt")
     after = {split: score(trained, split) for split in ("train", "test")}
     assert round(after["test"], 4) == _metrics(run)[-1]["map"]  # what training logged

@@ -522,6 +522,7 @@ _METRIC_NAMES = {
     "train_loss": "training loss",
     "lr": "learning rate",
     "time_s": "epoch time (s)",
+    "train_s": "training time (s)",
     "train_img_s": "training throughput (img/s)",
 }
 #: Pseudo-metrics that draw training (dashed) and validation (solid) in one panel.

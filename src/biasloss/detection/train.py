@@ -6,7 +6,8 @@ the same engine step with :class:`~biasloss.train.engine.DetectorObjective`, mix
 (``--amp``), torchrun DDP, a checkpoint on Ctrl-C / SIGTERM, progress bars, a NaN loss that stops
 the run with the last good checkpoint kept, exact resume (:class:`~biasloss.data.DetectionLoader`
 seeds every sample's augmentation), and ``metrics.jsonl`` with one ``{"epoch", "train_loss",
-"map", "lr", "time_s", "train_img_s"}`` line per epoch. The recipes are :data:`DATASETS`' own.
+"map", "lr", "time_s", "train_s", "train_img_s"}`` line per epoch (``time_s`` with the
+evaluation, ``train_s`` without). The recipes are :data:`DATASETS`' own.
 
 VOC (section 5.4): VOC 2012 trainval for training, VOC 2007 test for mAP, 300 x 300 input, SGD
 with learning rate 0.01 and cosine annealing, batch 42, 200 epochs; momentum 0.9 and weight decay
@@ -44,8 +45,9 @@ __all__ = ["DATASETS", "build_detector", "detection_scores", "detector_from_chec
            "run_detect_eval", "run_detect_train"]
 
 #: The data sets in VOC's layout: classes, splits, input size, training augmentation and recipe.
-#: ``voc``: the paper's (train on VOC2012 trainval, test on VOC2007 test); ``scenes``: ``detect
-#: make-scenes``' output, with a recipe sized to 20 minutes on 2 CPU cores (docs/detection.md).
+#: ``voc``: the paper's (train on VOC2012 trainval, test on VOC2007 test, SSD heads); ``scenes``:
+#: ``detect make-scenes``' output, with a recipe sized to 20 minutes on 2 CPU cores and chosen on
+#: its val scenes (docs/detection.md).
 DATASETS: dict[str, dict[str, Any]] = {
     "voc": {"classes": VOC_CLASSES, "year": "2012", "train_set": "trainval", "test_year": "2007", "test_set": "test",
             "size": 300, "augment": "ssd", "head": "ssd",
@@ -54,9 +56,9 @@ DATASETS: dict[str, dict[str, Any]] = {
                              epochs=200, batch_size=42, lr=0.01, weight_decay=4e-5, schedule="cosine",
                              model="skipblocknet_s")},
     "scenes": {"classes": SCENE_CLASSES, "year": "2007", "train_set": "train", "test_year": "2007",
-               "test_set": "test", "size": 224, "augment": "flip", "head": "ssd",
-               "recipe": Recipe(name="scenes-ssd", description="SkipblockNet-XS at 224 px, AdamW 3e-3, 0.2 "
-                                "epochs of warm-up, cosine, batch 16, 4 epochs, horizontal flips",
+               "test_set": "test", "size": 224, "augment": "flip", "head": "ssdlite",
+               "recipe": Recipe(name="scenes-ssd", description="SSDLite heads on SkipblockNet-XS at 224 px, AdamW "
+                                "3e-3, 0.2 epochs of warm-up, cosine, batch 16, 4 epochs, horizontal flips",
                                 epochs=4, batch_size=16, lr=3e-3, optimizer="adamw", weight_decay=1e-4,
                                 schedule="cosine", warmup_epochs=0.2, warmup_lr=3e-5, model="skipblocknet_xs")},
 }

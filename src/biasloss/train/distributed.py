@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "cleanup_distributed", "init_distributed", "resolve_device"]
+__all__ = ["DistInfo", "broadcast_buffers", "cleanup_distributed", "init_distributed", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,19 @@ def init_distributed(device: str | None) -> tuple[DistInfo, torch.device]:
     if info.enabled and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return info, dev
+
+
+def broadcast_buffers(*modules: torch.nn.Module | None) -> None:
+    """Give every rank rank 0's buffers of ``modules`` (``None`` skipped). DDP keeps parameters
+    equal, but a rank's BatchNorm running statistics (and an EMA of them) last saw its own batch:
+    evaluated as they are, each rank would score slightly other weights than the ``last.pt`` rank 0
+    writes, and ``eval`` of that checkpoint would not repeat the logged figure."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for module in modules:
+        if module is not None:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
 
 
 def cleanup_distributed() -> None:

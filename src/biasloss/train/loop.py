@@ -33,7 +33,7 @@ from biasloss._checks import one_line
 from biasloss._io import atomic_write_text, remove_stale_temps, writable_dir
 from biasloss.data import DatasetCorruptError
 from biasloss.train.checkpoint import CheckpointError, save_checkpoint
-from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed
+from biasloss.train.distributed import DistInfo, broadcast_buffers, cleanup_distributed, init_distributed
 from biasloss.train.engine import Objective, train_one_epoch
 
 __all__ = ["RUN_FILES", "Run", "RunLock", "Start", "StopFlag", "autocast_dtype", "check_out", "fit", "next_free_dir",
@@ -317,9 +317,10 @@ def fit(run: Run, stop: StopFlag, start: Start = Start(), last_epoch: int | None
         metrics = {"epoch": epoch + 1, "train_loss": round(result.loss, 6)}
         if result.top1 is not None:
             metrics["train_top1"] = round(result.top1, 4)
+        broadcast_buffers(run.model, run.ema)  # every rank evaluates the weights last.pt holds
         metrics |= run.validate()
         metrics |= {"lr": run.optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 3),
-                    "train_img_s": round(result.throughput, 1)}
+                    "train_s": round(result.time_s, 3), "train_img_s": round(result.throughput, 1)}
         improved = metrics[run.score] > best
         best = max(best, metrics[run.score])
         if run.info.is_main:  # the checkpoint first: the log never runs ahead of last.pt
