@@ -201,7 +201,8 @@ def _build_run(cfg: dict[str, Any], info: DistInfo, device: torch.device, ckpt: 
     amp_dtype = autocast_dtype(cfg["amp"], device)
     use_07 = cfg["test_year"] == "2007"
     if info.is_main:
-        print(f"biasloss detect: SSD {cfg['size']} on {cfg['model']}, {cfg['dataset']} {cfg['year']} "
+        detector = "SSDLite" if cfg["head"] == "ssdlite" else "SSD"
+        print(f"biasloss detect: {detector} {cfg['size']} on {cfg['model']}, {cfg['dataset']} {cfg['year']} "
               f"{cfg['train_set']} ({len(train)} images) -> {cfg['test_year']} {cfg['test_set']}, "
               f"recipe {recipe.name}, {recipe.epochs} epochs, batch {recipe.batch_size}"
               f"{f' x {info.world_size} ranks' if info.enabled else ''}, device {device}, out {out}", flush=True)
@@ -268,7 +269,8 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
     finally:
         loader.close()
     return {"map": round(scores["map"] * 100, 4), "images": loader.num_samples, "epoch": cfg["epoch"],
-            "model": cfg["model"], "test_set": cfg["test_set"], "ap": {classes[k]: round(v * 100, 2) for k, v in sorted(scores["ap"].items())}}
+            "model": cfg["model"], "test_set": cfg["test_set"],
+            "ap": {classes[k]: round(v * 100, 2) for k, v in sorted(scores["ap"].items())}}
 
 
 def register(subparsers) -> None:
