@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     elapsed, trained, rows, reached = 0.0, 0.0, [], None
-    print("\n| epoch | train loss | mAP@0.5 (%) | training time so far (s) | wall time so far, with the evaluations (s) |"
+    print("\n| epoch | train loss | mAP@0.5 (%) | training time so far (s) "
+          "| wall time so far, with the evaluations (s) |"
           "\n|---|---|---|---|---|")
     for m in lines:
         elapsed += m["time_s"]

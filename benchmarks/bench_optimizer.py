@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, "
           f"{args.threads} thread(s), load average before: {loadavg()}")
-    print("\n| parameters | optimizer | tensors | loop ms | foreach ms | fused ms | fused / loop |\n|---|---|---|---|---|---|---|")
+    print("\n| parameters | optimizer | tensors | loop ms | foreach ms | fused ms | fused / loop |"
+          "\n|---|---|---|---|---|---|---|")
     for name, model in _models().items():
         for p_ in model.parameters():
             p_.grad = torch.randn_like(p_)

@@ -286,7 +286,7 @@ def register(subparsers) -> None:
     t.add_argument("--model", help="skipblocknet_xs/s/m/l (default: the data set's, skipblocknet_s for VOC as in "
                                    "Table 6)")
     t.add_argument("--head", choices=HEADS, help="prediction heads: ssd (3x3 convolutions, the paper's) or ssdlite "
-                                                 "(separable, MobileNetV2's SSDLite; about a ninth of the "
+                                                 "(separable, MobileNetV2's SSDLite; about a seventh of the "
                                                  "multiply-adds) (default: the data set's)")
     t.add_argument("--init", help="classification weights for the backbone (a 'biasloss train' checkpoint or a "
                                   "state dict)")

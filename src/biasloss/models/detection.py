@@ -13,7 +13,7 @@ The prediction heads are SSD's 3x3 convolutions (``head="ssd"``,
 :class:`~torchvision.models.detection.ssd.SSDHead`; Table 6's 9.4M-parameter detector has heads
 of that size) or MobileNetV2's SSDLite ones (``head="ssdlite"``: 3x3 depthwise, BatchNorm, ReLU6,
 then 1x1, torchvision's :class:`~torchvision.models.detection.ssdlite.SSDLiteHead`), about a
-ninth of the multiply-adds.
+seventh of the multiply-adds (SkipblockNet-XS at 224 px: 80 -> 11 M).
 """
 
 from __future__ import annotations
