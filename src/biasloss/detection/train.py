@@ -71,6 +71,7 @@ _OPTIONS = (*IDENTITY, "epochs", "workers", "data_dir", "amp", "channels_last", 
 
 
 _WORKERS = min(4, os.cpu_count() or 1)  # default DataLoader workers
+_OLDER_CHECKPOINTS = {"head": "ssd"}  # settings of checkpoints written before they were recorded
 
 
 def build_detector(model: str, size: int, init: str | None = None, num_classes: int = len(VOC_CLASSES),
@@ -114,7 +115,7 @@ def detection_scores(model: nn.Module, loader: Any, device: torch.device, use_07
 def _resolve(args: Any, ckpt: dict[str, Any] | None) -> dict[str, Any]:
     """The run's settings: the command line over the resumed checkpoint's over the data set's."""
     given = {k: v for k, v in vars(args).items() if k in _OPTIONS and v is not None}
-    saved = ({"head": "ssd"} | ckpt["args"]) if ckpt is not None else {}  # checkpoints from before --head: ssd
+    saved = (_OLDER_CHECKPOINTS | ckpt["args"]) if ckpt is not None else {}
     for key in IDENTITY:
         if key in given and key in saved and given[key] != saved[key]:
             raise CheckpointError(f"cannot resume: the checkpoint was trained with --{key.replace('_', '-')} "
@@ -237,7 +238,7 @@ def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> t
     if "best_map" not in ckpt:
         raise CheckpointError(f"{path} is not a 'biasloss detect train' checkpoint (a classifier's? "
                               "evaluate those with 'biasloss eval')")
-    cfg = {"workers": _WORKERS, "amp": "auto", "channels_last": True, "limit": None, "head": "ssd"}
+    cfg = {"workers": _WORKERS, "amp": "auto", "channels_last": True, "limit": None} | _OLDER_CHECKPOINTS
     cfg |= ckpt["args"] | {"epoch": ckpt["epoch"]}
     model = build_detector(cfg["model"], cfg["size"], num_classes=len(DATASETS[cfg["dataset"]]["classes"]),
                            head=cfg["head"])
