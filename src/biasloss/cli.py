@@ -43,12 +43,16 @@ def _add_train(sub) -> None:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--alpha", type=float, help="Bias Loss alpha (default 0.3)")
     p.add_argument("--beta", type=float, help="Bias Loss beta (default 0.3)")
-    p.add_argument("--scaling", choices=("batch", "running_min"), help="Bias Loss variance scaling (default batch)")
+    p.add_argument("--scaling", choices=("batch", "running_min", "rank"),
+                   help="Bias Loss variance scaling (default batch; rank is ours, beyond the paper)")
     p.add_argument("--clamp", nargs=2, type=float, metavar=("LOW", "HIGH"),
                    help="Bias Loss weight clamp (default 0.5 1.5)")
     p.add_argument("--no-clamp", dest="clamp", action="store_const", const="none",
                    help="Bias Loss weights unclamped, as in the authors' code")
     p.add_argument("--gamma", type=float, help="focal loss gamma (default 2)")
+    p.add_argument("--loss-scale", type=float, metavar="C",
+                   help="multiply the training loss by C, any loss (default 1; the CE x c control of "
+                        "docs/results.md)")
     p.add_argument("--no-loss-sync", action="store_true",
                    help="under torchrun, scale the Bias Loss per rank instead of over the global batch")
     p.add_argument("--seed", type=int)

@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from .bias import (BiasLoss, bias_loss, bias_weights, check_clamp, clamp_option, feature_variance, scale_variance,
-                   weight_function)
+from .bias import (BiasLoss, bias_loss, bias_weights, check_clamp, clamp_option, feature_variance, rank_scale,
+                   scale_variance, weight_function, weight_stats)
 from .focal import CrossEntropyLoss, FocalLoss, focal_loss
 
 __all__ = [
@@ -32,8 +32,10 @@ __all__ = [
     "feature_variance",
     "focal_loss",
     "needs_features",
+    "rank_scale",
     "scale_variance",
     "weight_function",
+    "weight_stats",
 ]
 
 

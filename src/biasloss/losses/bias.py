@@ -15,6 +15,7 @@ variances are all 0 instead of the NaN of the authors' code.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -30,13 +31,13 @@ from ._validate import (
     reduce,
 )
 
-__all__ = ["BiasLoss", "bias_loss", "bias_weights", "check_clamp", "clamp_option", "feature_variance", "scale_variance",
-           "weight_function"]
+__all__ = ["BiasLoss", "bias_loss", "bias_weights", "check_clamp", "clamp_option", "feature_variance", "rank_scale",
+           "scale_variance", "weight_function", "weight_stats"]
 
 Clamp = tuple[float, float] | None
 DEFAULT_CLAMP = (0.5, 1.5)  # the weights' clamp in the authors' code (SPEC)
-Scaling = Literal["batch", "running_min"]
-_SCALINGS = ("batch", "running_min")
+Scaling = Literal["batch", "running_min", "rank"]
+_SCALINGS = ("batch", "running_min", "rank")
 #: The authors' initial value of the running minimum ("global" scaling).
 RUNNING_MIN_INIT = 1e5
 
@@ -185,6 +186,49 @@ def scale_variance(
     return _min_max_scale(variance, low, high, low)
 
 
+def rank_scale(
+    variance: Tensor, *, sync: bool | Literal["auto"] = False, process_group=None
+) -> Tensor:
+    """Each variance's rank within the batch, mapped to [0, 1] (``scaling="rank"``; ours, beyond
+    the paper).
+
+    ``s_i = (#{j: v_j < v_i} + (#{j: v_j = v_i} - 1) / 2) / (N - 1)``: the lowest variance gets 0,
+    the highest 1, ties their mean rank, so ``z`` spans ``[z(0), z(1)]`` whatever the outliers. With
+    ``sync`` the ranks are over the global batch of all ranks of ``process_group`` (one all-gather
+    of the per-sample variances, after an all-reduce of the batch sizes, which may differ).
+
+    Args:
+        variance: ``(B,)`` per-sample variances, ``B >= 1``.
+
+    Returns:
+        ``(B,)`` in [0, 1]; all zeros for a (global) batch of one.
+    """
+    sync = _resolve_sync(sync)
+    _check_not_empty(variance)
+    return _rank_scale(variance, sync, process_group)
+
+
+def _rank_scale(variance: Tensor, sync: bool, process_group) -> Tensor:
+    pool = _gather_variances(variance, process_group) if sync else variance
+    less = (pool.unsqueeze(0) < variance.unsqueeze(1)).sum(1)  # NaN padding compares False
+    equal = (pool.unsqueeze(0) == variance.unsqueeze(1)).sum(1)
+    n = (~pool.isnan()).sum()
+    rank = less.to(variance.dtype) + (equal - 1).to(variance.dtype) / 2
+    return torch.where(n > 1, rank / (n - 1).clamp_min(1).to(variance.dtype), torch.zeros_like(variance))
+
+
+def _gather_variances(variance: Tensor, process_group) -> Tensor:
+    """Every rank's variances, padded with NaN to the largest batch (``(world * B_max,)``)."""
+    size = torch.tensor([variance.numel()], device=variance.device)
+    dist.all_reduce(size, op=dist.ReduceOp.MAX, group=process_group)
+    padded = torch.full((int(size.item()),), float("nan"), device=variance.device, dtype=variance.dtype)
+    padded[: variance.numel()] = variance
+    world = dist.get_world_size(process_group)
+    gathered = torch.empty(world * padded.numel(), device=variance.device, dtype=variance.dtype)
+    dist.all_gather_into_tensor(gathered, padded, group=process_group)
+    return gathered
+
+
 def weight_function(scaled: Tensor, alpha: float, beta: float, clamp: Clamp) -> Tensor:
     """z(v) = exp(alpha v) - beta (eq. 3) of scaled variances ``v``, clamped to ``clamp`` if given."""
     weights = torch.exp(alpha * scaled) - beta  # eq. 3
@@ -216,6 +260,30 @@ def _batch_weights(features: Tensor, alpha: float, beta: float, clamp: Clamp, sy
     variance = _variance(features)
     low, high = _batch_extrema(variance, sync, process_group)
     return weight_function(_min_max_scale(variance, low, high, low), alpha, beta, clamp)
+
+
+#: A weight counts as at its batch's lowest when within this of it (:func:`weight_stats`).
+NEAR_MIN = 0.01
+#: The percentiles of the weights that :func:`weight_stats` reports.
+WEIGHT_PERCENTILES = (1, 10, 50, 90, 99)
+
+
+def weight_stats(weights: Tensor, near_min: Tensor | None = None, clamp: Clamp = None) -> dict[str, float]:
+    """What the trainer logs per epoch of the Bias Loss weights ``z`` it trained with, as flat
+    ``metrics.jsonl`` keys: ``z_mean``, ``z_std`` (population), the percentiles ``z_p01`` ...
+    ``z_p99`` (:data:`WEIGHT_PERCENTILES`, linear interpolation), ``z_near_min`` (the fraction
+    within :data:`NEAR_MIN` of their batch's lowest weight, when ``near_min`` marks them) and,
+    with a ``clamp``, ``z_at_low`` and ``z_at_high`` (the fractions at each bound)."""
+    w = weights.detach().double().flatten()
+    q = torch.quantile(w, torch.tensor([p / 100 for p in WEIGHT_PERCENTILES], dtype=w.dtype, device=w.device))
+    stats = {"z_mean": w.mean().item(), "z_std": w.std(correction=0).item(),
+             **{f"z_p{p:02d}": v for p, v in zip(WEIGHT_PERCENTILES, q.tolist())}}
+    if near_min is not None:
+        stats["z_near_min"] = near_min.double().mean().item()
+    if clamp is not None:
+        stats["z_at_low"] = (w <= clamp[0]).double().mean().item()
+        stats["z_at_high"] = (w >= clamp[1]).double().mean().item()
+    return {key: round(value, 6) for key, value in stats.items()}
 
 
 def _weighted_loss(
@@ -272,12 +340,17 @@ class BiasLoss(nn.Module):
             authors' code's "global" mode: the numerator subtracts the smallest variance seen
             so far, kept in the ``running_min`` buffer, so it is saved with the state dict; the
             denominator stays the batch's ``max - min``). The buffer is updated only in training
-            mode.
+            mode. ``"rank"`` (ours, beyond the paper): each sample's rank of variance within the
+            batch, mapped to [0, 1] (:func:`rank_scale`), so the weights spread over
+            ``[exp(0) - beta, exp(alpha) - beta]`` however the variances are distributed.
         sync: reduce min/max (and the running minimum) across ranks; ``"auto"`` does so when a
             ``torch.distributed`` process group with more than one rank is initialised.
         process_group: the group to reduce over (default: the world).
 
-    After each call, ``last_weights`` holds the detached ``(B,)`` weights, for logging.
+    After each call, ``last_weights`` holds the detached ``(B,)`` weights, for logging. In
+    training mode with ``record_weights = True`` (the trainer sets it) each batch's weights are
+    also kept, on their device and without synchronising, until :meth:`pop_weight_stats`
+    summarises them: the trainer logs one summary per epoch.
     """
 
     running_min: Tensor
@@ -309,6 +382,8 @@ class BiasLoss(nn.Module):
         self.process_group = process_group
         self.register_buffer("running_min", torch.tensor(RUNNING_MIN_INIT, dtype=torch.float32))
         self.last_weights: Tensor | None = None
+        self.record_weights = False
+        self._seen: list[Tensor] = []  # per training batch: its weights, and which are near its lowest
 
     def weights(self, features: Tensor) -> Tensor:
         """The ``(B,)`` weights ``z(v)`` for ``features``; in training mode with
@@ -319,16 +394,36 @@ class BiasLoss(nn.Module):
 
     def _weights(self, features: Tensor) -> Tensor:
         variance = _variance(features)
-        low, high = _batch_extrema(variance, _resolve_sync(self.sync), self.process_group)
-        minimum = low
-        if self.scaling == "running_min":
-            minimum = torch.minimum(self.running_min.to(low.device), low)
-            if self.training:
-                self.running_min.copy_(minimum)
-        scaled = _min_max_scale(variance, low, high, minimum)
+        sync = _resolve_sync(self.sync)
+        if self.scaling == "rank":
+            scaled = _rank_scale(variance, sync, self.process_group)
+        else:
+            low, high = _batch_extrema(variance, sync, self.process_group)
+            minimum = low
+            if self.scaling == "running_min":
+                minimum = torch.minimum(self.running_min.to(low.device), low)
+                if self.training:
+                    self.running_min.copy_(minimum)
+            scaled = _min_max_scale(variance, low, high, minimum)
         weights = weight_function(scaled, self.alpha, self.beta, self.clamp)
         self.last_weights = weights
+        if self.training and self.record_weights:
+            near_min = weights <= weights.min() + NEAR_MIN
+            self._seen.append(torch.stack((weights, near_min.to(weights.dtype))))
         return weights
+
+    def pop_weight_stats(self, gather: Callable[[Tensor], Tensor] | None = None) -> dict[str, float] | None:
+        """Statistics of the weights of every training batch since the last call, then forgets
+        them (``None`` if there was none): :func:`weight_stats`. ``gather`` joins the ranks'
+        ``(2, n)`` records (weights; near their batch's lowest) along dim 1, for the global
+        statistics under torchrun (every rank calls it); without it, this rank's weights."""
+        seen = torch.cat(self._seen, dim=1) if self._seen else torch.zeros(2, 0)
+        self._seen = []
+        if gather is not None:
+            seen = gather(seen)
+        if seen.shape[1] == 0:
+            return None
+        return weight_stats(seen[0], seen[1].bool(), self.clamp)
 
     def forward(self, logits: Tensor, target: Tensor, features: Tensor) -> Tensor:
         check_logits_target(logits, target)

@@ -26,7 +26,8 @@ TRAINING_KEYS = ("dataset", "model")
 #: Values for arguments a checkpoint may lack (written by an older version, or edited).
 ARG_DEFAULTS: dict[str, Any] = {"data_dir": None, "batch_size": None, "eval_batch_size": None, "seed": 0,
                                 "limit": None, "channels_last": True, "amp": "auto", "loss": None,
-                                "alpha": None, "beta": None, "clamp": [0.5, 1.5], "scaling": "batch"}
+                                "alpha": None, "beta": None, "clamp": [0.5, 1.5], "scaling": "batch",
+                                "loss_scale": 1.0}
 
 
 def training_args(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> argparse.Namespace:

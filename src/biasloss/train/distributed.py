@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "broadcast_buffers", "cleanup_distributed", "init_distributed", "resolve_device"]
+__all__ = ["DistInfo", "broadcast_buffers", "cleanup_distributed", "gather_columns", "init_distributed",
+           "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,17 @@ def broadcast_buffers(*modules: torch.nn.Module | None) -> None:
         if module is not None:
             for buffer in module.buffers():
                 dist.broadcast(buffer, src=0)
+
+
+def gather_columns(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``(rows, n_rank)`` tensor joined along dim 1, on the CPU, in rank order (the
+    ranks' ``n`` may differ); the tensor itself outside torchrun. Every rank must call it."""
+    tensor = tensor.detach().cpu()
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, tensor)
+    return torch.cat(parts, dim=1)
 
 
 def cleanup_distributed() -> None:

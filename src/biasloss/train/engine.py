@@ -60,13 +60,15 @@ class ClassifierObjective(Objective):
     """``criterion(logits, target, features)`` of ``net(images) -> (logits, features)``
     (a :class:`ModelWithFeatures`, possibly wrapped in DDP or compiled)."""
 
-    def __init__(self, criterion: nn.Module) -> None:
+    def __init__(self, criterion: nn.Module, scale: float = 1.0) -> None:
         super().__init__()
         self.criterion = criterion
+        self.scale = float(scale)  # the loss's multiplier (--loss-scale); 1 multiplies nothing
 
     def forward(self, net: nn.Module, inputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None]:
         logits, features = net(inputs)
-        return self.criterion(logits, target, features), logits
+        loss = self.criterion(logits, target, features)
+        return (loss if self.scale == 1.0 else loss * self.scale), logits
 
 
 class DetectorObjective(Objective):
@@ -89,6 +91,7 @@ class EpochResult:
     interrupted: bool = False
     error: DatasetCorruptError | None = None  # the data file that ended the epoch early
     totals: list[float] | None = None  # loss sum, top-1 and top-5 hits, samples, over all ranks
+    class_top1: list[float] | None = None  # evaluate: top-1 % of each class's samples (NaN: none seen)
 
     @property
     def throughput(self) -> float:
@@ -280,10 +283,27 @@ def evaluate(
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     )
+    per_class: Tensor | None = None  # (2, K): top-1 hits and samples of each class
     start = time.perf_counter()
     for images, target in _progress(loader, len(loader), "eval", progress):  # type: ignore[arg-type]
         with autocast:
             logits, features = net(images)
             loss = criterion(logits, target, features) if criterion is not None else logits.new_zeros(())
         _accumulate(totals, loss, logits.float(), target)
-    return _summarise(totals, time.perf_counter() - start, len(loader))  # type: ignore[arg-type]
+        per_class = _count_classes(per_class, logits, target)
+    result = _summarise(totals, time.perf_counter() - start, len(loader))  # type: ignore[arg-type]
+    if per_class is not None:
+        hits, seen = _all_reduce(per_class).tolist()
+        result.class_top1 = [100 * h / n if n else math.nan for h, n in zip(hits, seen)]
+    return result
+
+
+def _count_classes(per_class: Tensor | None, logits: Tensor, target: Tensor) -> Tensor:
+    """``per_class`` (created at the first batch) plus this batch's top-1 hits and samples per class."""
+    if per_class is None:
+        per_class = torch.zeros(2, logits.shape[1], device=logits.device, dtype=torch.float64)
+    labels = target.argmax(1) if target.dim() == 2 else target
+    hit = (logits.argmax(1) == labels).to(per_class.dtype)
+    per_class[0].index_add_(0, labels, hit)
+    per_class[1].index_add_(0, labels, torch.ones_like(hit))
+    return per_class

@@ -185,6 +185,8 @@ class Run:
     checkpoint's ``"loss"``). ``validate()`` returns the epoch's validation metrics, of which
     ``score`` (higher is better) picks ``best.pt``; ``describe(metrics)`` words them for the
     epoch's line. ``extra`` goes into every checkpoint as it is (the run's arguments, ...).
+    ``train_stats()``, when given, adds what the task measured of the epoch's training (the Bias
+    Loss weights) to its ``metrics.jsonl`` line.
     """
 
     out: Path
@@ -207,6 +209,7 @@ class Run:
     scaler: torch.amp.GradScaler | None = None
     ema: AveragedModel | None = None
     progress: bool | None = None
+    train_stats: Callable[[], dict[str, Any]] | None = None  # after each epoch's training, on every rank
 
     @property
     def best_key(self) -> str:
@@ -317,6 +320,8 @@ def fit(run: Run, stop: StopFlag, start: Start = Start(), last_epoch: int | None
         metrics = {"epoch": epoch + 1, "train_loss": round(result.loss, 6)}
         if result.top1 is not None:
             metrics["train_top1"] = round(result.top1, 4)
+        if run.train_stats is not None:
+            metrics |= run.train_stats()
         broadcast_buffers(run.model, run.ema)  # every rank evaluates the weights last.pt holds
         metrics |= run.validate()
         metrics |= {"lr": run.optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 3),

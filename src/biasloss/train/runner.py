@@ -27,11 +27,11 @@ import biasloss
 from biasloss._checks import positive, positive_flags
 from biasloss.data import build_loaders, get_dataset_spec
 from biasloss.features import FeatureTap
-from biasloss.losses import LOSSES, clamp_option, create_loss, needs_features
+from biasloss.losses import LOSSES, BiasLoss, clamp_option, create_loss, needs_features
 from biasloss.models import create_model, evaluated_weights, list_models, load_pretrained
 from biasloss.models.utils import BATCHNORMS
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
-from biasloss.train.distributed import DistInfo, cleanup_distributed, init_distributed
+from biasloss.train.distributed import DistInfo, cleanup_distributed, gather_columns, init_distributed
 from biasloss.train.engine import ClassifierObjective, ModelWithFeatures, evaluate
 from biasloss.train.loop import Run, autocast_dtype, next_free_dir, open_run_dir, train_task
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler, default_recipe, get_recipe
@@ -64,6 +64,7 @@ class TrainConfig:
     scaling: str | None = None
     clamp: list[float] | str | None = None
     gamma: float | None = None
+    loss_scale: float | None = None
     no_loss_sync: bool = False
     seed: int | None = None
     out: str | None = None
@@ -84,13 +85,13 @@ class TrainConfig:
 DEFAULTS: dict[str, Any] = {
     "dataset": "fashion-mnist", "loss": "bias", "seed": 0,
     **{key: value for spec in LOSSES.values() for key, value in spec.options.items()},
-    "amp": "auto", "channels_last": True,
+    "loss_scale": 1.0, "amp": "auto", "channels_last": True,
 }
 #: Options whose default is the recipe's; the recipe a checkpoint saves holds their values.
 RECIPE_ARGS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "model")
 #: Arguments that define what is trained; a resume must not change them.
 IDENTITY_ARGS = ("dataset", "model", "loss", "recipe", "seed", "alpha", "beta", "scaling", "clamp", "gamma",
-                 "limit", "batch_size", "lr", "weight_decay", "label_smoothing")
+                 "loss_scale", "limit", "batch_size", "lr", "weight_decay", "label_smoothing")
 
 
 def _log(info: DistInfo, message: str) -> None:
@@ -152,6 +153,7 @@ def _resolve(config: TrainConfig, ckpt: dict[str, Any] | None) -> TrainConfig:
             setattr(config, key, copy.deepcopy(value))
     positive_flags(vars(config), ("epochs", "batch_size", "workers", "stop_after", "limit"))
     positive("--lr", config.lr, kind=float)
+    positive("--loss-scale", config.loss_scale, kind=float)
     if config.weight_decay is not None and not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
         raise ValueError(f"--weight-decay must be a number >= 0, got {config.weight_decay}")
     return config
@@ -181,7 +183,10 @@ def _build_loss(config: TrainConfig, recipe: Recipe, info: DistInfo) -> nn.Modul
         options["clamp"] = clamp_option(options["clamp"])
     if config.loss == "bias":  # min-max scaling over the global batch under torchrun
         options["sync"] = info.enabled and not config.no_loss_sync
-    return create_loss(config.loss, label_smoothing=recipe.label_smoothing, **options)
+    criterion = create_loss(config.loss, label_smoothing=recipe.label_smoothing, **options)
+    if isinstance(criterion, BiasLoss):
+        criterion.record_weights = True  # logged per epoch (weight_stats)
+    return criterion
 
 
 def _features_net(model: nn.Module, criterion: nn.Module, spec, tap_layer: str | None = None) -> ModelWithFeatures:
@@ -261,11 +266,17 @@ def _build_run(config: TrainConfig, info: DistInfo, device: torch.device, ckpt: 
 
     def validate() -> dict[str, Any]:
         val = evaluate(eval_net, criterion, val_loader, device=device, amp_dtype=amp_dtype, progress=config.progress)
-        return {"val_loss": round(val.loss, 6), "val_top1": round(val.top1, 4), "val_top5": round(val.top5, 4)}
+        return {"val_loss": round(val.loss, 6), "val_top1": round(val.top1, 4), "val_top5": round(val.top5, 4),
+                "val_class_top1": [round(x, 4) for x in val.class_top1]}
+
+    def train_stats() -> dict[str, Any]:
+        """The Bias Loss weights of the epoch's training batches, every rank's (:func:`weight_stats`)."""
+        stats = criterion.pop_weight_stats(gather=gather_columns) if isinstance(criterion, BiasLoss) else None
+        return stats or {}
 
     return Run(
         out=out, info=info, device=device, model=model, train_net=train_net,
-        objective=ClassifierObjective(criterion), criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+        objective=ClassifierObjective(criterion, config.loss_scale), criterion=criterion, train_stats=train_stats, optimizer=optimizer, scheduler=scheduler,
         train_loader=train_loader, validate=validate,
         describe=lambda m: f"val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f} top5 {m['val_top5']:.2f}",
         score="val_top1", epochs=recipe.epochs, seed=config.seed, amp_dtype=amp_dtype,
