@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import gc
 import json
-import platform
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from biasloss._checks import is_out_of_memory, positive, try_input
+from biasloss._provenance import cpu_name
 from biasloss.models.utils import eval_mode, model_device
 
 __all__ = [
@@ -402,15 +402,6 @@ def _create_model(name: str, *, num_classes: int, in_chans: int, small_input: bo
     return create_model(name, num_classes=num_classes, in_chans=in_chans, small_input=small_input)
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def profile_models(
     names: Sequence[str],
     *,
@@ -508,7 +499,7 @@ def profile_models(
         "latency_threads": threads,
         "throughput_threads": torch.get_num_threads(),
         "throughput_batch": batch,
-        "device": str(dev) if dev.type != "cpu" else f"cpu ({_cpu_name()})",
+        "device": str(dev) if dev.type != "cpu" else f"cpu ({cpu_name()})",
         "torch": torch.__version__,
     }
     if dev.type == "cuda":

@@ -51,7 +51,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,7 @@ PAPER_LOSSES = ("ce", "focal", "bias")
 #: defaults, and the label smoothing (default: the recipe's)
 LOSS_OPTIONS: dict[str, Any] = {
     **{f.name: DEFAULTS[f.name] for f in fields(TrainConfig) if any(f.name in spec.options for spec in LOSS_SPECS.values())},
+    "loss_scale": DEFAULTS["loss_scale"],  # one value, or one per seed ({seed: c}: the CE x c arm)
     "label_smoothing": None,
 }
 LOSS_NAMES = {loss: "CE" if loss == "ce" else loss for loss in LOSSES}
@@ -164,7 +165,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "alpha1.0-beta0": {"alpha": 1.0, "beta": 0.0},
     "alpha1.0-beta0.3": {"alpha": 1.0, "beta": 0.3},
     "label-smoothing0.1": {"label_smoothing": 0.1},
+    # issue 23's arms, beyond the paper's knobs (not in the default set):
+    "rank": {"scaling": "rank"},  # ours, beyond the paper: each sample's rank of variance in the batch
+    "ce-x-c": {"loss": "ce", "loss_scale": "paired"},  # CE x c, c = the paired Bias Loss run's mean weight
 }
+#: The variants of :data:`ABLATIONS` that ``reproduce ablation`` trains only when ``--variants`` names them.
+BEYOND_PAPER = ("rank", "ce-x-c")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,12 +285,17 @@ class GridSettings:
     scaling: str | None = None
     clamp: list[float] | str | None = None  # [low, high] or "none"
     gamma: float | None = None
+    loss_scale: float | dict[int, float] | None = None  # {seed: c}: each seed its own multiplier
     label_smoothing: float | None = None
     variance: bool = False  # Table 5's measurement of every CE and Bias Loss run (not part of a run)
 
-    def loss_options(self) -> dict[str, Any]:
-        """The loss options this grid sets (the others are the trainer's defaults)."""
-        return {k: getattr(self, k) for k in LOSS_OPTIONS if getattr(self, k) is not None}
+    def loss_options(self, seed: int | None = None) -> dict[str, Any]:
+        """The loss options this grid sets (the others are the trainer's defaults), for ``seed``
+        where an option is given per seed."""
+        options = {k: getattr(self, k) for k in LOSS_OPTIONS if getattr(self, k) is not None}
+        if isinstance(options.get("loss_scale"), dict):
+            options["loss_scale"] = options["loss_scale"].get(seed, options["loss_scale"].get(str(seed)))
+        return {k: v for k, v in options.items() if v is not None}
 
     def train_config(self, run: Run) -> TrainConfig:
         """What the trainer trains ``run`` with (resuming it when it has begun)."""
@@ -292,7 +303,7 @@ class GridSettings:
                            epochs=self.epochs, out=str(run.dir), batch_size=self.batch_size, limit=self.limit,
                            data_dir=self.data_dir, device=self.device, workers=self.workers,
                            progress=self.progress, resume=str(run.dir / "last.pt") if run.status == "resume" else None,
-                           **self.loss_options())
+                           **self.loss_options(run.seed))
 
 
 def _command(config: TrainConfig) -> str:
@@ -336,8 +347,9 @@ def _identity(run: Run, settings: GridSettings) -> dict[str, Any]:
     wanted = {"dataset": settings.dataset, "model": run.model, "loss": run.loss, "seed": run.seed,
               "recipe": settings.recipe, "limit": settings.limit,
               "batch_size": settings.batch_size or planned.batch_size, "epochs": settings.epochs}
+    given = settings.loss_options(run.seed)
     for key, default in LOSS_OPTIONS.items():
-        value = getattr(settings, key)
+        value = given.get(key)
         wanted[key] = value if value is not None else (planned.label_smoothing if key == "label_smoothing" else default)
     return wanted
 
@@ -345,6 +357,7 @@ def _identity(run: Run, settings: GridSettings) -> dict[str, Any]:
 def _check_identity(where: Path, have: Mapping[str, Any], run: Run, settings: GridSettings) -> None:
     """Refuse a run directory or record trained with other settings than the grid's: ``have`` is
     what it was trained with (:func:`~biasloss.train.runner.trained_with`, a record's identity)."""
+    have = {"loss_scale": DEFAULTS["loss_scale"], **have}  # records from before --loss-scale
     conflict = resume_conflict(have, _identity(run, settings))
     if conflict:
         raise ValueError(f"{where} was trained with {conflict}: use another --out, or delete that run")
@@ -421,12 +434,9 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 def _write_record(run: Run, settings: GridSettings, out: Path) -> None:
     """``<out>/records/<run>.json``: the command that trains the run, the versions, the seed,
-    final and best top-1, and every ``metrics.jsonl`` line up to the planned last epoch."""
-    import platform
-
-    import torch
-
-    import biasloss
+    final and best top-1, and every ``metrics.jsonl`` line up to the planned last epoch; the
+    versions, machine and git state (commit, dirty tree) of :func:`biasloss._provenance.environment`."""
+    from biasloss._provenance import environment
 
     lines: dict[int, dict[str, Any]] = {}
     for text in (run.dir / "metrics.jsonl").read_text().splitlines():
@@ -449,25 +459,10 @@ def _write_record(run: Run, settings: GridSettings, out: Path) -> None:
         "final_top5": run.final_top5,
         "best_top1": run.best_top1,
         "train_time_s": round(math.fsum(line.get("time_s", 0.0) for line in lines.values()), 1),
-        "versions": {"biasloss": biasloss.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
-        "machine": {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads()},
+        **environment(),  # "versions", "machine", "git"
         "metrics": [lines[e] for e in sorted(lines)],
     }
     atomic_write_text(_record_path(run, out), json.dumps(record, indent=1) + "\n")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -759,17 +754,18 @@ def run_grid(settings: GridSettings, out: Path, *, dry_run: bool = False) -> dic
 
 
 def run_ablation(settings: GridSettings, out: Path, *, baseline: Path | None = None,
-                 dry_run: bool = False) -> dict[str, Any] | None:
-    """The Bias Loss ablations (:data:`ABLATIONS`) of one model: each a grid of Bias Loss runs in
-    ``<out>/<name>/``, against the paper's default Bias Loss and cross-entropy of the same seeds.
-    Those come from ``baseline`` (a finished ``reproduce grid`` of the same model, dataset and
-    epochs; never trained into) or else are trained in ``<out>/default/``. Writes
-    ``<out>/results.md`` and ``results.json``: per variant the mean ± std top-1 and its paired
-    differences against the default Bias Loss and against cross-entropy."""
-    from dataclasses import replace
-
+                 dry_run: bool = False, variants: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Ablations (:data:`ABLATIONS`, by default those not in :data:`BEYOND_PAPER`) of one model: each a
+    grid in ``<out>/<name>/`` (Bias Loss runs, or the variant's ``loss``), against the paper's
+    default Bias Loss and cross-entropy of the same seeds. Those come from ``baseline`` (a
+    finished ``reproduce grid`` of the same model, dataset and epochs; never trained into) or else
+    are trained in ``<out>/default/`` (with ``settings.variance``, Table 5's measurement of them).
+    ``loss_scale "paired"`` (the CE x c arm) gives each seed c = :func:`mean_weight` of the
+    default Bias Loss run of that seed. Writes ``<out>/results.md`` and ``results.json``: per
+    variant the mean ± std top-1, its paired differences against the default Bias Loss and
+    against cross-entropy, per-class top-1 and the Bias Loss weights the runs trained with."""
     settings = replace(settings, command="grid")  # each part is an ordinary grid
-    base = replace(settings, losses=["ce", "bias"], variance=False)
+    base = replace(settings, losses=["ce", "bias"], variance=settings.variance and baseline is None)
     if baseline is not None:
         runs = plan_grid(base, baseline)
         missing = [r.name for r in runs if r.status != "finished"]
@@ -781,21 +777,46 @@ def run_ablation(settings: GridSettings, out: Path, *, baseline: Path | None = N
     else:
         run_grid(base, out / "default", dry_run=dry_run)
         base_runs = None if dry_run else plan_grid(base, out / "default")
-    variants: dict[str, list[Run]] = {}
-    for name, options in ABLATIONS.items():
-        variant = replace(settings, losses=["bias"], variance=False, **options)
+    where = baseline if baseline is not None else out / "default"
+    trained: dict[str, list[Run]] = {}
+    for name in variants or [n for n in ABLATIONS if n not in BEYOND_PAPER]:
+        options = dict(ABLATIONS[name])
+        loss = options.pop("loss", "bias")
+        if options.get("loss_scale") == "paired":
+            if base_runs is None:  # a dry run before the default runs exist
+                print(f"{name}: c from each seed's default Bias Loss run, once trained", flush=True)
+                continue
+            options["loss_scale"] = {r.seed: mean_weight(_record_path(r, where))
+                                     for r in base_runs if r.loss == "bias"}
+        variant = replace(settings, losses=[loss], variance=False, **options)
         if dry_run:
             run_grid(variant, out / name, dry_run=True)
             continue
         run_grid(variant, out / name)
-        variants[name] = plan_grid(variant, out / name)
+        trained[name] = plan_grid(variant, out / name)
     if dry_run or base_runs is None:
         return None
-    results = _ablation_results(settings, base_runs, variants, out, baseline)
+    results = _ablation_results(settings, base_runs, trained, out, baseline)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", format_ablation(results))
     return results
+
+
+def mean_weight(record_path: Path) -> float:
+    """c of the CE x c arm: the mean Bias Loss weight of a run over its whole training, the mean
+    of its epochs' ``z_mean`` (every epoch weighs the same number of images), rounded to 4
+    decimals (the value the CE x c run's identity and command carry)."""
+    record = read_record(record_path)
+    means = [line["z_mean"] for line in (record or {}).get("metrics", []) if "z_mean" in line]
+    if not means:
+        raise ValueError(f"{record_path}: no Bias Loss weights logged (z_mean); c of the CE x c arm needs a Bias "
+                         "Loss run trained by a biasloss that logs them")
+    return round(math.fsum(means) / len(means), 4)
+
+
+#: The weight statistics an ablation reports, per run the mean over its epochs (z_mean ... of metrics.jsonl).
+WEIGHT_STATS = ("z_mean", "z_std", "z_p01", "z_p10", "z_p50", "z_p90", "z_p99", "z_near_min", "z_at_low", "z_at_high")
 
 
 def _ablation_results(settings: GridSettings, base_runs: Sequence[Run], variants: Mapping[str, Sequence[Run]],
@@ -803,32 +824,84 @@ def _ablation_results(settings: GridSettings, base_runs: Sequence[Run], variants
     def top1(runs: Sequence[Run], loss: str = "bias") -> dict[int, float]:
         return {r.seed: r.final_top1 for r in runs if r.loss == loss and r.final_top1 is not None}
 
-    def time_s(runs: Sequence[Run], where: Path, loss: str = "bias") -> float | None:
-        times = [(read_record(_record_path(r, where)) or {}).get("train_time_s") for r in runs if r.loss == loss]
-        return mean_std([t for t in times if t is not None])[0]
+    def records(runs: Sequence[Run], where: Path, loss: str) -> dict[int, dict[str, Any]]:
+        found = {r.seed: read_record(_record_path(r, where)) for r in runs if r.loss == loss}
+        return {seed: record for seed, record in found.items() if record}
 
-    ce, default = top1(base_runs, "ce"), top1(base_runs)
     where = baseline if baseline is not None else out / "default"
+    ce, default = top1(base_runs, "ce"), top1(base_runs)
+    ce_classes = _class_top1(records(base_runs, where, "ce"))
     rows = []
     for name, loss, options, runs, root in [("ce (cross-entropy)", "ce", {}, base_runs, where),
                                             ("default Bias Loss", "bias", {}, base_runs, where),
-                                            *((n, "bias", ABLATIONS[n], v, out / n) for n, v in variants.items())]:
+                                            *((n, ABLATIONS[n].get("loss", "bias"), ABLATIONS[n], v, out / n)
+                                              for n, v in variants.items())]:
         values = top1(runs, loss)
         mean, std = mean_std(list(values.values()))
-        rows.append({"name": name, "options": options, "n": len(values), "seeds": sorted(values), "mean": mean,
-                     "std": std, "train_time_s": time_s(runs, root, loss),
-                     "vs_default": None if loss == "ce" else paired_difference(values, default),
-                     "vs_ce": None if loss == "ce" else paired_difference(values, ce)})
-    return {"settings": {k: v for k, v in asdict(settings).items()
-                         if k not in ("device", "workers", "progress", "variance", "losses")},
-            "metric": METRIC, "baseline": str(where), "rows": rows}
+        found = records(runs, root, loss)
+        times = [r.get("train_time_s") for r in found.values() if r.get("train_time_s") is not None]
+        classes = _class_top1(found)
+        options = {k: v for k, v in options.items() if k != "loss"}
+        if options.get("loss_scale") == "paired":
+            options["loss_scale"] = {seed: r["identity"].get("loss_scale") for seed, r in sorted(found.items())}
+        rows.append({"name": name, "loss": loss, "options": options, "n": len(values), "seeds": sorted(values),
+                     "mean": mean, "std": std, "train_time_s": mean_std(times)[0],
+                     "vs_default": None if name == "default Bias Loss" or name.startswith("ce (")
+                     else paired_difference(values, default),
+                     "vs_ce": None if name.startswith("ce (") else paired_difference(values, ce),
+                     "last_two": _last_two(found),
+                     "weights": _weight_summary(found),
+                     "class_top1": {str(k): mean_std(list(v.values()))[0] for k, v in classes.items()},
+                     "class_vs_ce": None if name.startswith("ce (") else
+                     {str(k): paired_difference(v, ce_classes.get(k, {})) for k, v in classes.items()}})
+    results = {"settings": {k: v for k, v in asdict(settings).items()
+                            if k not in ("device", "workers", "progress", "variance", "losses")},
+               "metric": METRIC, "baseline": str(where), "rows": rows}
+    variance = variance_table(base_runs, replace(settings, losses=["ce", "bias"]), where)
+    if variance:
+        results["variance"] = variance
+    return results
+
+
+def _class_top1(records: Mapping[int, Mapping[str, Any]]) -> dict[int, dict[int, float]]:
+    """class -> seed -> the last epoch's top-1 % of that class (``val_class_top1``), where logged."""
+    classes: dict[int, dict[int, float]] = {}
+    for seed, record in records.items():
+        last = record["metrics"][-1] if record.get("metrics") else {}
+        for k, value in enumerate(last.get("val_class_top1") or []):
+            classes.setdefault(k, {})[seed] = value
+    return classes
+
+
+def _last_two(records: Mapping[int, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Mean top-1 of the last two epochs over seeds, and their difference (did it level off?)."""
+    pairs = [[line["val_top1"] for line in r["metrics"][-2:]] for r in records.values() if len(r["metrics"]) >= 2]
+    if not pairs:
+        return None
+    before, last = (mean_std([p[i] for p in pairs])[0] for i in (0, 1))
+    return {"before": before, "last": last, "change": last - before,
+            "per_seed": [round(p[1] - p[0], 4) for p in pairs]}
+
+
+def _weight_summary(records: Mapping[int, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Per weight statistic (:data:`WEIGHT_STATS`): the mean over seeds of each run's mean over its
+    epochs; ``None`` for runs that logged none (cross-entropy)."""
+    per_run = []
+    for record in records.values():
+        lines = [line for line in record["metrics"] if "z_mean" in line]
+        if lines:
+            per_run.append({k: math.fsum(line[k] for line in lines) / len(lines) for k in WEIGHT_STATS
+                            if all(k in line for line in lines)})
+    if not per_run:
+        return None
+    return {k: mean_std([r[k] for r in per_run if k in r])[0] for k in WEIGHT_STATS if any(k in r for r in per_run)}
 
 
 def format_ablation(results: Mapping[str, Any]) -> str:
     """``results.md`` of ``reproduce ablation``."""
     s = results["settings"]
     lines = [
-        f"# biasloss reproduce: Bias Loss ablations of `{', '.join(s['models'])}`",
+        f"# biasloss reproduce: ablations of `{', '.join(s['models'])}`",
         "",
         _training_line(s)
         + f"; seeds {', '.join(map(str, s['seeds']))}. Each variant changes the paper's defaults (alpha = beta "
@@ -838,17 +911,51 @@ def format_ablation(results: Mapping[str, Any]) -> str:
         f"Top-1 % = {METRIC}; mean ± sample standard deviation over seeds. Differences paired by seed, "
         "mean [95 % Student-t interval].",
         "",
-        "| variant | options | top-1 | − default bias [95 % CI] | − CE [95 % CI] | train time a run |",
-        "|---|---|---|---|---|---|",
+        "| variant | options | top-1 | − default bias [95 % CI] | − CE [95 % CI] | last two epochs | train time a run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
-        options = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row["options"].items()) or "–"
+        options = ", ".join(f"{k.replace('_', ' ')} {_option_text(v)}" for k, v in row["options"].items()) or "–"
         cell = _fmt_cell(row)
-        vs_default = "–" if row["vs_default"] is None or row["name"] == "default Bias Loss" else _fmt_diff(row["vs_default"])
+        vs_default = "–" if row["vs_default"] is None else _fmt_diff(row["vs_default"])
         vs_ce = "–" if row["vs_ce"] is None else _fmt_diff(row["vs_ce"])
         seconds = "–" if row["train_time_s"] is None else f"{row['train_time_s']:.0f} s"
-        lines.append(f"| {row['name']} | {options} | {cell} | {vs_default} | {vs_ce} | {seconds} |")
+        two = row.get("last_two")
+        levelled = "–" if not two else f"{two['before']:.2f} → {two['last']:.2f} ({two['change']:+.2f})"
+        lines.append(f"| {row['name']} | {options} | {cell} | {vs_default} | {vs_ce} | {levelled} | {seconds} |")
+    weighted = [row for row in results["rows"] if row.get("weights")]
+    if weighted:
+        stats = [k for k in WEIGHT_STATS if any(k in row["weights"] for row in weighted)]
+        lines += ["", "## The weights z the Bias Loss runs trained with", "",
+                  "From every training batch as the loss saw it (`metrics.jsonl`), per run the mean over its "
+                  "epochs, then the mean over seeds. near_min: the fraction within 0.01 of its batch's lowest "
+                  "weight; at_low / at_high: at the clamp's bounds.", "",
+                  "| variant | " + " | ".join(k.removeprefix("z_") for k in stats) + " |",
+                  "|---|" + "---|" * len(stats)]
+        for row in weighted:
+            lines.append(f"| {row['name']} | " + " | ".join(
+                f"{row['weights'][k]:.3f}" if k in row["weights"] else "–" for k in stats) + " |")
+    with_classes = [row for row in results["rows"] if row.get("class_top1")]
+    if with_classes:
+        classes = sorted(with_classes[0]["class_top1"], key=int)
+        lines += ["", "## Per-class top-1 of the last epoch", "",
+                  "Mean over seeds; below each variant's row, its paired difference from cross-entropy.", "",
+                  "| variant | " + " | ".join(f"class {k}" for k in classes) + " |",
+                  "|---|" + "---|" * len(classes)]
+        for row in with_classes:
+            lines.append(f"| {row['name']} | " + " | ".join(_fmt(row["class_top1"].get(k)) for k in classes) + " |")
+            if row.get("class_vs_ce"):
+                lines.append("| − CE | " + " | ".join(_fmt_diff(row["class_vs_ce"][k]).replace(" (n=", "<br>(n=")
+                                                        if k in row["class_vs_ce"] else "–" for k in classes) + " |")
+    if results.get("variance"):
+        lines += ["", *format_variance(results["variance"])]
     return "\n".join(lines) + "\n"
+
+
+def _option_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return "c per seed: " + ", ".join(f"s{seed} {c}" for seed, c in value.items())
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _model_name(name: str, command: str) -> str:
@@ -905,17 +1012,18 @@ def _run(args: argparse.Namespace) -> int:
         if len(settings.models) != 1:
             raise ValueError("reproduce ablation takes one model (--models NAME)")
         given = [f"--{k.replace('_', '-')}" for k in LOSS_OPTIONS if getattr(args, k, None) is not None]
-        given += ["--losses"] * bool(args.losses) + ["--variance"] * bool(args.variance)
+        given += ["--losses"] * bool(args.losses) + ["--variance"] * bool(args.variance and args.baseline)
         if given:
             raise ValueError(f"reproduce ablation sets the losses and loss options itself; leave out {' '.join(given)}")
         baseline = Path(args.baseline) if args.baseline else None
-        ablation = run_ablation(settings, out, baseline=baseline, dry_run=args.dry_run)
+        variants = _unique(args.variants, "--variants") if args.variants else None
+        ablation = run_ablation(settings, out, baseline=baseline, dry_run=args.dry_run, variants=variants)
         if ablation is not None:
             print(format_ablation(ablation), end="")
             print(f"wrote {out / 'results.md'} and {out / 'results.json'}", file=sys.stderr)
         return 0
-    if args.baseline:
-        raise ValueError("--baseline is for reproduce ablation")
+    if args.baseline or args.variants:
+        raise ValueError("--baseline and --variants are for reproduce ablation")
     results = run_grid(settings, out, dry_run=args.dry_run)
     if results is not None:
         print(format_markdown(results), end="")
@@ -951,10 +1059,12 @@ def register(subparsers) -> None:
     p.add_argument("--recipe", help="default: the table's (cifar100, imagenet) or the dataset's")
     p.add_argument("--alpha", type=float, help="Bias Loss alpha (default 0.3)")
     p.add_argument("--beta", type=float, help="Bias Loss beta (default 0.3)")
-    p.add_argument("--scaling", choices=("batch", "running_min"), help="Bias Loss variance scaling (default batch)")
+    p.add_argument("--scaling", choices=("batch", "running_min", "rank"),
+                   help="Bias Loss variance scaling (default batch; rank is ours, beyond the paper)")
     p.add_argument("--clamp", nargs=2, type=float, metavar=("LOW", "HIGH"), help="Bias Loss weight clamp (default 0.5 1.5)")
     p.add_argument("--no-clamp", dest="clamp", action="store_const", const="none", help="unclamped Bias Loss weights")
     p.add_argument("--gamma", type=float, help="focal loss gamma (default 2)")
+    p.add_argument("--loss-scale", type=float, metavar="C", help="multiply every run's loss by C (default 1)")
     p.add_argument("--label-smoothing", type=float, help="default: the recipe's")
     p.add_argument("--out", help="directory for runs/, results.md, results.json "
                                  "(default runs/reproduce-<grid>-<dataset>)")
@@ -964,9 +1074,13 @@ def register(subparsers) -> None:
                    help="no progress bars")
     p.add_argument("--variance", action="store_true",
                    help="also measure the feature variance (Table 5: 5th, 20th, last conv) of every CE and "
-                        "bias run's final model into its record, and tabulate bias - CE")
+                        "bias run's final model into its record, and tabulate bias - CE (ablation: of the "
+                        "default runs it trains)")
     p.add_argument("--baseline", metavar="DIR",
                    help="ablation: a finished grid of the same model whose CE and bias runs are the baseline "
                         "(default: trained in <out>/default)")
+    p.add_argument("--variants", nargs="+", choices=tuple(ABLATIONS), metavar="NAME",
+                   help=f"ablation: which variants ({' '.join(ABLATIONS)}; default: all but {' '.join(BEYOND_PAPER)}); "
+                        "rank and ce-x-c (cross-entropy x the paired Bias Loss run's mean weight) are ours")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state; train nothing")
     p.set_defaults(func=_run)
