@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from biasloss.data import AugmentConfig, build_loaders, get_dataset_spec
-from biasloss.data._sources import _FASHION_FILES, _fashion_candidates, _idx_file
+from biasloss.data._sources import _fashion_candidates, _fashion_files
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -72,20 +72,20 @@ def make_model(device: torch.device) -> nn.Module:
 
 
 def torchvision_root(data_dir: str | None, tmp: Path) -> Path:
-    """A torchvision FashionMNIST root (un-gzipped files in FashionMNIST/raw) built from the IDX files we find."""
-    folder = next((c for c in _fashion_candidates(data_dir) if all(_idx_file(c, s) for s in _FASHION_FILES.values())),
-                  None)
-    if folder is None:
+    """A torchvision FashionMNIST root (un-gzipped files in FashionMNIST/raw) built from the IDX files
+    the library's loader finds (the same places, plain or gz)."""
+    files = next(filter(None, map(_fashion_files, _fashion_candidates(data_dir))), None)
+    if files is None:
         sys.exit("Fashion-MNIST not found: apt-get install dataset-fashion-mnist, or pass --data-dir")
     raw = tmp / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for stem in _FASHION_FILES.values():
-        src = _idx_file(folder, stem)
+    for src in files.values():
+        plain = raw / src.name.removesuffix(".gz")
         if src.suffix == ".gz":
-            with gzip.open(src, "rb") as f, open(raw / stem, "wb") as g:
+            with gzip.open(src, "rb") as f, open(plain, "wb") as g:
                 shutil.copyfileobj(f, g)
         else:
-            shutil.copy(src, raw / stem)
+            shutil.copy(src, plain)
     return tmp
 
 

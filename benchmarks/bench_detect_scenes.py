@@ -13,7 +13,8 @@ of two threads: depthwise convolutions split poorly across threads); pass ``-- -
 with it to keep the recipe's global batch of 16. Last, ``biasloss detect eval`` scores the final
 checkpoint again, which must give the logged mAP, and scores it on the val scenes when the
 dataset has them: compare settings by that figure, never by the test scenes'. A JSON record of
-all of it goes to ``--out``/result.json.
+all of it, with the versions and the code's git commit and dirty flag, goes to
+``--out``/result.json.
 
     python benchmarks/bench_detect_scenes.py --data /tmp/scenes --out runs/bench-scenes --nproc 2 -- --batch-size 8
     python benchmarks/bench_detect_scenes.py --data /tmp/scenes --out runs/bench-scenes-init --nproc 2 \\
@@ -27,22 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from biasloss._provenance import environment
 
 
 def _biasloss(*args: str) -> list[str]:
@@ -69,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     train = [*launch, "detect", "train", "--dataset", "scenes", "--data-dir", str(data), "--out", str(out),
                       "--no-progress", *(["--init", args.init] if args.init else []), *args.train_args]
     threads = 1 if args.nproc > 1 else torch.get_num_threads()  # torchrun gives each process OMP_NUM_THREADS=1
-    print(f"machine: {_cpu()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+    env = environment()  # the versions and the code (git commit, dirty tree) as the training starts
+    print(f"machine: {env['machine']['cpu']}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
           f"{args.nproc} process(es) x {threads} thread(s)")
     command = " ".join(["torchrun", *train[3:]] if args.nproc > 1 else ["biasloss", *train[3:]])
     print("command:", command, flush=True)
@@ -113,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                                           "--json"), check=True, capture_output=True, text=True)
         val_map = json.loads(scored.stdout)["map"]
         print(f"val scenes (for choosing settings): mAP {val_map:.4f}")
-    record = {"machine": _cpu(), "cpus": os.cpu_count(), "threads": threads,
-              "torch": torch.__version__, "command": command, "processes": args.nproc, "settings": cfg, "epochs": rows,
+    record = {"machine": env["machine"]["cpu"], "cpus": os.cpu_count(), "threads": threads,
+              "torch": torch.__version__, "versions": env["versions"], "git": env["git"], "command": command,
+              "processes": args.nproc, "settings": cfg, "epochs": rows,
               "target": args.target, "budget_s": args.budget, "reached": reached, "eval_map": evaluated,
               "eval_agrees": agrees, "val_map": val_map}
     (out / "result.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -52,28 +52,19 @@ from typing import Callable, Dict, List
 
 import torch
 
+from biasloss._provenance import environment
 from biasloss.deploy import onnx_session
 
 REFERENCE = "torchvision.mobilenet_v3_large"
 
 
 def machine() -> Dict[str, object]:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: Dict[str, object] = {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
+    """The machine, the versions and the code (git commit, dirty tree) a result comes from: the
+    library's :func:`biasloss._provenance.environment`, flattened, with the platform and the
+    runtimes' versions."""
+    env = environment()
+    info: Dict[str, object] = {**env["machine"], **env["versions"], "platform": platform.platform(),
+                               "git": env["git"]}
     try:
         import onnxruntime
 

@@ -6,7 +6,8 @@ Runs, each as its own ``biasloss`` process on ``--device`` (default ``cuda``):
 2. ``train --amp bf16`` and 3. ``train --amp fp16`` (GradScaler: its state must be in the checkpoint);
 4. ``train --compile`` (inductor);
 5. ``eval`` of each run's ``last.pt``, which must report the top-1 the run logged (same precision);
-6. ``benchmarks/bench_data.py --epoch`` on the device: the in-memory path against DataLoader.
+6. ``benchmarks/bench_data.py --epoch`` on the device: the in-memory path against DataLoader (in a
+   dry run, with ``--limit``, 4 steps: only that it runs).
 
 and prints one table: test top-1, seconds per epoch and images per second of every run, the data
 benchmark's ratio, and PASS / FAIL per check. Exit status 1 if any check fails.
@@ -96,15 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(row) + " |")
 
     if not args.skip_data:
-        cmd = [sys.executable, str(HERE / "bench_data.py"), "--device", args.device, "--epoch", "--reps", "3",
-               "--rotation", "15"]
+        # a dry run (--limit) only shows that the benchmark runs: a few steps instead of whole epochs
+        timing = ["--steps", "4", "--reps", "1"] if args.limit else ["--epoch", "--reps", "3"]
+        cmd = [sys.executable, str(HERE / "bench_data.py"), "--device", args.device, *timing, "--rotation", "15"]
         rc, out, _ = _run(cmd, root / "bench_data.log")
         ratio = re.search(r"speed-up \(torchvision / in-memory\): ([\d.]+)x at min, ([\d.]+)x at median", out)
         if rc != 0 or ratio is None:
             failures.append(f"bench_data: exit {rc}")
         else:
-            print(f"\ndata benchmark (one epoch, in-memory vs DataLoader): {ratio.group(1)}x at min, "
-                  f"{ratio.group(2)}x at median (goal 2x); log {root / 'bench_data.log'}")
+            print(f"\ndata benchmark ({'4 steps' if args.limit else 'one epoch'}, in-memory vs DataLoader): "
+                  f"{ratio.group(1)}x at min, {ratio.group(2)}x at median (goal 2x); log {root / 'bench_data.log'}")
 
     print(f"\nlogs: {root}")
     if failures:
