@@ -271,3 +271,48 @@ def test_clamp_option_reads_the_command_line_value():
         clamp_option([2.0, 1.0])
     with pytest.raises(TypeError, match="pair"):
         check_clamp([1.0])
+
+
+def test_rank_scaling_by_hand():
+    from biasloss.losses import rank_scale
+
+    # variances 5, 1, 3, 3: ranks 3, 0, 1.5, 1.5 of 4 samples -> /3
+    variance = torch.tensor([5.0, 1.0, 3.0, 3.0])
+    torch.testing.assert_close(rank_scale(variance), torch.tensor([1.0, 0.0, 0.5, 0.5]))
+    assert rank_scale(torch.tensor([2.0])).tolist() == [0.0]  # a batch of one: 0, not 0/0
+    # one outlier does not squash the others, as min-max scaling does
+    features = torch.stack([torch.arange(8.0).view(2, 2, 2) * s for s in (1.0, 1.1, 1.2, 100.0)])
+    weights = BiasLoss(scaling="rank").weights(features)
+    torch.testing.assert_close(weights, torch.exp(0.3 * torch.tensor([0.0, 1 / 3, 2 / 3, 1.0])) - 0.3)
+    minmax = BiasLoss().weights(features)
+    assert (minmax[:3] < 0.701).all() and (weights[:3] - 0.7).abs().max() > 0.1
+
+
+def test_weight_stats_by_hand_and_only_when_recording():
+    from biasloss.losses import weight_stats
+
+    w = torch.tensor([0.5, 0.7, 0.7, 0.9, 1.5])
+    stats = weight_stats(w, torch.tensor([True, True, True, False, False]), (0.5, 1.5))
+    assert stats["z_mean"] == pytest.approx(0.86)
+    assert stats["z_std"] == pytest.approx(math.sqrt(((w - 0.86) ** 2).mean().item()), abs=1e-6)
+    assert stats["z_p50"] == pytest.approx(0.7) and stats["z_p10"] == pytest.approx(0.58)  # linear interpolation
+    assert stats["z_p99"] == pytest.approx(1.476)
+    assert (stats["z_near_min"], stats["z_at_low"], stats["z_at_high"]) == pytest.approx((0.6, 0.2, 0.2))
+    assert "z_at_low" not in weight_stats(w)  # no clamp, no bound
+
+    criterion = BiasLoss(alpha=1.0, beta=0.0, clamp=(0.5, 1.5))
+    logits, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    features = torch.randn(4, 2, 2, 2) * torch.tensor([1.0, 1.0, 2.0, 9.0]).view(4, 1, 1, 1)
+    criterion(logits, target, features)
+    assert criterion.pop_weight_stats() is None  # not recording: nothing kept (no memory growth)
+    criterion.record_weights = True
+    criterion(logits, target, features)
+    criterion(logits, target, features[[3, 2, 1, 0]])
+    criterion.eval()
+    criterion(logits, target, features)  # evaluation batches are not counted
+    stats = criterion.pop_weight_stats()
+    weights = BiasLoss(alpha=1.0, beta=0.0, clamp=(0.5, 1.5)).weights(features)
+    assert stats["z_mean"] == pytest.approx(weights.mean().item(), abs=1e-6)
+    assert stats["z_at_high"] == pytest.approx((weights >= 1.5).float().mean().item())
+    assert stats["z_near_min"] == pytest.approx(((weights <= weights.min() + 0.01).float().mean()).item())
+    assert criterion.pop_weight_stats() is None  # popped

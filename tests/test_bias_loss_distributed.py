@@ -28,7 +28,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         logits, target, features = _batch()
         # rank 0 takes the low-variance half, so the per-rank min/max differ from the global ones
         shard = slice(rank * 4, (rank + 1) * 4)
-        for scaling in ("batch", "running_min"):
+        for scaling in ("batch", "running_min", "rank"):
             criterion = BiasLoss(scaling=scaling)  # sync="auto": on, since world size is 2
             loss = criterion(logits[shard], target[shard], features[shard])
             torch.save(
@@ -37,6 +37,11 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             )
         per = bias_loss(logits[shard], target[shard], features[shard], reduction="none", sync=True)
         torch.save(per, os.path.join(out_dir, f"functional-{rank}.pt"))
+        # rank scaling over shards of unequal size (3 and 5): the global ranks all the same
+        uneven = slice(0, 3) if rank == 0 else slice(3, 8)
+        criterion = BiasLoss(scaling="rank")
+        criterion(logits[uneven], target[uneven], features[uneven])
+        torch.save(criterion.last_weights, os.path.join(out_dir, f"uneven-{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -45,7 +50,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 def test_synced_weights_equal_single_process_on_concatenated_batch(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     logits, target, features = _batch()
-    for scaling in ("batch", "running_min"):
+    for scaling in ("batch", "running_min", "rank"):
         single = BiasLoss(scaling=scaling, sync=False)
         single(logits, target, features)
         parts = [torch.load(tmp_path / f"{scaling}-{r}.pt") for r in range(WORLD)]
@@ -62,3 +67,7 @@ def test_synced_weights_equal_single_process_on_concatenated_batch(tmp_path):
     unsynced = torch.cat([bias_loss(logits[s], target[s], features[s], reduction="none")
                           for s in (slice(0, 4), slice(4, 8))])
     assert not torch.allclose(unsynced, per)
+    single = BiasLoss(scaling="rank", sync=False)
+    single(logits, target, features)
+    uneven = torch.cat([torch.load(tmp_path / f"uneven-{r}.pt") for r in range(WORLD)])
+    torch.testing.assert_close(uneven, single.last_weights)

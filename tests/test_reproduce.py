@@ -413,3 +413,38 @@ def test_module_exports():
     assert "running_min" in reproduce.ABLATIONS and reproduce.ABLATIONS["no-clamp"] == {"clamp": "none"}
     assert reproduce.GRIDS["table4"].models == ("cifar_shufflenetv2", "cifar_mobilenetv2_075", "cifar_nasnet_a",
                                                "cifar_squeezenet", "cifar_densenet_k12")
+
+
+def test_ce_x_c_and_rank_arms_against_a_finished_baseline(grid, tmp_path, monkeypatch):
+    from biasloss.analysis import reproduce
+    from biasloss.train import runner
+
+    trained = []
+    real = runner.run_train
+
+    def spy(config):
+        trained.append((Path(config.out).name, config.loss, config.scaling, config.loss_scale))
+        return real(config)
+
+    monkeypatch.setattr(runner, "run_train", spy)
+    out = tmp_path / "arms"
+    argv = ["reproduce", "ablation", *TINY, "--seeds", "0", "1", "--out", str(out), "--baseline", str(grid),
+            "--variants", "ce-x-c", "rank"]
+    assert main(argv) == 0
+    # c of each seed: the mean over the epochs of the paired default Bias Loss run's mean weight
+    c = {s: reproduce.mean_weight(grid / "records" / f"skipblocknet_xs-bias-s{s}.json") for s in (0, 1)}
+    assert all(0.7 <= v <= 1.05 for v in c.values())
+    assert trained == [("skipblocknet_xs-ce-s0", "ce", None, c[0]), ("skipblocknet_xs-ce-s1", "ce", None, c[1]),
+                       ("skipblocknet_xs-bias-s0", "bias", "rank", None),
+                       ("skipblocknet_xs-bias-s1", "bias", "rank", None)]
+    record = json.loads((out / "ce-x-c" / "records" / "skipblocknet_xs-ce-s1.json").read_text())
+    assert record["identity"]["loss_scale"] == c[1] and f"--loss-scale {c[1]}" in record["command"]
+    assert record["git"]["commit"] is None or len(record["git"]["commit"]) == 40
+    rows = {row["name"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert list(rows) == ["ce (cross-entropy)", "default Bias Loss", "ce-x-c", "rank"]
+    assert rows["ce-x-c"]["weights"] is None and rows["rank"]["weights"]["z_mean"] > 0.7
+    assert len(rows["rank"]["class_top1"]) == 10 and rows["rank"]["class_vs_ce"]["0"]["n"] == 2
+    # run again: everything is finished, nothing is trained, the same c is found
+    trained.clear()
+    assert main(argv) == 0 and trained == []
+    assert "ce-x-c" in (out / "results.md").read_text() and "The weights z" in (out / "results.md").read_text()

@@ -372,3 +372,32 @@ def test_each_dataset_names_its_default_recipe():
         "fashion-mnist": "fashion-mnist", "digits": "digits", "cifar10": "cifar100", "cifar100": "cifar100",
         "imagenet": "imagenet", "food101": "food101"}
     assert all(spec.recipe in RECIPES for spec in DATASETS.values())
+
+
+def test_bias_runs_log_their_weights_and_every_run_its_class_top1(tmp_path):
+    assert _train(tmp_path, "--loss", "bias", "--scaling", "rank", "--epochs", "1", out="bias") == 0
+    assert _train(tmp_path, "--loss", "ce", "--epochs", "1", out="ce") == 0
+    (bias,), (ce,) = _metrics(tmp_path / "bias"), _metrics(tmp_path / "ce")
+    # rank scaling spreads the weights over [z(0), z(1)] = [0.7, 1.05] by construction
+    assert bias["z_p01"] == pytest.approx(0.7, abs=0.01) and bias["z_p99"] == pytest.approx(1.05, abs=0.01)
+    assert 0.8 < bias["z_mean"] < 0.95 and bias["z_at_low"] == bias["z_at_high"] == 0.0
+    assert not any(key.startswith("z_") for key in ce)  # cross-entropy has no weights
+    for line in (bias, ce):
+        classes = line["val_class_top1"]
+        assert len(classes) == 10 and all(0 <= c <= 100 or math.isnan(c) for c in classes)
+
+
+def test_loss_scale_multiplies_the_training_loss_and_is_part_of_the_identity(tmp_path, capsys):
+    assert _train(tmp_path, "--loss", "ce", "--epochs", "1", "--stop-after", "1", out="one") == 0
+    assert _train(tmp_path, "--loss", "ce", "--epochs", "1", "--loss-scale", "2", out="two") == 0
+    one, two = _metrics(tmp_path / "one")[0], _metrics(tmp_path / "two")[0]
+    assert one["train_loss"] != two["train_loss"]
+    assert load_checkpoint(tmp_path / "two" / "last.pt")["args"]["loss_scale"] == 2.0
+    # scaling the loss by 1 changes nothing, bit for bit
+    assert _train(tmp_path, "--loss", "ce", "--epochs", "1", "--loss-scale", "1", out="unit") == 0
+    _same_weights(tmp_path / "one" / "last.pt", tmp_path / "unit" / "last.pt")
+    capsys.readouterr()
+    code = _train(tmp_path, "--loss", "ce", "--epochs", "2", "--loss-scale", "3", "--resume",
+                  str(tmp_path / "two" / "last.pt"), out="two")
+    assert code == 2 and "--loss-scale 2.0, not 3.0" in capsys.readouterr().err
+    assert _train(tmp_path, "--loss-scale", "0", out="zero") == 2
