@@ -167,3 +167,16 @@ def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     err = _fails(["plot", "weights", "--out", str(tmp_path / "w.png")], capsys)
     assert "pip install 'biasloss[plots]'" in err
+
+
+def test_curves_draw_the_bias_loss_weights(tmp_path):
+    run = tmp_path / "bias"
+    run.mkdir()
+    with open(run / "metrics.jsonl", "w") as f:
+        for e in (1, 2, 3):
+            f.write(json.dumps({"epoch": e, "val_top1": 80.0 + e, "z_p10": 0.70, "z_p50": 0.72 + 0.01 * e,
+                                "z_p90": 0.9, "z_mean": 0.75, "z_near_min": 0.5 - 0.1 * e}) + "\n")
+    out = tmp_path / "w.svg"
+    assert main(["plot", "curves", str(run), "--metric", "weights", "z_near_min", "--out", str(out)]) == 0
+    assert {"Bias Loss weight z", "median", "10th / 90th percentile", "fraction of weights at the batch's lowest",
+            "bias"} <= _svg_texts(out)

@@ -524,9 +524,16 @@ _METRIC_NAMES = {
     "time_s": "epoch time (s)",
     "train_s": "training time (s)",
     "train_img_s": "training throughput (img/s)",
+    "z_mean": "mean Bias Loss weight z",
+    "z_p50": "Bias Loss weight z",
+    "z_near_min": "fraction of weights at the batch's lowest",
 }
 #: Pseudo-metrics that draw training (dashed) and validation (solid) in one panel.
-_PAIRS = {"loss": ("train_loss", "val_loss"), "top1": ("train_top1", "val_top1")}
+_PAIRS = {"loss": ("train_loss", "val_loss"), "top1": ("train_top1", "val_top1"),
+          "weights": ("z_p10", "z_p50", "z_p90")}
+#: How each key of a pseudo-metric is drawn, and its legend's words: the others solid.
+_DASHED = {"train_loss": "training", "train_top1": "training", "z_p10": "10th / 90th percentile",
+           "z_p90": "10th / 90th percentile"}
 
 
 def _metrics_file(run: str | Path) -> Path:
@@ -613,11 +620,11 @@ def plot_curves(
                 if not points:
                     continue
                 xs, ys = zip(*points)
-                dashed = len(keys) == 2 and key.startswith("train")
+                dashed = m in _PAIRS and key in _DASHED
                 ax.plot(xs, ys, color=cmap(i % 10), linestyle="--" if dashed else "-", linewidth=1.8,
                         marker="o" if len(xs) <= 30 else None, markersize=3.5,
                         label=None if dashed else label)
-        ylabel = (" / ".join(_METRIC_NAMES.get(k, k) for k in keys)
+        ylabel = ("Bias Loss weight z" if m == "weights" else " / ".join(_METRIC_NAMES.get(k, k) for k in keys)
                   if m in _PAIRS else _METRIC_NAMES.get(m, m))
         style(ax, "epoch", ylabel)
         if m == "lr":
@@ -626,7 +633,7 @@ def plot_curves(
         handles, names = ax.get_legend_handles_labels()
         if m in _PAIRS:
             handles += [Line2D([], [], color="0.3", linestyle="--"), Line2D([], [], color="0.3", linestyle="-")]
-            names += ["training", "validation"]
+            names += [_DASHED[keys[0]], "median" if m == "weights" else "validation"]
         ax.legend(handles, names, fontsize=9, framealpha=0.9)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
@@ -744,8 +751,10 @@ def register(subparsers) -> None:
     c = kinds.add_parser("curves", help="learning curves of several runs overlaid",
                          description="Metrics against the epoch from metrics.jsonl files or run directories; "
                                      "one panel per --metric (val_top1, val_top5, train_top1, val_loss, "
-                                     "train_loss, lr, time_s, ..., or loss / top1 for training and validation "
-                                     "together).")
+                                     "train_loss, lr, time_s, the Bias Loss weights' z_mean, z_std, z_p01 ... "
+                                     "z_p99, z_near_min, z_at_low, z_at_high, ..., or loss / top1 for training and "
+                                     "validation together, weights for the weights' median with their 10th and "
+                                     "90th percentiles).")
     c.add_argument("runs", nargs="+", metavar="RUN", help="run directory or metrics.jsonl")
     out_arg(c)
     c.add_argument("--metric", nargs="+", metavar="M", help="default: val_top1")

@@ -939,17 +939,30 @@ def format_ablation(results: Mapping[str, Any]) -> str:
     if with_classes:
         classes = sorted(with_classes[0]["class_top1"], key=int)
         lines += ["", "## Per-class top-1 of the last epoch", "",
-                  "Mean over seeds; below each variant's row, its paired difference from cross-entropy.", "",
+                  "Mean over seeds; below each variant's row, its paired difference from cross-entropy "
+                  "(bold: the 95 % interval excludes 0; ten classes, so about one in two rows of ten may show "
+                  "a bold cell by chance at the 5 % level).", "",
                   "| variant | " + " | ".join(f"class {k}" for k in classes) + " |",
                   "|---|" + "---|" * len(classes)]
         for row in with_classes:
             lines.append(f"| {row['name']} | " + " | ".join(_fmt(row["class_top1"].get(k)) for k in classes) + " |")
             if row.get("class_vs_ce"):
-                lines.append("| − CE | " + " | ".join(_fmt_diff(row["class_vs_ce"][k]).replace(" (n=", "<br>(n=")
-                                                        if k in row["class_vs_ce"] else "–" for k in classes) + " |")
+                lines.append("| − CE [95 % CI] | " + " | ".join(_short_diff(row["class_vs_ce"].get(k)) for k in classes)
+                             + " |")
     if results.get("variance"):
         lines += ["", *format_variance(results["variance"])]
     return "\n".join(lines) + "\n"
+
+
+def _short_diff(diff: Mapping[str, Any] | None) -> str:
+    """A paired difference in a narrow cell: mean and interval, one decimal, bold when it excludes 0."""
+    if not diff or not diff["n"]:
+        return "–"
+    if diff["ci95"] is None:
+        return f"{diff['mean']:+.1f}"
+    low, high = diff["ci95"]
+    text = f"{diff['mean']:+.1f} [{low:+.1f}, {high:+.1f}]"
+    return f"**{text}**" if low > 0 or high < 0 else text
 
 
 def _option_text(value: Any) -> str:
