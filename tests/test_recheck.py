@@ -47,12 +47,13 @@ def test_a_record_repeats_at_head(record, tmp_path):
 
 def test_a_tampered_metric_is_the_first_difference(record, tmp_path, capsys):
     data = json.loads(record.read_text())
-    val_top1 = data["metrics"][0]["val_top1"]
+    val_top1, val_top5 = data["metrics"][0]["val_top1"], data["metrics"][0]["val_top5"]
     # a timing differs anyway and is not compared; the first difference is val_top1 of epoch 1
-    path = _tampered(record, tmp_path, 1, val_top1=val_top1 + 1.5625, time_s=1e6)
+    path = _tampered(record, tmp_path, 1, val_top1=val_top1 + 1.5625, val_top5=-1, time_s=1e6)
     assert main(["reproduce-check", str(path), "--epochs", "1"]) == 1
     out = capsys.readouterr().out
-    assert f"differs: epoch 1: val_top1 {val_top1 + 1.5625} in the record, {val_top1} at HEAD" in out, out
+    assert f"differs: epoch 1: val_top1 {val_top1 + 1.5625} in the record, {val_top1} at HEAD\n" in out, out
+    assert f"  also in epoch 1: val_top5 -1 in the record, {val_top5} at HEAD\n" in out, out
     assert "epochs 1-1 of 2" in out, out
     commit = data["git"]["commit"]
     assert (f"a record of commit {commit[:12]}" if commit else "a record that names no commit") in out, out
@@ -62,6 +63,12 @@ def test_epochs_checks_only_the_first(record, tmp_path, capsys):
     path = _tampered(record, tmp_path, 2, val_loss=123.0)  # epoch 2 is not checked
     assert main(["reproduce-check", str(path), "--epochs", "1"]) == 0
     assert capsys.readouterr().out.strip().endswith("same")
+    data = json.loads(path.read_text())
+    data["metrics"][0]["val_loss"] = 456.0
+    path.write_text(json.dumps(data))
+    result = check_record(path)  # all epochs
+    assert [d.split(": ")[1].split()[0] for d in result.differences] == ["val_loss", "val_loss"]
+    assert result.summary().endswith("  and 1 more difference in later epochs")
 
 
 def test_a_record_without_git_or_with_keys_head_lacks(record, tmp_path):

@@ -8,8 +8,9 @@ trains that command again here, with the code of the working tree, into a tempor
 (the command's ``--out`` replaced) with torch's intra-op thread count set to the record's, and
 compares every ``metrics.jsonl`` line with the record's, epoch by epoch, each line's keys in the
 record's order, timings (keys ending in ``_s``) left out. The answer is "same" or the first
-difference, e.g. ``epoch 1: val_top1 72.81 in the record, 73.51 at HEAD``. Keys only the new
-run has (metrics added since the record) are not compared.
+difference, e.g. ``epoch 1: val_top1 72.81 in the record, 73.51 at HEAD`` (the command also
+prints the other differences of that epoch). Keys only the new run has (metrics added since the
+record) are not compared.
 
 ``--epochs N`` checks the first N epochs only (the run stops after epoch N, on the record's
 schedule): a first difference usually shows in epoch 1, at a fraction of the cost.
@@ -75,7 +76,7 @@ class CheckResult:
     command: str  # the record's command, as recorded
     epochs: int  # the epochs compared: 1..epochs
     record_epochs: int  # the epochs the record holds
-    difference: str | None  # the first difference, None when the same
+    differences: list[str]  # every difference, in the record's order of epochs and keys
     record_git: dict[str, Any] | None  # the record's {"commit", "dirty"}, None for a record without them
     head_git: dict[str, Any]  # this tree's {"commit", "dirty"}
     threads: int  # torch threads the check trained with (the record's)
@@ -84,10 +85,16 @@ class CheckResult:
 
     @property
     def same(self) -> bool:
-        return self.difference is None
+        return not self.differences
+
+    @property
+    def difference(self) -> str | None:
+        """The first difference, ``None`` when the same."""
+        return self.differences[0] if self.differences else None
 
     def summary(self) -> str:
-        """Two or three lines: what was checked against what, then "same" or the first difference."""
+        """A few lines: what was checked against what, a note when the CPUs differ, then "same" or the
+        first difference, the other differences of its epoch and how many later epochs add."""
         rec = self.record_git or {}
         made = ("a record that names no commit" if not rec.get("commit") else
                 f"a record of commit {rec['commit'][:12]}{' (tree dirty)' if rec.get('dirty') else ''}")
@@ -99,7 +106,17 @@ class CheckResult:
         if self.record_cpu and self.record_cpu != self.cpu:
             lines.append(f"note: the record was made on {self.record_cpu!r}, this is {self.cpu!r}; floating point "
                          "can differ between CPU families")
-        lines.append("same" if self.same else f"differs: {self.difference}")
+        if self.same:
+            lines.append("same")
+            return "\n".join(lines)
+        lines.append(f"differs: {self.difference}")
+        epoch = self.difference.split(":", 1)[0]  # "epoch 1"
+        also = [d.split(": ", 1)[1] for d in self.differences[1:] if d.split(":", 1)[0] == epoch]
+        if also:
+            lines.append(f"  also in {epoch}: " + "; ".join(also))
+        later = len(self.differences) - 1 - len(also)
+        if later:
+            lines.append(f"  and {later} more difference{'s' if later != 1 else ''} in later epochs")
         return "\n".join(lines)
 
 
@@ -176,7 +193,7 @@ def check_record(path: str | Path, *, workdir: str | Path | None = None, epochs:
     diffs = compare_metrics([m for m in recorded if m["epoch"] <= upto], measured)
     git = record.get("git") if isinstance(record.get("git"), dict) else None
     return CheckResult(record=str(path), command=record["command"], epochs=upto, record_epochs=last,
-                       difference=diffs[0] if diffs else None, record_git=git, head_git=git_state(),
+                       differences=diffs, record_git=git, head_git=git_state(),
                        threads=threads, record_cpu=(record.get("machine") or {}).get("cpu"), cpu=cpu_name())
 
 
