@@ -14,6 +14,10 @@ benchmark's ratio, and PASS / FAIL per check. Exit status 1 if any check fails.
 
     python benchmarks/device_check.py                        # Fashion-MNIST, 1 epoch each, cuda
     python benchmarks/device_check.py --device cpu --dataset digits --limit 256   # a dry run
+
+On a lent GPU machine it runs first in one prepared command with issue 23's full-scale evidence grid:
+that command, how Fashion-MNIST travels with it and what comes back are in the docstring of
+``benchmarks/evidence_grid.py``.
 """
 
 from __future__ import annotations
