@@ -1,15 +1,15 @@
 """Issue 23's evidence grid at full scale, for a machine with a GPU: several ``biasloss reproduce
 ablation`` processes side by side on one device, within a wall-clock budget.
 
-The CPU ran a reduced version (``--limit 4000 --epochs 5``), one command per model::
+The CPU ran a reduced version (``--limit 3000 --epochs 5``), one command per model::
 
     biasloss reproduce ablation --dataset fashion-mnist --models skipblocknet_xs --seeds 0 1 2 3 4 \\
-        --epochs 5 --limit 4000 --variants ce-x-c rank running_min --variance --no-progress --device cpu \\
+        --epochs 5 --limit 3000 --variants ce-x-c rank running_min --variance --no-progress --device cpu \\
         --out docs/results/evidence-skipblocknet_xs
 
 This script trains the same grid on all 60k training images (no ``--limit``) for ``--epochs``
 (default 15): both models (SkipblockNet-XS ``small_input`` at 28 px, the CIFAR zoo's ShuffleNetV2
-0.5x at 32 px), every arm (``ce``, ``bias``, ``ce-x-c``, ``rank``, ``running_min``), 5 seeds:
+0.5x at 28 px, whose final map is 4x4x1024 as at 32 px), every arm (``ce``, ``bias``, ``ce-x-c``, ``rank``, ``running_min``), 5 seeds:
 
 1. one child process per (model, seed), ``--jobs`` at a time (default 10: all of them), seed 0 of
    every model first: ``python -m biasloss reproduce ablation --models M --seeds S ... --out
