@@ -40,8 +40,7 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from biasloss.data import AugmentConfig, build_loaders, get_dataset_spec
-from biasloss.data._sources import _fashion_candidates, _fashion_files
+from biasloss.data import AugmentConfig, build_loaders, find_fashion_mnist, get_dataset_spec
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -74,7 +73,7 @@ def make_model(device: torch.device) -> nn.Module:
 def torchvision_root(data_dir: str | None, tmp: Path) -> Path:
     """A torchvision FashionMNIST root (un-gzipped files in FashionMNIST/raw) built from the IDX files
     the library's loader finds (the same places, plain or gz)."""
-    files = next(filter(None, map(_fashion_files, _fashion_candidates(data_dir))), None)
+    files = find_fashion_mnist(data_dir)
     if files is None:
         sys.exit("Fashion-MNIST not found: apt-get install dataset-fashion-mnist, or pass --data-dir")
     raw = tmp / "FashionMNIST" / "raw"

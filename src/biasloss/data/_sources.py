@@ -30,6 +30,7 @@ __all__ = [
     "ArrayData",
     "DEBIAN_FASHION_MNIST",
     "default_root",
+    "find_fashion_mnist",
     "find_food101_root",
     "find_imagenet_root",
     "load_cifar",
@@ -124,6 +125,13 @@ def _fashion_candidates(data_dir: str | os.PathLike | None) -> list[Path]:
     return out
 
 
+def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> dict[str, Path] | None:
+    """The four Fashion-MNIST IDX files (``train_images``, ``train_labels``, ``test_images``,
+    ``test_labels``; each plain or ``.gz``) where :func:`load_fashion_mnist` looks first, or
+    ``None`` when no place holds all four."""
+    return next(filter(None, map(_fashion_files, _fashion_candidates(data_dir))), None)
+
+
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, download: bool = False) -> ArrayData:
     """Fashion-MNIST from IDX files (gz or plain).
 
@@ -133,7 +141,7 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, download: b
     first three. With ``download=True`` and nothing found, torchvision downloads it there.
     """
     candidates = _fashion_candidates(data_dir)
-    files = next(filter(None, map(_fashion_files, candidates)), None)
+    files = find_fashion_mnist(data_dir)
     if files is None and download:
         root = Path(data_dir).expanduser() if data_dir is not None else default_root()
         try:
