@@ -195,3 +195,11 @@ def test_an_export_cleans_the_temporary_file_an_aborted_export_left(trained, tmp
     stale.write_bytes(b"partial")
     assert main(["export", "--checkpoint", str(trained), "--out", str(tmp_path / "m.pt")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+@pytest.mark.parametrize("text", ["https://x/skipblocknet-m.pth\n", "hello\n", "}\n", "\x80\x02]q\x00h\x05.\n"])
+def test_a_text_file_given_as_checkpoint_or_weights_is_one_line(text, tmp_path, capsys):
+    bad = tmp_path / "u.pt"
+    bad.write_text(text, encoding="latin-1")
+    refused(capsys, ["eval", "--checkpoint", str(bad), "--device", "cpu"], "u.pt", watch=(tmp_path,))
+    refused(capsys, ["train", *FAST, "--init", str(bad), "--out", str(tmp_path / "run")], "u.pt", watch=(tmp_path,))

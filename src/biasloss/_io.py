@@ -50,8 +50,10 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         else:
             reason = first or "not a torch.save file"
         raise TorchFileError(f"cannot read {os.fspath(path)}: {reason}") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as e:
+        # KeyError / IndexError: the legacy unpickler reading bytes that are no pickle (a text file
+        # starting with "h" is a BINGET of memo entry 116)
+        first = str(e).splitlines()[0] if str(e) and not isinstance(e, (KeyError, IndexError)) else "not a torch.save file"
         raise TorchFileError(f"cannot read {os.fspath(path)}: {first} (truncated or corrupt?)") from None
 
 
