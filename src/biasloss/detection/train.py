@@ -214,7 +214,7 @@ def _build_run(cfg: dict[str, Any], info: DistInfo, device: torch.device, ckpt: 
     return Run(
         out=out, info=info, device=device, model=model, train_net=train_net, objective=DetectorObjective(),
         criterion=nn.Module(), optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-        validate=validate, describe=lambda m: f"mAP {m['map']:.2f}", score="map", epochs=recipe.epochs,
+        validate=validate, describe=lambda m: f"mAP {m['map']:.2f} %", score="map", epochs=recipe.epochs,
         seed=cfg["seed"], amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None,
         progress=cfg["progress"], extra={"args": {k: v for k, v in cfg.items() if k not in ("resume", "out")}},
@@ -348,9 +348,9 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     result = run_detect_eval(args)
-    print(json.dumps(result) if args.json else f"{result['model']} SSD: mAP {result['map']:.2f} on "
+    print(json.dumps(result) if args.json else f"{result['model']} SSD: mAP {result['map']:.2f} % on "
           f"{result['images']} {result['test_set']} images (epoch {result['epoch']}); AP per class: "
-          + ", ".join(f"{name} {ap:.1f}" for name, ap in result["ap"].items()))
+          + ", ".join(f"{name} {ap:.1f} %" for name, ap in result["ap"].items()))
     return 0
 
 
