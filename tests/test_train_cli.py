@@ -401,3 +401,14 @@ def test_loss_scale_multiplies_the_training_loss_and_is_part_of_the_identity(tmp
                   str(tmp_path / "two" / "last.pt"), out="two")
     assert code == 2 and "--loss-scale 2.0, not 3.0" in capsys.readouterr().err
     assert _train(tmp_path, "--loss-scale", "0", out="zero") == 2
+
+
+def test_train_ends_with_a_summary_and_stop_after_with_the_resume_hint(tmp_path, capsys):
+    assert _train(tmp_path, "--epochs", "2", "--stop-after", "1", out="split") == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"stopped after epoch 1 of 2 (--stop-after): continue with --resume "
+                    f"{tmp_path / 'split' / 'last.pt'}")
+    assert _train(tmp_path, "--resume", str(tmp_path / "split" / "last.pt"), out="split") == 0
+    best = load_checkpoint(tmp_path / "split" / "best.pt")["best_top1"]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"done: 2 epochs; best val_top1 {best:.2f} in {tmp_path / 'split' / 'best.pt'}"), last

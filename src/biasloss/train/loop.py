@@ -341,4 +341,10 @@ def fit(run: Run, stop: StopFlag, start: Start = Start(), last_epoch: int | None
         if stop.requested:
             run.log(f"stopped after epoch {epoch + 1}: resume with --resume {run.out / 'last.pt'}")
             raise SystemExit(130)
+    if last_epoch < run.epochs:
+        run.log(f"stopped after epoch {last_epoch} of {run.epochs} (--stop-after): continue with --resume "
+                f"{run.out / 'last.pt'}")
+    elif math.isfinite(best):
+        run.log(f"done: {run.epochs} epochs; best {run.score} {best:.2f} in {run.out / 'best.pt'}, the last epoch's "
+                f"weights in {run.out / 'last.pt'}")
     return metrics
