@@ -412,3 +412,19 @@ def test_train_ends_with_a_summary_and_stop_after_with_the_resume_hint(tmp_path,
     best = load_checkpoint(tmp_path / "split" / "best.pt")["best_top1"]
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith(f"done: 2 epochs; best val_top1 {best:.2f} in {tmp_path / 'split' / 'best.pt'}"), last
+
+
+def test_eval_on_another_dataset_says_what_the_model_was_trained_on(tmp_path, capsys, monkeypatch):
+    from biasloss.train import runner
+
+    assert _train(tmp_path, "--epochs", "1") == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trained_on"] == "digits"
+    # the line eval prints when --dataset is another than the checkpoint's (a full Fashion-MNIST pass is slow)
+    result = {"top1": 13.4, "top5": 50.0, "samples": 10000, "dataset": "fashion-mnist", "trained_on": "digits",
+              "model": "skipblocknet_xs", "epoch": 1, "weights": "model"}
+    monkeypatch.setattr(runner, "run_eval", lambda args: result)
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--dataset", "fashion-mnist"]) == 0
+    assert "skipblocknet_xs on fashion-mnist (10000 test images, model weights, epoch 1, trained on digits)" in (
+        capsys.readouterr().out)

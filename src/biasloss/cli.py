@@ -172,8 +172,9 @@ def _eval(args) -> int:
     if args.json:
         print(json.dumps(result))
     else:
+        other = "" if result["trained_on"] == result["dataset"] else f", trained on {result['trained_on']}"
         print(f"{result['model']} on {result['dataset']} ({result['samples']} test images, "
-              f"{result['weights']} weights, epoch {result['epoch']}): "
+              f"{result['weights']} weights, epoch {result['epoch']}{other}): "
               f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%")
     return 0
 

@@ -316,7 +316,7 @@ def run_eval(args) -> dict[str, Any]:
         finally:
             val_loader.close()
         return {"top1": round(result.top1, 4), "top5": round(result.top5, 4), "samples": result.samples,
-                "dataset": dataset, "model": saved.model, "epoch": ckpt["epoch"],
+                "dataset": dataset, "trained_on": saved.dataset, "model": saved.model, "epoch": ckpt["epoch"],
                 "weights": ckpt.get("eval_weights", "model")}
     finally:
         cleanup_distributed()
