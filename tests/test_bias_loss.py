@@ -316,3 +316,15 @@ def test_weight_stats_by_hand_and_only_when_recording():
     assert stats["z_at_high"] == pytest.approx((weights >= 1.5).float().mean().item())
     assert stats["z_near_min"] == pytest.approx(((weights <= weights.min() + 0.01).float().mean()).item())
     assert criterion.pop_weight_stats() is None  # popped
+
+
+@pytest.mark.parametrize("scaling", ["batch", "running_min", "rank"])
+def test_torch_compile_fullgraph(scaling):
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(8, 5, generator=g), torch.randint(0, 5, (8,), generator=g)
+    features = torch.randn(8, 4, 3, 3, generator=g) * torch.linspace(0.1, 3.0, 8).view(8, 1, 1, 1)
+    eager, compiled = BiasLoss(scaling=scaling), BiasLoss(scaling=scaling)
+    compiled.record_weights = eager.record_weights = True
+    loss = torch.compile(compiled, fullgraph=True)(logits, target, features)
+    torch.testing.assert_close(loss, eager(logits, target, features))
+    assert compiled.pop_weight_stats() == eager.pop_weight_stats()

@@ -83,7 +83,9 @@ def _check_features(features: Tensor, logits: Tensor | None = None) -> None:
 def _variance(features: Tensor) -> Tensor:
     features = features.detach()
     dims = tuple(range(1, features.dim()))
-    if features.dtype == torch.float64 or features.device.type != "cpu":
+    # torch.compile fuses torch.var's reads itself, and the CPU shortcut's data-dependent fallback
+    # would break its graph
+    if features.dtype == torch.float64 or features.device.type != "cpu" or torch.compiler.is_compiling():
         return torch.var(features.float() if features.dtype != torch.float64 else features,
                          dim=dims, correction=1).float()
     return _cpu_variance(features.float(), dims, math.prod(features.shape[1:]))
