@@ -322,3 +322,17 @@ def test_batchnorm_act_is_batchnorm_then_activation():
     assert fused.num_batches_tracked.item() == 2
     with pytest.raises(ValueError, match="momentum"):
         BatchNormAct2d(6, nn.ReLU, momentum=None)
+
+
+def test_timm_transform_of_a_grey_model_takes_a_grey_image():
+    """timm's data config of a one-channel model normalises one channel (issue 26, point 3)."""
+    timm = pytest.importorskip("timm")
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    model = timm.create_model("skipblocknet_xs", in_chans=1, small_input=True).eval()
+    config = resolve_data_config({}, model=model)
+    assert config["input_size"] == (1, 32, 32) and len(config["mean"]) == len(config["std"]) == 1
+    x = create_transform(**config)(Image.new("L", (40, 40), 128))
+    assert x.shape == (1, 32, 32) and model(x[None]).shape == (1, 1000)
+    assert resolve_data_config({}, model=timm.create_model("skipblocknet_xs"))["mean"] == (0.485, 0.456, 0.406)

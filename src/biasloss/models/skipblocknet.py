@@ -500,7 +500,8 @@ def _create_skipblocknet(variant: str, pretrained: bool = False, **kwargs: Any) 
     # the cfg describes the model as built: its channels, and for small_input a CIFAR-size
     # default input (32 px, pooled from 4x4) instead of ImageNet's 224 px (pooled from 7x7)
     size, pool = (32, 4) if kwargs.get("small_input") else (224, 7)
-    overlay = dict(input_size=(kwargs.get("in_chans", 3), size, size), pool_size=(pool, pool))
+    chans = kwargs.get("in_chans", 3)
+    overlay = dict(input_size=(chans, size, size), pool_size=(pool, pool), **_normalisation(chans))
     overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
     return build_model_with_cfg(
         SkipblockNet,
@@ -512,6 +513,16 @@ def _create_skipblocknet(variant: str, pretrained: bool = False, **kwargs: Any) 
         pretrained_cfg_overlay=overlay,
         **kwargs,
     )
+
+
+def _normalisation(chans: int) -> dict[str, tuple[float, ...]]:
+    """ImageNet's mean and std for ``chans`` input channels, so that timm's ``create_transform``
+    normalises what the model takes: one channel gets the mean of the three (a grey image), other
+    counts repeat them."""
+    mean, std = _cfg()["mean"], _cfg()["std"]
+    if chans == 1:
+        return {"mean": (sum(mean) / 3,), "std": (sum(std) / 3,)}
+    return {"mean": tuple(mean[i % 3] for i in range(chans)), "std": tuple(std[i % 3] for i in range(chans))}
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
