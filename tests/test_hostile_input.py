@@ -203,3 +203,25 @@ def test_a_text_file_given_as_checkpoint_or_weights_is_one_line(text, tmp_path, 
     bad.write_text(text, encoding="latin-1")
     refused(capsys, ["eval", "--checkpoint", str(bad), "--device", "cpu"], "u.pt", watch=(tmp_path,))
     refused(capsys, ["train", *FAST, "--init", str(bad), "--out", str(tmp_path / "run")], "u.pt", watch=(tmp_path,))
+
+
+def test_a_resume_of_a_checkpoint_with_an_unknown_loss_or_a_bad_recipe_is_one_line(trained, tmp_path, capsys):
+    import torch
+
+    from biasloss.train.checkpoint import load_checkpoint
+
+    for name, change in (("loss.pt", lambda c: c["args"].update(loss="nope")),
+                         ("recipe.pt", lambda c: c.update(recipe="fashion-mnist"))):
+        ckpt = load_checkpoint(trained)
+        change(ckpt)
+        run = tmp_path / name.removesuffix(".pt")
+        run.mkdir()
+        torch.save(ckpt, run / "last.pt")
+        err = refused(capsys, ["train", "--resume", str(run / "last.pt"), "--no-progress", "--device", "cpu"],
+                      str(run / "last.pt"), watch=(tmp_path,))
+        assert ("'nope'" in err) if name == "loss.pt" else ("'recipe' is a str" in err), err
+
+
+def test_eval_of_a_run_directory_names_its_checkpoints(trained, capsys):
+    refused(capsys, ["eval", "--checkpoint", str(trained.parent), "--device", "cpu"],
+            "is a directory", str(trained.parent / "best.pt"))

@@ -180,3 +180,10 @@ def test_curves_draw_the_bias_loss_weights(tmp_path):
     assert main(["plot", "curves", str(run), "--metric", "weights", "z_near_min", "--out", str(out)]) == 0
     assert {"Bias Loss weight z", "median", "10th / 90th percentile", "fraction of weights at the batch's lowest",
             "bias"} <= _svg_texts(out)
+
+
+def test_tradeoff_help_shows_a_single_percent_sign(capsys):
+    with pytest.raises(SystemExit):
+        main(["plot", "tradeoff", "--help"])
+    out = capsys.readouterr().out
+    assert "top1 (%)" in out and "%%" not in out

@@ -737,7 +737,7 @@ def register(subparsers) -> None:
 
     t = kinds.add_parser("tradeoff", help="top-1 against MACs and parameters (Figures 1, 5, 6)",
                          description="Top-1 against MACs and parameters: the paper's Table 1 plus your results. "
-                                     "--results files: JSON objects or lines with name (or model/label), top1 (%%), "
+                                     "--results files: JSON objects or lines with name (or model/label), top1 (%), "
                                      "macs and/or params (counts or '236.6M'); records with the same name are "
                                      "merged, so 'biasloss profile --json' and 'biasloss eval --json' outputs "
                                      "can be given together.")

@@ -51,6 +51,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read a checkpoint written by :func:`save_checkpoint`; :class:`CheckpointError` if it is
     missing, corrupt or lacks the keys of a ``biasloss train`` checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        held = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+        raise CheckpointError(f"{path} is a directory, not a checkpoint" + (
+            f"; give one of its checkpoints: {' or '.join(str(path / name) for name in held)}" if held else ""))
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -62,4 +66,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
         raise CheckpointError(f"{path} is not a biasloss training checkpoint (missing {', '.join(missing)})")
+    if state.get("recipe") is not None and not isinstance(state["recipe"], dict):
+        raise CheckpointError(f"{path}: its 'recipe' is a {type(state['recipe']).__name__}, not the mapping of "
+                              "settings biasloss train writes")
     return state
