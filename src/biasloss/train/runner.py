@@ -152,9 +152,9 @@ def _resolve(config: TrainConfig, ckpt: dict[str, Any] | None) -> TrainConfig:
         if getattr(config, key) is None:
             setattr(config, key, copy.deepcopy(value))
     if config.loss not in LOSSES:
-        where = f"the checkpoint {config.resume} was trained with" if ckpt is not None else "--loss"
-        raise CheckpointError(f"{where} loss {config.loss!r}, which this biasloss does not know; "
-                              f"known: {', '.join(LOSSES)}")
+        error, where = (CheckpointError, f"the checkpoint {config.resume} was trained with") if ckpt is not None \
+            else (ValueError, "--loss")
+        raise error(f"{where} loss {config.loss!r}, which this biasloss does not know; known: {', '.join(LOSSES)}")
     positive_flags(vars(config), ("epochs", "batch_size", "workers", "stop_after", "limit"))
     positive("--lr", config.lr, kind=float)
     positive("--loss-scale", config.loss_scale, kind=float)
