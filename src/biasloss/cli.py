@@ -70,7 +70,13 @@ def _add_train(sub) -> None:
                         "full precision on the CPU); bf16/fp16 also run on the CPU")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
                    help="keep contiguous memory format (channels-last is 1.6-1.8x faster on CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the training step's model")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training step's model; the last short batch of each epoch is "
+                        "dropped, so that one compilation serves the whole run (evaluation stays eager); "
+                        "a resume keeps the run's choice")
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile's mode, implies --compile (default: default); reduce-overhead replays "
+                        "CUDA graphs, for small models whose steps are launch-bound")
     p.set_defaults(func=_train)
 
 

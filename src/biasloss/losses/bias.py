@@ -346,7 +346,10 @@ class BiasLoss(nn.Module):
             batch, mapped to [0, 1] (:func:`rank_scale`), so the weights spread over
             ``[exp(0) - beta, exp(alpha) - beta]`` however the variances are distributed.
         sync: reduce min/max (and the running minimum) across ranks; ``"auto"`` does so when a
-            ``torch.distributed`` process group with more than one rank is initialised.
+            ``torch.distributed`` process group with more than one rank is initialised. Only in
+            training mode, where every rank runs the same steps: in eval mode each rank scales
+            its own batch, because evaluation shards may differ by a batch between ranks and a
+            collective on one rank alone would wait for ever.
         process_group: the group to reduce over (default: the world).
 
     After each call, ``last_weights`` holds the detached ``(B,)`` weights, for logging. In
@@ -396,7 +399,7 @@ class BiasLoss(nn.Module):
 
     def _weights(self, features: Tensor) -> Tensor:
         variance = _variance(features)
-        sync = _resolve_sync(self.sync)
+        sync = _resolve_sync(self.sync) and self.training  # evaluation batches are not in lockstep
         if self.scaling == "rank":
             scaled = _rank_scale(variance, sync, self.process_group)
         else:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from biasloss.data import DatasetCorruptError
 from biasloss.features import FeatureTap, forward_with_features
+from biasloss.train.distributed import any_rank, is_distributed
 
 __all__ = ["ClassifierObjective", "DetectorObjective", "EpochResult", "ModelWithFeatures", "NonFiniteLossError",
            "Objective", "evaluate", "step_seed", "train_one_epoch"]
@@ -98,10 +99,12 @@ class EpochResult:
         return self.samples / max(self.time_s, 1e-9)
 
 
-def step_seed(seed: int, epoch: int, step: int) -> int:
-    """The RNG seed of one training step: dropout and any other model randomness are a pure
-    function of (seed, epoch, step), so a resumed run repeats them exactly."""
-    return (seed * 1_000_003 + epoch * 100_003 + step) % (2**63 - 1)
+def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
+    """The RNG seed of one training step of one rank: dropout and any other model randomness are
+    a pure function of (seed, epoch, step, rank), so a resumed run repeats them exactly, and the
+    ranks of a torchrun job draw different masks for their different samples (rank 0 draws what a
+    single process draws)."""
+    return (seed * 1_000_003 + epoch * 100_003 + step + rank * 1_000_000_007) % (2**63 - 1)
 
 
 def _correct(logits: Tensor, target: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -142,38 +145,38 @@ def _interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def _accumulate(totals: Tensor, loss: Tensor, logits: Tensor | None, target) -> None:
-    """Add one batch's loss sum, top-1 and top-5 hits (when there are logits) and sample count to
-    ``totals`` (on device)."""
+def _accumulate(totals: Tensor, loss: Tensor, logits: Tensor | None, target) -> int:
+    """Add one batch's loss sum and its top-1 and top-5 hits (when there are logits) to
+    ``totals`` (on the device, without synchronising: no host value is copied in); returns the
+    batch's sample count, which the host keeps."""
     n = len(target)
-    zero = totals.new_zeros(())
-    top1, top5 = _correct(logits, target, 5) if logits is not None else (zero, zero)
-    totals += torch.stack((loss.detach().double() * n, top1.double(), top5.double(),
-                           torch.tensor(float(n), device=totals.device, dtype=torch.float64)))
+    if logits is None:
+        totals[0] += loss.detach().double() * n
+    else:
+        top1, top5 = _correct(logits, target, 5)
+        totals += torch.stack((loss.detach().double() * n, top1.double(), top5.double()))
+    return n
 
 
-def _summarise(totals: Tensor, elapsed: float, steps: int, interrupted: bool = False,
+def _summarise(totals: Tensor, samples: int, elapsed: float, steps: int, interrupted: bool = False,
                scored: bool = True) -> EpochResult:
-    """Sum ``totals`` over ranks and turn them into means and percentages (``scored``: top-1 and
-    top-5 were counted)."""
-    totals = _all_reduce(totals)
-    seen = max(totals[3].item(), 1.0)
+    """Sum ``totals`` (loss sum, top-1 and top-5 hits) and ``samples`` over ranks and turn them
+    into means and percentages (``scored``: top-1 and top-5 were counted)."""
+    sums = torch.cat((totals, totals.new_full((1,), float(samples))))
+    if is_distributed():
+        dist.all_reduce(sums)
+    values = sums.tolist()
+    seen = max(values[3], 1.0)
     return EpochResult(
-        totals=totals.tolist(),
-        loss=totals[0].item() / seen,
-        top1=100 * totals[1].item() / seen if scored else None,
-        top5=100 * totals[2].item() / seen if scored else None,
-        samples=int(totals[3].item()),
+        totals=values,
+        loss=values[0] / seen,
+        top1=100 * values[1] / seen if scored else None,
+        top5=100 * values[2] / seen if scored else None,
+        samples=int(values[3]),
         time_s=elapsed,
         steps=steps,
         interrupted=interrupted,
     )
-
-
-def _all_reduce(values: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(values)
-    return values
 
 
 def train_one_epoch(
@@ -186,9 +189,10 @@ def train_one_epoch(
     epoch: int,
     seed: int,
     device: torch.device,
+    rank: int = 0,
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    ema: torch.optim.swa_utils.AveragedModel | None = None,
+    ema: nn.Module | None = None,
     model: nn.Module | None = None,
     start_step: int = 0,
     start_totals: list[float] | None = None,
@@ -201,19 +205,28 @@ def train_one_epoch(
     ``start_step`` skips that many batches (a resumed, interrupted epoch: the loader's order and
     augmentation are replayed, not trained on); ``start_totals`` are the interrupted epoch's
     ``EpochResult.totals`` (give them on one rank only), so its loss and accuracy count every step.
-    ``should_stop`` is polled after every step; when it returns True the epoch ends early with
-    ``interrupted=True``. Raises :class:`NonFiniteLossError` when the loss is NaN or infinite.
-    ``ema`` averages ``model`` (the weights ``net`` trains, unwrapped) after every step.
+    ``ema`` (a :class:`~biasloss.train.ema.ModelEma`) averages ``model`` (the weights ``net``
+    trains, unwrapped) after every step.
+
+    A step queues its work on the device and never waits for it: the running sums stay on the
+    device, and the host looks at them (one copy) only every ``check_every`` steps and at the
+    last. There the epoch ends, on every rank at once under torchrun (:func:`any_rank`): with
+    :class:`NonFiniteLossError` when the loss of any rank is NaN or infinite, or early with
+    ``interrupted=True`` when ``should_stop()`` is true on any rank. Outside torchrun
+    ``should_stop`` is also obeyed at the very step it turns true.
     """
     net.train()
     objective.train()
     progress = _interactive() if progress is None else progress
-    totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, top1, top5, samples
+    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits
+    samples = 0
     if start_totals is not None:
-        totals += torch.tensor(start_totals, device=device, dtype=torch.float64)
+        totals += torch.tensor(start_totals[:3], dtype=torch.float64).to(device)
+        samples = int(start_totals[3])
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     )
+    alone = not is_distributed()
     steps = len(loader)  # type: ignore[arg-type]
     start = time.perf_counter()
     step = -1
@@ -224,7 +237,7 @@ def train_one_epoch(
     for step, (images, target) in enumerate(bar):
         if step < start_step:
             continue
-        torch.manual_seed(step_seed(seed, epoch, step))
+        torch.manual_seed(step_seed(seed, epoch, step, rank))
         with autocast:
             loss, logits = objective(net, images, target)
         optimizer.zero_grad(set_to_none=True)
@@ -237,31 +250,36 @@ def train_one_epoch(
             optimizer.step()
         scheduler.step()
         if ema is not None:
-            ema.update_parameters(model if model is not None else net)
+            ema.update(model if model is not None else net)
         scored = logits is not None
         with torch.no_grad():
-            _accumulate(totals, loss, logits.detach() if scored else None, target)
-        if (step + 1) % check_every == 0 or step + 1 == steps:
-            if not math.isfinite(totals[0].item()):
-                raise NonFiniteLossError(
-                    f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}"
-                )
+            samples += _accumulate(totals, loss, logits.detach() if scored else None, target)
+        stop = should_stop()
+        if (step + 1) % check_every == 0 or step + 1 == steps or (stop and alone):
+            non_finite, stop = any_rank([~torch.isfinite(totals[0]), stop], device)
+            if non_finite:
+                where = "" if alone or not math.isfinite(loss.item()) else " on another rank"
+                raise NonFiniteLossError(f"training loss became {'non-finite' if where else loss.item()}{where} "
+                                         f"by epoch {epoch + 1}, step {step + 1}")
             if progress:
-                seen = max(totals[3].item(), 1.0)
-                bar.set_postfix(
-                    loss=f"{totals[0].item() / seen:.4f}",
-                    **({"acc": f"{100 * totals[1].item() / seen:.2f}"} if scored else {}),
-                    img_s=f"{seen / (time.perf_counter() - start):.0f}",
-                )
-        if should_stop():
-            interrupted = True
-            break
-    if not math.isfinite(totals[0].item()):
+                _show(bar, totals, samples, scored, start)
+            if stop:
+                interrupted = True
+                break
+    result = _summarise(totals, samples, time.perf_counter() - start, step + 1,
+                        interrupted or source.error is not None, scored)
+    if not math.isfinite(result.loss):
         raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1}")
-    result = _summarise(totals, time.perf_counter() - start, step + 1, interrupted or source.error is not None,
-                        scored)
     result.error = source.error
     return result
+
+
+def _show(bar, totals: Tensor, samples: int, scored: bool, start: float) -> None:
+    """The progress bar's running loss, top-1 and images per second."""
+    loss, top1, _ = totals.tolist()
+    seen = max(samples, 1)
+    bar.set_postfix(loss=f"{loss / seen:.4f}", **({"acc": f"{100 * top1 / seen:.2f}"} if scored else {}),
+                    img_s=f"{seen / (time.perf_counter() - start):.0f}")
 
 
 @torch.no_grad()
@@ -273,27 +291,36 @@ def evaluate(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     progress: bool | None = None,
+    num_classes: int | None = None,
 ) -> EpochResult:
-    """Loss, top-1 and top-5 (percent) of ``net`` over ``loader``, summed over all ranks."""
+    """Loss, top-1 and top-5 (percent) of ``net`` over ``loader``, summed over all ranks, and the
+    top-1 of each class (``class_top1``). Ranks may hold different numbers of batches (even none):
+    the only collectives are at the end; under torchrun give ``num_classes``, so that a rank
+    without a batch still knows the per-class counts' shape."""
     net.eval()
     if criterion is not None:
         criterion.eval()
     progress = _interactive() if progress is None else progress
-    totals = torch.zeros(4, device=device, dtype=torch.float64)
+    totals = torch.zeros(3, device=device, dtype=torch.float64)
+    samples = 0
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     )
     per_class: Tensor | None = None  # (2, K): top-1 hits and samples of each class
+    if num_classes is not None:
+        per_class = torch.zeros(2, num_classes, device=device, dtype=torch.float64)
     start = time.perf_counter()
     for images, target in _progress(loader, len(loader), "eval", progress):  # type: ignore[arg-type]
         with autocast:
             logits, features = net(images)
             loss = criterion(logits, target, features) if criterion is not None else logits.new_zeros(())
-        _accumulate(totals, loss, logits.float(), target)
+        samples += _accumulate(totals, loss, logits.float(), target)
         per_class = _count_classes(per_class, logits, target)
-    result = _summarise(totals, time.perf_counter() - start, len(loader))  # type: ignore[arg-type]
+    result = _summarise(totals, samples, time.perf_counter() - start, len(loader))  # type: ignore[arg-type]
     if per_class is not None:
-        hits, seen = _all_reduce(per_class).tolist()
+        if is_distributed():
+            dist.all_reduce(per_class)
+        hits, seen = per_class.tolist()
         result.class_top1 = [100 * h / n if n else math.nan for h, n in zip(hits, seen)]
     return result
 

@@ -26,14 +26,21 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 import biasloss
 from biasloss._checks import one_line
 from biasloss._io import atomic_write_text, remove_stale_temps, writable_dir
 from biasloss.data import DatasetCorruptError
 from biasloss.train.checkpoint import CheckpointError, save_checkpoint
-from biasloss.train.distributed import DistInfo, broadcast_buffers, cleanup_distributed, init_distributed
+from biasloss.train.distributed import (
+    DistInfo,
+    any_rank,
+    barrier,
+    broadcast_buffers,
+    cleanup_distributed,
+    init_distributed,
+)
+from biasloss.train.ema import ModelEma
 from biasloss.train.engine import Objective, train_one_epoch
 
 __all__ = ["RUN_FILES", "Run", "RunLock", "Start", "StopFlag", "autocast_dtype", "check_out", "fit", "next_free_dir",
@@ -207,7 +214,7 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
-    ema: AveragedModel | None = None
+    ema: ModelEma | None = None
     progress: bool | None = None
     train_stats: Callable[[], dict[str, Any]] | None = None  # after each epoch's training, on every rank
 
@@ -302,8 +309,8 @@ def fit(run: Run, stop: StopFlag, start: Start = Start(), last_epoch: int | None
         t0 = time.perf_counter()
         result = train_one_epoch(
             run.train_net, run.objective, run.optimizer, run.scheduler, run.train_loader, epoch=epoch,
-            seed=run.seed, device=run.device, amp_dtype=run.amp_dtype, scaler=run.scaler, ema=run.ema,
-            model=run.model, start_step=start.step if resumed else 0,
+            seed=run.seed, device=run.device, rank=run.info.rank, amp_dtype=run.amp_dtype, scaler=run.scaler,
+            ema=run.ema, model=run.model, start_step=start.step if resumed else 0,
             start_totals=start.totals if resumed and run.info.is_main else None,
             should_stop=lambda: stop.requested, progress=run.progress,
         )
@@ -311,6 +318,7 @@ def fit(run: Run, stop: StopFlag, start: Start = Start(), last_epoch: int | None
             if run.info.is_main:
                 state = run.state(epoch, result.steps, best, None) | {"epoch_totals": result.totals}
                 save_checkpoint(state, run.out / "last.pt")
+            barrier()  # every rank leaves after last.pt is written
             if result.error is not None:  # a data file it cannot read: named, with where the run stands
                 raise DatasetCorruptError(f"{one_line(result.error)} (wrote {run.out / 'last.pt'} at "
                                           f"epoch {epoch + 1}, step {result.steps})") from None
@@ -338,7 +346,8 @@ def fit(run: Run, stop: StopFlag, start: Start = Start(), last_epoch: int | None
         train = f"train loss {result.loss:.4f}" + (f" top1 {result.top1:.2f}" if result.top1 is not None else "")
         run.log(f"epoch {epoch + 1}/{run.epochs}  {train}  {run.describe(metrics)}  "
                 f"{metrics['time_s']:.1f}s ({metrics['train_img_s']:.0f} img/s)")
-        if stop.requested:
+        if any_rank([stop.requested], run.device)[0]:  # every rank stops here, or none
+            barrier()
             run.log(f"stopped after epoch {epoch + 1}: resume with --resume {run.out / 'last.pt'}")
             raise SystemExit(130)
     if last_epoch < run.epochs:

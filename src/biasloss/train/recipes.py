@@ -187,7 +187,11 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
         return _fused_if_possible(torch.optim.AdamW, groups, lr=recipe.lr)
     from timm.optim import RMSpropTF  # TF epsilon placement, as the paper's recipe
 
-    return RMSpropTF(groups, lr=recipe.lr, alpha=0.9, eps=1e-3, momentum=recipe.momentum)
+    options = dict(lr=recipe.lr, alpha=0.9, eps=1e-3, momentum=recipe.momentum)
+    try:  # all tensors in a few multi-tensor kernels a step (timm >= 1.0.20), not one tensor at a time
+        return RMSpropTF(groups, foreach=True, **options)
+    except TypeError:  # an older timm: the per-tensor loop
+        return RMSpropTF(groups, **options)
 
 
 def _fused_if_possible(cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]],

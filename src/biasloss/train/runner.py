@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import biasloss
 from biasloss._checks import positive, positive_flags
@@ -32,6 +31,7 @@ from biasloss.models import create_model, evaluated_weights, list_models, load_p
 from biasloss.models.utils import BATCHNORMS
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
 from biasloss.train.distributed import DistInfo, cleanup_distributed, gather_columns, init_distributed
+from biasloss.train.ema import ModelEma
 from biasloss.train.engine import ClassifierObjective, ModelWithFeatures, evaluate
 from biasloss.train.loop import Run, autocast_dtype, next_free_dir, open_run_dir, train_task
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler, default_recipe, get_recipe
@@ -77,7 +77,8 @@ class TrainConfig:
     progress: bool | None = None
     amp: str | None = None
     channels_last: bool | None = None
-    compile: bool = False
+    compile: bool | None = None
+    compile_mode: str | None = None
 
 
 #: What an option left unset trains with (the model is the recipe's); every loss's own options
@@ -85,7 +86,7 @@ class TrainConfig:
 DEFAULTS: dict[str, Any] = {
     "dataset": "fashion-mnist", "loss": "bias", "seed": 0,
     **{key: value for spec in LOSSES.values() for key, value in spec.options.items()},
-    "loss_scale": 1.0, "amp": "auto", "channels_last": True,
+    "loss_scale": 1.0, "amp": "auto", "channels_last": True, "compile": False,
 }
 #: Options whose default is the recipe's; the recipe a checkpoint saves holds their values.
 RECIPE_ARGS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "model")
@@ -136,6 +137,10 @@ def _resolve(config: TrainConfig, ckpt: dict[str, Any] | None) -> TrainConfig:
         conflict = resume_conflict(have, {k: v for k, v in given.items() if v is not None and have[k] is not None})
         if conflict:
             raise CheckpointError(f"cannot resume: the checkpoint was trained with {conflict}")
+        saved_compiled = bool(ckpt["args"].get("compile") or ckpt["args"].get("compile_mode"))
+        if _compiled(config) and not saved_compiled:  # the epoch's batches would change (drop_last)
+            raise CheckpointError("cannot resume with --compile a run trained without it: a compiled run drops "
+                                  "the last short batch of each epoch; resume without --compile")
         for field in dataclasses.fields(TrainConfig):
             saved = ckpt["args"].get(field.name)
             if getattr(config, field.name) is None and field.name not in ("resume", "out", "stop_after"):
@@ -178,6 +183,11 @@ def build_model(args, spec, recipe: Recipe | None = None) -> nn.Module:
             if isinstance(m, BATCHNORMS):
                 m.momentum = recipe.bn_momentum
     return model
+
+
+def _compiled(config: TrainConfig) -> bool:
+    """Whether the run compiles its training step (``--compile``, or a ``--compile-mode``)."""
+    return bool(config.compile or config.compile_mode)
 
 
 def _build_loss(config: TrainConfig, recipe: Recipe, info: DistInfo) -> nn.Module:
@@ -234,7 +244,9 @@ def _build_run(config: TrainConfig, info: DistInfo, device: torch.device, ckpt: 
     train_loader, val_loader, spec = build_loaders(
         config.dataset, data_dir=config.data_dir, batch_size=recipe.batch_size,
         eval_batch_size=config.eval_batch_size, device=device, augment=recipe.augment, seed=config.seed,
-        workers=config.workers or 4, drop_last=recipe.drop_last, rank=info.rank,
+        workers=config.workers or 4, rank=info.rank,
+        # a compiled step sees one batch shape: a last short batch would compile a second graph
+        drop_last=recipe.drop_last or _compiled(config),
         world_size=info.world_size, limit=config.limit,
         # the default dataset falls back to torchvision's download where there is a network
         download=config.download or config.dataset == DEFAULTS["dataset"],
@@ -249,7 +261,7 @@ def _build_run(config: TrainConfig, info: DistInfo, device: torch.device, ckpt: 
     criterion = _build_loss(config, recipe, info).to(device)
     ema = None
     if recipe.ema_decay is not None:  # before any tap: hooks must not be deep-copied into it
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+        ema = ModelEma(model, recipe.ema_decay)
     net = _features_net(model, criterion, spec)
     eval_net = net if ema is None else _features_net(
         ema.module, criterion, spec, net.tap.layer_name if net.tap is not None else None)
@@ -257,8 +269,8 @@ def _build_run(config: TrainConfig, info: DistInfo, device: torch.device, ckpt: 
     if info.enabled:
         train_net = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        train_net = torch.compile(train_net)
+    if _compiled(config):
+        train_net = torch.compile(train_net, mode=config.compile_mode)
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, recipe, len(train_loader))
     amp_dtype = autocast_dtype(config.amp, device)
@@ -269,7 +281,8 @@ def _build_run(config: TrainConfig, info: DistInfo, device: torch.device, ckpt: 
                f"{f' x {info.world_size} ranks' if info.enabled else ''}, device {device}, out {out}")
 
     def validate() -> dict[str, Any]:
-        val = evaluate(eval_net, criterion, val_loader, device=device, amp_dtype=amp_dtype, progress=config.progress)
+        val = evaluate(eval_net, criterion, val_loader, device=device, amp_dtype=amp_dtype, progress=config.progress,
+                       num_classes=spec.num_classes)
         return {"val_loss": round(val.loss, 6), "val_top1": round(val.top1, 4), "val_top5": round(val.top5, 4),
                 "val_class_top1": [round(x, 4) for x in val.class_top1]}
 
@@ -280,7 +293,8 @@ def _build_run(config: TrainConfig, info: DistInfo, device: torch.device, ckpt: 
 
     return Run(
         out=out, info=info, device=device, model=model, train_net=train_net,
-        objective=ClassifierObjective(criterion, config.loss_scale), criterion=criterion, train_stats=train_stats, optimizer=optimizer, scheduler=scheduler,
+        objective=ClassifierObjective(criterion, config.loss_scale), criterion=criterion, train_stats=train_stats,
+        optimizer=optimizer, scheduler=scheduler,
         train_loader=train_loader, validate=validate,
         describe=lambda m: f"val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f} top5 {m['val_top5']:.2f}",
         score="val_top1", epochs=recipe.epochs, seed=config.seed, amp_dtype=amp_dtype,
