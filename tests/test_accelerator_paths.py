@@ -99,3 +99,16 @@ def test_the_imagenet_recipe_steps_rmsprop_with_multi_tensor_kernels():
     optimizer = build_optimizer(model, get_recipe("imagenet"))
     assert type(optimizer).__name__ == "RMSpropTF"
     assert all(group.get("foreach") for group in optimizer.param_groups)
+
+
+def test_every_ema_buffer_lives_on_the_models_device(monkeypatch):
+    # under NCCL, broadcast_buffers broadcasts every EMA buffer: AveragedModel kept n_averaged on
+    # the CPU whatever the model's device; the meta device stands in for CUDA here
+    meta = torch.device("meta")
+    model = create_model("skipblocknet_xs", num_classes=10, in_chans=1, small_input=True).to(meta)
+    assert AveragedModel(model).n_averaged.device.type == "cpu"  # the old EMA
+    real_generator = torch.Generator
+    monkeypatch.setattr(torch, "Generator",  # timm's bf16 rounding generator: meta has none
+                        lambda device="cpu": real_generator("cpu" if device == meta else device))
+    ema = ModelEma(model, 0.9)
+    assert {b.device for b in ema.buffers()} == {meta} and {p.device for p in ema.parameters()} == {meta}
