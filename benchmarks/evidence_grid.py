@@ -62,19 +62,25 @@ the 30 MB of Fashion-MNIST travel only when ``carry`` names them; the loader fin
 then ``run`` with ``carry: ["data"]``, ``timeout_s: 590`` and this command (COMMIT replaced)::
 
     export BIASLOSS_DATA=$PWD/data PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1; SECONDS=0
-    timeout -k 10 210 python3 benchmarks/device_check.py --out /tmp/device_check >$OUT/device_check.log 2>&1
-    echo "device_check: exit $? after $SECONDS s" >>$OUT/device_check.log
-    tar czf $OUT/device_check.tar.gz --exclude='*.pt' -C /tmp device_check
+    timeout -k 10 300 python3 benchmarks/device_check.py --out $OUT/device_check --commit COMMIT \\
+        >$OUT/device_check.log 2>&1
+    echo "device_check: exit $? after $SECONDS s" >>$OUT/device_check.log; mv $OUT/device_check/device_check.json $OUT/
+    tar czf $OUT/device_check.tar.gz --exclude='*.pt' -C $OUT device_check && rm -rf $OUT/device_check
     python3 benchmarks/evidence_grid.py --out /tmp/evidence-gpu --archive $OUT/evidence-gpu.tar.gz --device cuda \\
         --budget-s $((450 - SECONDS)) --aggregate-timeout-s 60 --commit COMMIT 2>&1 | tee $OUT/evidence_grid.log
     cp /tmp/evidence-gpu/evidence_grid.json $OUT/; tail -n 30 $OUT/device_check.log
 
-``device_check.py`` (its four 1-epoch trainings, evals and the data benchmark) gets at most 210 s
-(``timeout`` stops its children too; its logs so far still come back), the grid's training the
-rest of 450 s, then up to ``--grace-s`` (30) to stop the children and 60 s to aggregate (nothing is
-trained then: seconds): the command ends by 540 s, about 9 minutes. Five files come back
-(``device_check.log`` and ``.tar.gz``, ``evidence_grid.log`` and ``.json``, ``evidence-gpu.tar.gz``);
-``tar xzf evidence-gpu.tar.gz -C docs/results`` publishes the grid as ``docs/results/evidence-gpu/``.
+``device_check.py`` (five 1-epoch trainings: fp32, bf16, fp16, ``--compile`` and ``--compile
+--compile-mode reduce-overhead``, an eval of each and the data benchmark; estimated at 3-5 minutes,
+not yet measured on a GPU: its docstring) writes everything under ``$OUT/device_check`` and gets
+at most 300 s (``timeout`` stops its children too; its ``device_check.json``, rewritten after
+every step, and its logs so far still come back). That folder holds more files than the 8 that
+come back, checkpoints among them, so its record moves up to ``$OUT`` and the rest is packed
+without checkpoints and removed. The grid's training gets the rest of 450 s, then up to
+``--grace-s`` (30) to stop the children and 60 s to aggregate (nothing is trained then: seconds):
+the command ends by 540 s, about 9 minutes. Six files come back (``device_check.log``, ``.json``
+and ``.tar.gz``, ``evidence_grid.log`` and ``.json``, ``evidence-gpu.tar.gz``); ``tar xzf
+evidence-gpu.tar.gz -C docs/results`` publishes the grid as ``docs/results/evidence-gpu/``.
 
 A dry run of the same on the CPU (digits, tiny)::
 
