@@ -37,6 +37,16 @@ def _epoch(src: Path, out: Path, args: argparse.Namespace) -> float:
     return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["train_img_s"]
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ref", required=True, help="the commit to compare with (e.g. HEAD~1)")
@@ -63,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref_tree)], check=False)
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {args.threads} thread(s); "
+    print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs; {args.threads} thread(s); "
           f"{args.dataset}, first {args.limit} images, 1 epoch, {args.reps} rep(s) each, alternating")
     print("| side | median img/s | min | max |\n|---|---|---|---|")
     for name, values in speeds.items():
