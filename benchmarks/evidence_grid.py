@@ -24,7 +24,7 @@ This script trains the same grid on all 60k training images (no ``--limit``) for
    ``results.json`` at once) is started again ``--retries`` times: finished runs are skipped;
 2. at ``--budget-s`` seconds (or on SIGTERM / Ctrl-C) no child is started any more and the
    running ones get SIGTERM: the trainer ends its step, writes a resumable ``last.pt`` and exits
-   130 (a child between runs just ends); after ``--grace-s`` the rest are killed;
+   143, 128 + SIGTERM (a child between runs just ends); after ``--grace-s`` the rest are killed;
 3. one aggregation call per model over the runs that finished (each has its record,
    ``evidence-M/<part>/records/M-<loss>-sS.json``): ``reproduce ablation`` with the seeds and
    variants that include the most finished runs (all of them when everything finished, then it

@@ -48,9 +48,7 @@ def test_a_stop_mid_epoch_resumes_bit_for_bit(scenes, tmp_path, monkeypatch):
     assert main(_argv(scenes, tmp_path / "straight", "--epochs", "2")) == 0
     with monkeypatch.context() as m:
         _wrap_objective(m, 5, lambda loss: (os.kill(os.getpid(), signal.SIGTERM), loss)[1])
-        with pytest.raises(SystemExit) as stopped:
-            main(_argv(scenes, tmp_path / "split", "--epochs", "2"))
-    assert stopped.value.code == 130
+        assert main(_argv(scenes, tmp_path / "split", "--epochs", "2")) == 143  # 128 + SIGTERM
     ckpt = load_checkpoint(tmp_path / "split" / "last.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
     assert main(["detect", "train", "--resume", str(tmp_path / "split" / "last.pt"), "--no-progress"]) == 0

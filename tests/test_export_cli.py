@@ -11,8 +11,7 @@ import torch
 from biasloss.cli import main
 from biasloss.data import get_dataset_spec
 from biasloss.export import export_checkpoint
-from biasloss.train.checkpoint import load_checkpoint
-from biasloss.train.runner import model_from_checkpoint
+from biasloss.train.saved_run import load_run
 
 pytest.importorskip("sklearn")
 ort = pytest.importorskip("onnxruntime")
@@ -29,10 +28,8 @@ def run(tmp_path_factory):
 
 
 def _pytorch(ckpt_path, x):
-    ckpt = load_checkpoint(ckpt_path)
-    model, _ = model_from_checkpoint(ckpt, get_dataset_spec("digits"))
     with torch.no_grad():
-        return model.eval()(x)
+        return load_run(ckpt_path).model()(x)
 
 
 def test_onnx_any_batch_matches_pytorch_and_carries_metadata(run, tmp_path, capsys):

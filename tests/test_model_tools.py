@@ -67,6 +67,47 @@ def test_fx_symbolic_trace(name, kwargs, side):
             torch.testing.assert_close(traced(x), expected, rtol=0, atol=0)
 
 
+# one SkipblockNet (the variants share one graph) and the zoo, the deep ones shallow: what timm's
+# test_model_forward_torchscript, test_model_forward_fx_torchscript and test_model_forward_intermediates ask
+SCRIPTED = [ALL[0], *CIFAR]
+
+
+def _built(name: str, kwargs: dict) -> nn.Module:
+    return (SHALLOW[name]() if name in SHALLOW else _model(name, kwargs)).eval()
+
+
+@pytest.mark.parametrize("name,kwargs,side", SCRIPTED, ids=[n for n, _, _ in SCRIPTED])
+def test_torchscript_of_the_model_and_of_its_fx_trace(name, kwargs, side):
+    model = _built(name, kwargs)
+    x = _input(model, side)
+    with torch.no_grad():
+        expected = model(x)
+        for scripted in (torch.jit.script(model), torch.jit.script(torch.fx.symbolic_trace(model))):
+            torch.testing.assert_close(scripted(x), expected)
+
+
+@pytest.mark.parametrize("name,kwargs,side", SCRIPTED, ids=[n for n, _, _ in SCRIPTED])
+def test_forward_intermediates(name, kwargs, side):
+    model = _built(name, kwargs)
+    x = _input(model, side, batch=1)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x), rtol=0, atol=0)
+        assert [m.shape[1] for m in maps] == [f["num_chs"] for f in model.feature_info]
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert [m.shape for m in last_two] == [m.shape for m in maps[-2:]]
+    with pytest.raises(ValueError, match="feature taps"):
+        model.forward_intermediates(x, indices=[len(model.feature_info)])
+
+
+def test_getter_feature_extractor_of_the_zoo():
+    # timm's features_only with feature_cls="getter" runs forward_intermediates and prunes the head
+    model = timm.create_model("cifar_resnet18", features_only=True, feature_cls="getter").eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 16, 16))
+    assert [m.shape[1] for m in maps] == [64, 128, 256, 512]
+
+
 @pytest.mark.parametrize("name,kwargs,side", ALL, ids=IDS)
 def test_create_feature_extractor_stage_outputs(name, kwargs, side):
     # the return nodes are the modules timm's feature_info names (one per resolution, the last is

@@ -9,24 +9,26 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from biasloss.errors import InputError
+
 __all__ = ["is_out_of_memory", "one_line", "positive", "positive_flags", "try_input"]
 
 N = TypeVar("N", bound=float | None)
 
 
 def positive(name: str, value: N, *, kind: type[int] | type[float] | None = None) -> N:
-    """``value`` when it is ``None`` or above zero, else ``ValueError``: ``"<name> must be positive,
+    """``value`` when it is ``None`` or above zero, else :class:`~biasloss.errors.InputError`: ``"<name> must be positive,
     got <value>"`` (``name`` as given: ``"--epochs"`` for a flag, ``"count"`` for an argument).
     ``kind=int`` also refuses what is not an int ("must be a positive int"), ``kind=float`` what
     is not finite ("must be a positive number")."""
     if value is None:
         return value
     if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InputError(f"{name} must be a positive int, got {value!r}")
     if kind is float and not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number, got {value}")
+        raise InputError(f"{name} must be a positive number, got {value}")
     if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise InputError(f"{name} must be positive, got {value}")
     return value
 
 
@@ -58,7 +60,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 @torch.no_grad()
 def try_input(model: nn.Module, x: torch.Tensor | tuple[int, ...], flag: str, working_size: int) -> torch.Tensor:
     """``model(x)`` (``x`` a tensor, or a shape for zeros), where a failure caused by the input
-    is a ``ValueError`` naming ``flag``.
+    is an :class:`~biasloss.errors.InputError` naming ``flag``.
 
     The input is to blame when the model runs at ``working_size`` (a size it is built for) but
     not at ``x``'s, or when memory runs out; any other failure is a real error and propagates."""
@@ -70,10 +72,10 @@ def try_input(model: nn.Module, x: torch.Tensor | tuple[int, ...], flag: str, wo
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         if is_out_of_memory(e):
-            raise ValueError(f"{flag}: a {shape} input does not fit in memory ({first})") from None
+            raise InputError(f"{flag}: a {shape} input does not fit in memory ({first})") from None
         try:
             model(torch.zeros((1, shape[1], working_size, working_size)))
         except RuntimeError:
             raise e from None
-        raise ValueError(f"{flag}: {type(model).__name__} cannot take a {shape[-2]} x {shape[-1]} input "
+        raise InputError(f"{flag}: {type(model).__name__} cannot take a {shape[-2]} x {shape[-1]} input "
                          f"({first})") from None

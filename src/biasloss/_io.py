@@ -15,34 +15,30 @@ from typing import IO, Any, Callable
 
 import torch
 
+from biasloss.errors import InputError, InputFileNotFoundError, OutputError
+
 __all__ = ["OutputError", "TorchFileError", "atomic_path", "atomic_write", "atomic_write_text", "read_torch_file",
            "remove_stale_temps", "writable_dir", "writable_file"]
 
 
-class TorchFileError(ValueError):
+class TorchFileError(InputError):
     """A file that ``torch.load(..., weights_only=True)`` cannot read."""
-
-
-class OutputError(OSError):
-    """An output file could not be written (full disk, read-only place, no permission); the
-    previous file, if any, is intact. The message names the file."""
-
-    def __str__(self) -> str:
-        return self.strerror or super().__str__()
 
 
 def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain Python data only, never code.
 
     Raises:
-        FileNotFoundError, IsADirectoryError, PermissionError: as ``open`` does.
-        TorchFileError: not a ``torch.save`` file, truncated, or holding objects other than tensors
-            and plain data (the message says which, in one line).
+        InputFileNotFoundError: no such file (a ``FileNotFoundError``).
+        TorchFileError: a directory, a file it may not read, not a ``torch.save`` file, truncated,
+            or holding objects other than tensors and plain data (the message says which, in one line).
     """
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
+    except FileNotFoundError:
+        raise InputFileNotFoundError(f"cannot read {os.fspath(path)}: no such file", path) from None
+    except (IsADirectoryError, PermissionError) as e:
+        raise TorchFileError(f"cannot read {os.fspath(path)}: {e.strerror or e}") from None
     except pickle.UnpicklingError as e:
         first = str(e).splitlines()[0] if str(e) else ""
         if first.startswith("Weights only load failed"):
@@ -88,28 +84,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     redirect) to write to; when the block ends without an error it is flushed to disk and
     renamed over ``path``, otherwise removed; the file gets the mode a plain ``open`` would give it
     (0666 less the umask). A crash or a kill mid-write leaves the previous file
-    intact and no partial one. The parent directory is created if needed. A full disk, a
-    read-only place or a refused permission is an :class:`OutputError` naming ``path``."""
+    intact and no partial one. The parent directory is created if needed. Any failure of its own
+    file operations (a full disk, a read-only place, a refused permission, a directory in the way)
+    is an :class:`OutputError` naming ``path``, and so is a full disk or a refused write in the
+    block; any other error of the block propagates as it is."""
     path = Path(path)
     tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(path)  # one writer per file: any temporary file beside it is stale
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.chmod(tmp, _new_file_mode())  # mkstemp's 0600 would hide the result from the group
-        os.close(fd)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(path)  # one writer per file: any temporary file beside it is stale
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.chmod(tmp, _new_file_mode())  # mkstemp's 0600 would hide the result from the group
+            os.close(fd)
+        except OSError as e:
+            raise _cannot_write(path, e) from None
         yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
+        try:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _cannot_write(path, e) from None
+    except OSError as e:  # raised in the block: only the file system's "cannot write" answers are ours
         if isinstance(e, OutputError) or e.errno not in _WRITE_ERRNOS:
             raise
-        intact = "; the previous file is intact" if path.exists() else ""
-        raise OutputError(e.errno, f"cannot write {path}: {e.strerror}{intact}") from None
+        raise _cannot_write(path, e) from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _cannot_write(path: Path, error: OSError) -> OutputError:
+    intact = "; the previous file is intact" if path.is_file() else ""
+    return OutputError(error.errno, f"cannot write {path}: {error.strerror or error}{intact}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], object], *, binary: bool = True) -> Path:
@@ -121,26 +129,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], object], *,
 
 def writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """``path`` as a directory a file can be written in, created if needed: checked before any
-    work, so that a read-only or misnamed output place is one ``ValueError`` naming ``flag``,
-    not an error after an epoch."""
+    work, so that a read-only or misnamed output place is one :class:`~biasloss.errors.InputError`
+    (a ``ValueError``) naming ``flag``, not an error after an epoch."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {str(path)!r} is a file; give a directory")
+        raise InputError(f"{flag} {str(path)!r} is a file; give a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
-        raise ValueError(f"{flag} {str(path)!r}: cannot write there ({e.strerror or e})") from None
+        raise InputError(f"{flag} {str(path)!r}: cannot write there ({e.strerror or e})") from None
     return path
 
 
 def writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
     """``path`` as a file that can be written: not a directory, in a writable directory (created
-    if needed); ``ValueError`` naming ``flag`` otherwise."""
+    if needed); :class:`~biasloss.errors.InputError` naming ``flag`` otherwise."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{flag} {str(path)!r} is a directory; give a file name")
+        raise InputError(f"{flag} {str(path)!r} is a directory; give a file name")
     writable_dir(path.parent, flag=f"{flag} {str(path)!r}: its directory")
     return path
 

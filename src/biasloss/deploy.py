@@ -19,8 +19,8 @@ and ``benchmarks/bench_deploy.py`` take one path:
   or int8 (PT2E static quantization with XNNPACK's symmetric per-channel config).
 
 Every runtime is an optional dependency (``pip install 'biasloss[deploy]'``); a missing one is a
-:class:`MissingRuntimeError`, an ``ImportError`` that is also a ``ValueError`` so the command line
-reports it in one line.
+:class:`~biasloss.errors.MissingDependencyError` (an ``ImportError``; ``MissingRuntimeError`` is its
+old name here), which the command line reports in one line.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from biasloss.errors import MissingDependencyError
 
 __all__ = [
     "DEPLOY_EXTRA",
@@ -53,20 +55,20 @@ __all__ = [
 DEPLOY_EXTRA = "pip install 'biasloss[deploy]'"
 
 
-class MissingRuntimeError(ImportError, ValueError):
-    """A package of the ``deploy`` extra is not installed."""
+#: The old name of :class:`~biasloss.errors.MissingDependencyError` (a package of the ``deploy`` extra is not installed).
+MissingRuntimeError = MissingDependencyError
 
 
 def require(module: str, what: str) -> Any:
-    """Import ``module`` (e.g. ``"onnxruntime.quantization"``) or raise :class:`MissingRuntimeError`
-    saying that ``what`` needs it."""
+    """Import ``module`` (e.g. ``"onnxruntime.quantization"``) or raise
+    :class:`~biasloss.errors.MissingDependencyError` saying that ``what`` needs it."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
         top = module.split(".")[0]
-        raise MissingRuntimeError(f"{what} needs {top}: {DEPLOY_EXTRA}", name=top) from None
+        raise MissingDependencyError(f"{what} needs {top}: {DEPLOY_EXTRA}", name=top) from None
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ Both files record both top-1s and the calibration as metadata.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from biasloss.deploy import (
     to_executorch,
     to_onnx,
 )
+from biasloss.errors import BiaslossError, InputError
 
 __all__ = ["FORMATS", "Int8AccuracyError", "export_checkpoint", "export_int8", "int8_path", "metadata_path"]
 
@@ -58,26 +58,10 @@ def _format_for(path: Path, fmt: str | None) -> str:
     if fmt is None:
         fmt = _SUFFIXES.get(path.suffix, "")
         if not fmt:
-            raise ValueError(f"cannot tell the format from {path.name!r}: name it .onnx, .pt or .pte, or pass --format")
+            raise InputError(f"cannot tell the format from {path.name!r}: name it .onnx, .pt or .pte, or pass --format")
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+        raise InputError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     return fmt
-
-
-def _load_model(checkpoint: str | os.PathLike, ckpt: dict[str, Any] | None = None) -> tuple[nn.Module, str, Any]:
-    """The model ``checkpoint`` describes, in eval mode, with the weights train evaluated; the
-    checkpoint is read unless ``ckpt`` (its contents) is given."""
-    from biasloss.data import get_dataset_spec
-    from biasloss.train.checkpoint import load_checkpoint, training_args
-    from biasloss.train.runner import model_from_checkpoint
-
-    if ckpt is None:
-        ckpt = load_checkpoint(checkpoint)
-    spec = get_dataset_spec(training_args(ckpt, checkpoint).dataset)
-    if ckpt.get("num_classes"):  # folder datasets: the classes found in the data
-        spec = dataclasses.replace(spec, num_classes=int(ckpt["num_classes"]))
-    model, which = model_from_checkpoint(ckpt, spec, checkpoint)
-    return model.eval(), which, spec
 
 
 def _run_onnx(path: str, x: torch.Tensor) -> torch.Tensor | None:
@@ -134,7 +118,7 @@ def _export_to(model: nn.Module, which: str, spec, tmp: Path, fmt: str, image_si
 
     size = spec.image_size if image_size is None else image_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"--image-size must be an int >= 8, got {size!r}")
+        raise InputError(f"--image-size must be an int >= 8, got {size!r}")
     if fuse:
         fuse_bn(model)
     x = torch.randn(2, spec.in_chans, size, size, generator=torch.Generator().manual_seed(0))
@@ -196,8 +180,11 @@ def export_checkpoint(
     """
     path = Path(out)
     fmt = _format_for(path, fmt)
+    from biasloss.train.saved_run import load_run
+
     writable_file(path)
-    model, which, spec = _load_model(checkpoint)
+    run = load_run(checkpoint)
+    model, which, spec = run.model(), run.weights, run.spec
     with atomic_path(path) as tmp:
         result = _export_to(model, which, spec, tmp, fmt, image_size, dynamic_batch, fuse, check)
     metadata = result.pop("metadata")
@@ -211,9 +198,10 @@ def export_checkpoint(
 # ---------------------------------------------------------------------------------------------
 
 
-class Int8AccuracyError(ValueError):
+class Int8AccuracyError(BiaslossError, ValueError):
     """The int8 model's top-1 fell more than ``max_drop`` points below the fp32 model's; the fp32
-    file was written (``fp32_path``), the int8 one was not."""
+    file was written (``fp32_path``), the int8 one was not. The command line reports it in one
+    line, exit status 2."""
 
     def __init__(self, message: str, *, top1_fp32: float, top1_int8: float, fp32_path: str) -> None:
         super().__init__(message)
@@ -226,25 +214,17 @@ def int8_path(out: str | os.PathLike) -> Path:
     return out.with_name(f"{out.stem}.int8{out.suffix}")
 
 
-def _training_checkpoint(checkpoint: str | os.PathLike) -> tuple[dict[str, Any], Any]:
-    """The checkpoint's contents and training arguments; a file that is not a ``biasloss train``
-    checkpoint (a bare state dict, no arguments naming the dataset) is a one-line error saying
-    why int8 needs one."""
-    from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
+def _training_run(checkpoint: str | os.PathLike):
+    """The run ``checkpoint`` saved; a file that is not a ``biasloss train`` checkpoint (a bare
+    state dict, no arguments naming the dataset) is a one-line error saying why int8 needs one."""
+    from biasloss.train.checkpoint import CheckpointError, ForeignCheckpointError
+    from biasloss.train.saved_run import load_run
 
     try:
-        ckpt = load_checkpoint(checkpoint)
-    except CheckpointError as e:
-        if "not a biasloss training checkpoint" not in str(e):
-            raise  # missing or unreadable: the message says so
-        reason = e
-    else:
-        try:
-            return ckpt, training_args(ckpt, checkpoint)
-        except CheckpointError as e:
-            reason = e
-    raise CheckpointError(f"int8 export needs a checkpoint written by 'biasloss train', which records the training "
-                          f"set to calibrate on: {reason}") from None
+        return load_run(checkpoint)
+    except ForeignCheckpointError as e:
+        raise CheckpointError(f"int8 export needs a checkpoint written by 'biasloss train', which records the "
+                              f"training set to calibrate on: {e}") from None
 
 
 def _calibration_images(loader, n: int) -> list[torch.Tensor]:
@@ -322,7 +302,7 @@ def export_int8(
 
     Raises:
         ImportError: onnx, onnxruntime or onnxscript (ExecuTorch: executorch, torchao) is missing (``pip install 'biasloss[deploy]'``):
-            :class:`biasloss.deploy.MissingRuntimeError`, a ``ValueError`` too.
+            :class:`biasloss.errors.MissingDependencyError`.
         ValueError: bad arguments, a checkpoint that does not record its training set
             (``CheckpointError``), calibration data from another dataset, or an int8 model more than
             ``max_drop`` points worse (:class:`Int8AccuracyError`).
@@ -333,27 +313,28 @@ def export_int8(
     path = Path(out)
     fmt = _format_for(path, fmt)
     if fmt not in _QUANTIZATION:
-        raise ValueError(f"--int8 quantizes an ONNX or ExecuTorch export; name --out *.onnx or *.pte "
+        raise InputError(f"--int8 quantizes an ONNX or ExecuTorch export; name --out *.onnx or *.pte "
                          f"(got {path.name!r}, format {fmt})")
     if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate <= 0:
-        raise ValueError(f"--calibrate must be a positive number of images, got {calibrate!r}")
+        raise InputError(f"--calibrate must be a positive number of images, got {calibrate!r}")
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not (
             math.isfinite(max_drop) and max_drop >= 0):
-        raise ValueError(f"--max-drop must be a number of top-1 points >= 0, got {max_drop!r}")
+        raise InputError(f"--max-drop must be a number of top-1 points >= 0, got {max_drop!r}")
     if fmt == "onnx" and not dynamic_batch:
-        raise ValueError("--int8 evaluates the test split in batches; drop --static-batch")
+        raise InputError("--int8 evaluates the test split in batches; drop --static-batch")
     needed = ("onnx", "onnxruntime.quantization", "onnxscript") if fmt == "onnx" else ("executorch", "torchao")
     for module in needed:  # onnxscript: torch.onnx.export's; torchao: ExecuTorch's quantizer
         require(module, "int8 export")
-    ckpt, saved = _training_checkpoint(checkpoint)
+    run = _training_run(checkpoint)
+    saved = run.settings
     if calibration_dataset is not None and calibration_dataset != saved.dataset:
-        raise ValueError(f"calibration must come from the checkpoint's training set ({saved.dataset}), "
+        raise InputError(f"calibration must come from the checkpoint's training set ({saved.dataset}), "
                          f"not {calibration_dataset}: the activation ranges are those of the data the model sees")
     out8 = int8_path(path)
     writable_file(path)
-    model, which, spec = _load_model(checkpoint, ckpt)
+    model, which, spec = run.model(), run.weights, run.spec
     if image_size is not None and image_size != spec.image_size:
-        raise ValueError(f"--int8 evaluates on the test split at the training resolution ({spec.image_size} px); "
+        raise InputError(f"--int8 evaluates on the test split at the training resolution ({spec.image_size} px); "
                          f"drop --image-size {image_size}")
     # the data train evaluated on (its directory and limit); unaugmented training images calibrate
     train_loader, test_loader, _ = build_loaders(

@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from biasloss.errors import InputError, InputTypeError
 from biasloss.models.utils import eval_mode
 
 __all__ = ["FeatureTap", "forward_with_features"]
@@ -57,7 +58,7 @@ _PROBE_SIZE = 224
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module that does the work inside (Distributed)DataParallel or torch.compile wrappers."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
@@ -154,7 +155,7 @@ def _find_layer(model: nn.Module, input_size: Optional[Sequence[int]]) -> str:
         input_size = _default_input_size(model)
     input_size = tuple(int(s) for s in input_size)
     if len(input_size) != 3:
-        raise ValueError(f"input_size must be (C, H, W), got {input_size}")
+        raise InputError(f"input_size must be (C, H, W), got {input_size}")
     events = _probe(model, input_size)
 
     modules = dict(model.named_modules())
@@ -178,7 +179,7 @@ def _find_layer(model: nn.Module, input_size: Optional[Sequence[int]]) -> str:
             if s is not None and len(s) == 3 and not any(n == h or n.startswith(h + ".") for h in heads)
         ]
         if tokens:
-            raise ValueError(
+            raise InputError(
                 f"FeatureTap: after the last 4-D map ({chosen!r}) the model computes 3-D outputs "
                 f"(e.g. {tokens[0][0]!r}: {tokens[0][1]}), as a transformer on tokens does, so "
                 f"there is no convolutional feature map before pooling to find automatically; "
@@ -188,7 +189,7 @@ def _find_layer(model: nn.Module, input_size: Optional[Sequence[int]]) -> str:
         ran = [f"{n}: {s if s is not None else 'not a tensor'}" for n, s in events]
         if len(ran) > 40:
             ran = ran[:20] + ["..."] + ran[-20:]
-        raise ValueError(
+        raise InputError(
             f"FeatureTap found no module whose output is a 4-D (B, C, H, W) feature map with "
             f"H * W > 1 (outside adaptive pooling and the classifier head {heads}) in a probe "
             f"forward pass with input {(1, *input_size)}. If the last map is 1 x 1 at this "
@@ -246,28 +247,28 @@ class FeatureTap:
         elif isinstance(layer, str):
             name = layer
             if not name:
-                raise ValueError("layer='' names the model itself; name a submodule, e.g. 'layer4'")
+                raise InputError("layer='' names the model itself; name a submodule, e.g. 'layer4'")
             try:
                 root.get_submodule(name)
             except AttributeError:
                 all_names = [n for n, _ in root.named_modules() if n]
                 close = difflib.get_close_matches(name, all_names, n=3)
                 hint = f" Did you mean {close}?" if close else ""
-                raise ValueError(
+                raise InputError(
                     f"FeatureTap: {type(root).__name__} has no submodule named {name!r}.{hint} "
                     f"Candidates: {_candidate_names(root)}"
                 ) from None
         elif isinstance(layer, nn.Module):
             found = [n for n, m in root.named_modules() if m is layer and n]
             if not found:
-                raise ValueError(
+                raise InputError(
                     f"FeatureTap: the given {type(layer).__name__} is not a submodule of "
                     f"{type(root).__name__}; pass one of its submodules or a name from: "
                     f"{_candidate_names(root)}"
                 )
             name = found[0]
         else:
-            raise TypeError(
+            raise InputTypeError(
                 f"layer must be a module name, a submodule or None, got {type(layer).__name__}"
             )
         self.model: nn.Module = root
@@ -281,7 +282,7 @@ class FeatureTap:
 
     def _capture(self, module: nn.Module, inputs, output) -> None:
         if not isinstance(output, Tensor):
-            raise TypeError(
+            raise InputTypeError(
                 f"FeatureTap: module {self.layer_name!r} returned {type(output).__name__}, "
                 f"expected a Tensor; tap another layer"
             )
@@ -338,11 +339,11 @@ def forward_with_features(
     """
     if tap is not None:
         if not isinstance(tap, FeatureTap):
-            raise TypeError(f"tap must be a FeatureTap or None, got {type(tap).__name__}")
+            raise InputTypeError(f"tap must be a FeatureTap or None, got {type(tap).__name__}")
         if not tap.active:
-            raise ValueError("the FeatureTap was removed; make a new one")
+            raise InputError("the FeatureTap was removed; make a new one")
         if tap.model is not _unwrap(model):
-            raise ValueError(
+            raise InputError(
                 f"the FeatureTap was made for another model ({type(tap.model).__name__}); "
                 f"make one with FeatureTap(model)"
             )
@@ -358,12 +359,12 @@ def forward_with_features(
         return model.forward_head(features), features
     inner = _unwrap(model)
     if inner is not model and callable(getattr(inner, "forward_features", None)):
-        raise ValueError(
+        raise InputError(
             f"{type(model).__name__} wraps a model with forward_features/forward_head, but calling "
             f"those on the wrapped module would bypass the wrapper's forward; pass "
             f"tap=FeatureTap(model)"
         )
-    raise ValueError(
+    raise InputError(
         f"{type(inner).__name__} has no forward_features/forward_head (timm's contract); pass "
         f"tap=FeatureTap(model) to capture the feature map with a hook"
     )

@@ -3,24 +3,6 @@
 record still repeat at this commit?).
 
 Each command module exposes ``register(subparsers)``, which adds its subcommand to the
-``biasloss`` parser and sets ``func`` to a callable ``func(args) -> int``.
+``biasloss`` parser and sets ``func`` to a callable ``func(args) -> int``; the commands are
+listed, with their help lines, in :data:`biasloss.cli.COMMANDS`, as all the others are.
 """
-
-from __future__ import annotations
-
-import importlib
-
-__all__ = ["COMMAND_MODULES", "register_commands"]
-
-COMMAND_MODULES = ("profile", "variance", "plots", "reproduce", "recheck")
-
-
-def register_commands(subparsers) -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:  # a command not built yet
-            if e.name != f"{__name__}.{name}":
-                raise
-            continue
-        module.register(subparsers)

@@ -44,7 +44,8 @@ from typing import Any
 import torch
 
 from biasloss._checks import positive_flags
-from biasloss._io import atomic_write, writable_file
+from biasloss.analysis._figures import FORMATS, check_out, figure, save, style
+from biasloss.errors import InputError, InputFileNotFoundError, MissingDependencyError
 from biasloss.losses import check_clamp
 
 __all__ = [
@@ -63,66 +64,15 @@ __all__ = [
     "style",
 ]
 
-#: Output formats, from the ``--out`` suffix.
-FORMATS = (".png", ".svg", ".pdf")
 PAPER_CHOICE = (0.3, 0.3)
 DEFAULT_CLAMP = (0.5, 1.5)
 _SKIPBLOCK_COLOR = "#d62728"
 _USER_COLOR = "#1f77b4"
 
 
-class MissingDependencyError(ImportError):
-    """matplotlib is not installed."""
-
-
-# ---------------------------------------------------------------------------------------------
-# matplotlib plumbing
-# ---------------------------------------------------------------------------------------------
-
-
-def figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.4, 4.4)):
-    """A figure on the Agg canvas and its axes (never pyplot)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MissingDependencyError("plots need matplotlib: pip install 'biasloss[plots]'") from None
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, [ax for row in axes for ax in row]
-
-
-def check_out(out: str | Path) -> Path:
-    path = Path(out)
-    if path.suffix.lower() not in FORMATS:
-        raise ValueError(f"--out must end in {', '.join(FORMATS)} (the format follows the suffix); got {str(out)!r}")
-    return writable_file(path)
-
-
-def save(fig, path: Path, dpi: int = 150) -> Path:
-    import matplotlib
-
-    # Reproducible SVG/PDF: fixed ids, no creation date. Written all or nothing (a full disk
-    # leaves the previous figure, not an empty one).
-    fmt = path.suffix.lower().lstrip(".")
-    with matplotlib.rc_context({"svg.hashsalt": "biasloss"}):
-        metadata = {"Date": None} if fmt == "svg" else ({"CreationDate": None} if fmt == "pdf" else None)
-        return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, metadata=metadata))
-
-
-def style(ax, xlabel: str, ylabel: str, title: str | None = None) -> None:
-    ax.set_xlabel(xlabel, fontsize=11)
-    ax.set_ylabel(ylabel, fontsize=11)
-    if title:
-        ax.set_title(title, fontsize=11)
-    ax.grid(True, alpha=0.3, linewidth=0.6)
-    ax.tick_params(labelsize=9.5)
-
-
 def _check_float(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise InputError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 
 
@@ -149,7 +99,7 @@ def _pairs(alphas: Sequence[float] | None, betas: Sequence[float] | None) -> lis
     if len(betas) == 1:
         betas = betas * len(alphas)
     if len(alphas) != len(betas):
-        raise ValueError(f"give as many --alpha as --beta values (or one of either): "
+        raise InputError(f"give as many --alpha as --beta values (or one of either): "
                          f"got {len(alphas)} and {len(betas)}")
     return [(_check_float("alpha", a), _check_float("beta", b)) for a, b in zip(alphas, betas)]
 
@@ -243,7 +193,7 @@ def plot_loss(
     clamp = check_clamp(clamp)
     variances = [_check_float("variance", v) for v in variances]
     if not variances:
-        raise ValueError("give at least one scaled variance")
+        raise InputError("give at least one scaled variance")
     import matplotlib
 
     prob = torch.linspace(0.005, 0.995, 400, dtype=torch.float64)
@@ -285,24 +235,27 @@ _QUANTITY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgb]?)\s*$"
 
 def _quantity(value: Any, what: str, where: str) -> float:
     if isinstance(value, bool):
-        raise ValueError(f"{where}: {what} must be a count or a string like '5.5M', got {value!r}")
+        raise InputError(f"{where}: {what} must be a count or a string like '5.5M', got {value!r}")
     if isinstance(value, (int, float)):
         number = float(value)
     elif isinstance(value, str) and (m := _QUANTITY.match(value)):
         number = float(m.group(1)) * _UNITS[m.group(2).lower()]
     else:
-        raise ValueError(f"{where}: {what} must be a count or a string like '5.5M', got {value!r}")
+        raise InputError(f"{where}: {what} must be a count or a string like '5.5M', got {value!r}")
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{where}: {what} must be positive, got {value!r}")
+        raise InputError(f"{where}: {what} must be positive, got {value!r}")
     return number
 
 
 def _read_json_records(path: Path) -> list[Any]:
     if not path.exists():
-        raise FileNotFoundError(f"results file not found: {path}")
+        raise InputFileNotFoundError(f"results file not found: {path}", path)
     if path.is_dir():
-        raise IsADirectoryError(f"results file is a directory: {path}")
-    text = path.read_text()
+        raise InputError(f"results file is a directory: {path}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read results file {path}: {getattr(e, 'strerror', None) or e}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -312,7 +265,7 @@ def _read_json_records(path: Path) -> list[Any]:
                 try:
                     data.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {number}: not JSON ({e.msg})") from None
+                    raise InputError(f"{path} line {number}: not JSON ({e.msg})") from None
     return data if isinstance(data, list) else [data]
 
 
@@ -325,16 +278,16 @@ def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
         for i, record in enumerate(_read_json_records(path), 1):
             where = f"{path} record {i}"
             if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+                raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
             label = record.get("label") or record.get("name") or record.get("model")
             if not isinstance(label, str) or not label:
-                raise ValueError(f"{where}: needs a 'name' (or 'model' or 'label')")
+                raise InputError(f"{where}: needs a 'name' (or 'model' or 'label')")
             entry = merged.setdefault(label, {"label": label, "name": record.get("name") or record.get("model"),
                                               "top1": None, "macs": None, "params": None, "dataset": None})
             top1 = record.get("top1", record.get("val_top1"))
             if top1 is not None:
                 if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 100:
-                    raise ValueError(f"{where}: top1 must be a percentage in [0, 100], got {top1!r}")
+                    raise InputError(f"{where}: top1 must be a percentage in [0, 100], got {top1!r}")
                 entry["top1"] = float(top1)
             for key in ("macs", "params"):
                 if record.get(key) is not None:
@@ -480,18 +433,18 @@ def plot_tradeoff(
     """
     path = check_out(out)
     if x not in ("macs", "params", "both"):
-        raise ValueError(f"x must be 'macs', 'params' or 'both', got {x!r}")
+        raise InputError(f"x must be 'macs', 'params' or 'both', got {x!r}")
     records = list(results)
     if records and not isinstance(records[0], Mapping):
         records = load_results(records)
     if records and not any(r.get("top1") is not None for r in records):
-        raise ValueError("no result has a top1 (merge the eval output, e.g. biasloss eval --json, with the profile)")
+        raise InputError("no result has a top1 (merge the eval output, e.g. biasloss eval --json, with the profile)")
     keys = ("macs", "params") if x == "both" else (x,)
     fig, axes = figure(1, len(keys), size=(7.5, 5.6))
     labels = {"macs": "MACs (millions)", "params": "parameters (millions)"}
     to_place = [_draw_tradeoff(ax, key, paper, records, labels[key]) for ax, key in zip(axes, keys)]
     if not any(to_place):
-        raise ValueError("nothing to plot: give results with top1 and macs/params, or keep the paper's points")
+        raise InputError("nothing to plot: give results with top1 and macs/params, or keep the paper's points")
     handles, names = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:
         for h, n in zip(*ax.get_legend_handles_labels()):
@@ -519,6 +472,7 @@ _METRIC_NAMES = {
     "val_top5": "validation top-5 (%)",
     "train_top1": "training top-1 (%)",
     "val_loss": "validation loss",
+    "val_ce": "validation cross-entropy",
     "train_loss": "training loss",
     "lr": "learning rate",
     "time_s": "epoch time (s)",
@@ -541,9 +495,9 @@ def _metrics_file(run: str | Path) -> Path:
     if path.is_dir():
         path = path / "metrics.jsonl"
         if not path.is_file():
-            raise FileNotFoundError(f"no metrics.jsonl in run directory {run}")
+            raise InputFileNotFoundError(f"no metrics.jsonl in run directory {run}", path)
     elif not path.exists():
-        raise FileNotFoundError(f"no such run directory or metrics file: {run}")
+        raise InputFileNotFoundError(f"no such run directory or metrics file: {run}", path)
     return path
 
 
@@ -554,9 +508,12 @@ def load_metrics(run: str | Path) -> list[dict[str, Any]]:
     from biasloss.train.loop import read_metrics
 
     path = _metrics_file(run)
-    records = read_metrics(path)
+    try:
+        records = read_metrics(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     if not records:
-        raise ValueError(f"{path}: no epoch records")
+        raise InputError(f"{path}: no epoch records")
     return records
 
 
@@ -590,10 +547,10 @@ def plot_curves(
     if isinstance(runs, (str, Path)):
         runs = [runs]
     if not runs:
-        raise ValueError("give at least one run directory or metrics.jsonl")
+        raise InputError("give at least one run directory or metrics.jsonl")
     metrics = list(dict.fromkeys(metrics))
     if not metrics:
-        raise ValueError("give at least one metric")
+        raise InputError("give at least one metric")
     files = [_metrics_file(r) for r in runs]
     histories = [load_metrics(f) for f in files]
     labels = _run_labels(files)
@@ -602,7 +559,7 @@ def plot_curves(
     for m in metrics:
         keys = _PAIRS.get(m, (m,))
         if not any(k in rec for h in histories for rec in h for k in keys):
-            raise ValueError(f"no run has {m!r}; available: {', '.join(available + sorted(_PAIRS))}")
+            raise InputError(f"no run has {m!r}; available: {', '.join(available + sorted(_PAIRS))}")
     import matplotlib
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
@@ -647,15 +604,12 @@ def plot_curves(
 
 
 def _no_kind(args: argparse.Namespace) -> int:
-    raise ValueError("choose what to plot: biasloss plot {weights,loss,tradeoff,curves,samples} --out FILE")
+    raise InputError("choose what to plot: biasloss plot {weights,loss,tradeoff,curves,samples} --out FILE")
 
 
 def _cli(fn):
     def run(args: argparse.Namespace) -> int:
-        try:
-            path = fn(args)
-        except MissingDependencyError as e:
-            raise ValueError(str(e)) from None
+        path = fn(args)
         print(f"wrote {path}")
         return 0
 
@@ -679,7 +633,7 @@ def _loss_cmd(args: argparse.Namespace) -> Path:
 @_cli
 def _tradeoff_cmd(args: argparse.Namespace) -> Path:
     if not args.results and not args.paper:
-        raise ValueError("nothing to plot: --no-paper needs --results FILE")
+        raise InputError("nothing to plot: --no-paper needs --results FILE")
     return plot_tradeoff(args.out, results=args.results or (), x=args.x, paper=args.paper, title=args.title)
 
 
@@ -704,7 +658,7 @@ def _samples_cmd(args: argparse.Namespace) -> str:
 def register(subparsers) -> None:
     """Add ``biasloss plot`` to the CLI."""
     p = subparsers.add_parser(
-        "plot", help="the paper's figures: weights, loss, tradeoff, learning curves (needs matplotlib)",
+        "plot",
         description="Draw the paper's figures to a PNG, SVG or PDF file (format from the --out suffix). "
                     "Needs matplotlib: pip install 'biasloss[plots]'.",
     )
@@ -750,8 +704,10 @@ def register(subparsers) -> None:
 
     c = kinds.add_parser("curves", help="learning curves of several runs overlaid",
                          description="Metrics against the epoch from metrics.jsonl files or run directories; "
-                                     "one panel per --metric (val_top1, val_top5, train_top1, val_loss, "
-                                     "train_loss, lr, time_s, the Bias Loss weights' z_mean, z_std, z_p01 ... "
+                                     "one panel per --metric (val_top1, val_top5, train_top1, val_ce (the "
+                                     "validation cross-entropy: comparable between losses), val_loss and "
+                                     "train_loss (each run's own loss: not comparable between losses), "
+                                     "lr, time_s, the Bias Loss weights' z_mean, z_std, z_p01 ... "
                                      "z_p99, z_near_min, z_at_low, z_at_high, ..., or loss / top1 for training and "
                                      "validation together, weights for the weights' median with their 10th and "
                                      "90th percentiles).")

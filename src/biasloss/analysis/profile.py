@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from biasloss._checks import is_out_of_memory, positive, try_input
 from biasloss._provenance import cpu_name
+from biasloss.errors import InputError, InputTypeError
 from biasloss.models.utils import eval_mode, model_device
 
 __all__ = [
@@ -179,13 +180,13 @@ def paper_figures(model_name: str) -> PaperFigures | None:
 def count_params(model: nn.Module) -> int:
     """Number of parameters (shared tensors counted once; buffers such as BN statistics not)."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return sum(p.numel() for p in model.parameters())
 
 
 def _input_shape(input_size: int | Sequence[int], in_chans: int = 3) -> tuple[int, ...]:
     if isinstance(input_size, bool):
-        raise TypeError("input_size must be an int or a shape tuple, got bool")
+        raise InputTypeError("input_size must be an int or a shape tuple, got bool")
     if isinstance(input_size, int):
         shape: tuple[int, ...] = (1, in_chans, input_size, input_size)
     elif isinstance(input_size, Sequence) and all(isinstance(s, int) and not isinstance(s, bool)
@@ -198,11 +199,11 @@ def _input_shape(input_size: int | Sequence[int], in_chans: int = 3) -> tuple[in
         elif len(dims) == 4:
             shape = dims
         else:
-            raise ValueError(f"input_size must be S, (H, W), (C, H, W) or (B, C, H, W); got {input_size!r}")
+            raise InputError(f"input_size must be S, (H, W), (C, H, W) or (B, C, H, W); got {input_size!r}")
     else:
-        raise TypeError(f"input_size must be an int or a tuple of ints, got {input_size!r}")
+        raise InputTypeError(f"input_size must be an int or a tuple of ints, got {input_size!r}")
     if any(s <= 0 for s in shape):
-        raise ValueError(f"input sizes must be positive, got {shape}")
+        raise InputError(f"input sizes must be positive, got {shape}")
     return shape
 
 
@@ -248,11 +249,11 @@ def count_macs(
     from torch.utils.flop_counter import FlopCounterMode
 
     if convention not in ("torch", "fvcore"):
-        raise ValueError(f"convention must be 'torch' or 'fvcore', got {convention!r}")
+        raise InputError(f"convention must be 'torch' or 'fvcore', got {convention!r}")
     mapping = _fvcore_mapping() if convention == "fvcore" else None
 
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(input_size, Tensor):
         x = input_size
     else:
@@ -292,7 +293,7 @@ def _threads(threads: int | None) -> Iterator[int]:
 
 def _check_count(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise InputError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _timed_rounds(
@@ -300,16 +301,16 @@ def _timed_rounds(
 ) -> dict[str, list[float]]:
     """Seconds per forward, ``reps`` interleaved rounds after ``warmup`` rounds."""
     if not isinstance(models, Mapping) or not models:
-        raise ValueError("models must be a non-empty dict of name -> nn.Module")
+        raise InputError("models must be a non-empty dict of name -> nn.Module")
     for name, model in models.items():
         if not isinstance(model, nn.Module):
-            raise TypeError(f"models[{name!r}] must be a torch.nn.Module, got {type(model).__name__}")
+            raise InputTypeError(f"models[{name!r}] must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(inputs, Tensor):
         per_model = {name: inputs for name in models}
     elif isinstance(inputs, Mapping) and set(inputs) >= set(models):
         per_model = dict(inputs)
     else:
-        raise TypeError("input must be a tensor or a dict with a tensor for every model")
+        raise InputTypeError("input must be a tensor or a dict with a tensor for every model")
     _check_count("reps", reps, 1)
     _check_count("warmup", warmup, 0)
     names = list(models)
@@ -434,13 +435,13 @@ def profile_models(
     """
     names = list(names)
     if not names:
-        raise ValueError("give at least one model name")
+        raise InputError("give at least one model name")
     for name in names:
         if not isinstance(name, str) or not name:
-            raise TypeError(f"model names must be non-empty strings, got {name!r}")
+            raise InputTypeError(f"model names must be non-empty strings, got {name!r}")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"model given more than once: {', '.join(duplicates)}")
+        raise InputError(f"model given more than once: {', '.join(duplicates)}")
     for label, value, minimum in (("input_size", input_size, 1), ("num_classes", num_classes, 1),
                                   ("in_chans", in_chans, 1), ("batch", batch, 1), ("reps", reps, 1),
                                   ("warmup", warmup, 0), ("throughput_reps", throughput_reps, 1),
@@ -484,7 +485,7 @@ def profile_models(
         except RuntimeError as e:
             if not is_out_of_memory(e):
                 raise
-            raise ValueError(f"--batch {batch} at --input-size {input_size} does not fit in memory; "
+            raise InputError(f"--batch {batch} at --input-size {input_size} does not fit in memory; "
                              "give a smaller --batch or --no-throughput") from None
         for name, stats in tp.items():
             results[name]["throughput"] = stats
@@ -632,7 +633,6 @@ def register(subparsers) -> None:
     """Add ``biasloss profile`` to the CLI."""
     p = subparsers.add_parser(
         "profile",
-        help="parameters, MACs, latency and throughput of models (Tables 1-2)",
         description="Parameters, MACs (torch.utils.flop_counter: convolutions and linear layers), latency at "
                     "batch 1 on one thread and throughput at a larger batch with all threads, for any model name: "
                     "skipblocknet_xs/s/m/l, cifar_*, a timm name or torchvision.<name>. With several models the "

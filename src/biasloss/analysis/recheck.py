@@ -34,6 +34,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from biasloss.errors import InputError, InputFileNotFoundError
+
 __all__ = ["CheckResult", "check_record", "compare_metrics", "is_timing", "register"]
 
 
@@ -122,36 +124,38 @@ class CheckResult:
 
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"no record {path}" + (" (a directory)" if path.is_dir() else ""))
+        raise InputFileNotFoundError(f"no record {path}" + (" (a directory)" if path.is_dir() else ""), path)
     try:
         record = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a run record (not JSON: {e})") from None
+        raise InputError(f"{path}: not a run record (not JSON: {e})") from None
     ok = (isinstance(record, dict) and isinstance(record.get("command"), str) and isinstance(record.get("metrics"), list)
           and record["metrics"] and all(isinstance(m, dict) and isinstance(m.get("epoch"), int)
                                         for m in record["metrics"]))
     if not ok:
-        raise ValueError(f"{path}: not a run record (one has a 'command' and its 'metrics' lines, as "
+        raise InputError(f"{path}: not a run record (one has a 'command' and its 'metrics' lines, as "
                          "'biasloss reproduce' writes under <out>/records/)")
     return record
 
 
 def _train_config(command: str, where: Path):
     """The :class:`~biasloss.train.runner.TrainConfig` of a recorded ``biasloss train ...``
-    command, parsed by the command line of this tree."""
-    from biasloss.cli import build_parser
+    command, parsed by the command line of this tree (its ``train`` command)."""
     from biasloss.train.runner import TrainConfig
+    from biasloss.train.train_cli import register
 
     argv = shlex.split(command)
     if argv[:2] != ["biasloss", "train"]:
-        raise ValueError(f"{where}: the record's command is not 'biasloss train ...': {command}")
+        raise InputError(f"{where}: the record's command is not 'biasloss train ...': {command}")
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            args = build_parser().parse_args(argv[1:])
+            parser = argparse.ArgumentParser(prog="biasloss")
+            register(parser.add_subparsers(dest="command"))
+            args = parser.parse_args(argv[1:])
     except SystemExit:
         message = err.getvalue().strip().splitlines()
-        raise ValueError(f"{where}: the record's command does not parse at HEAD "
+        raise InputError(f"{where}: the record's command does not parse at HEAD "
                          f"({message[-1] if message else 'argparse'}): {command}") from None
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
 
@@ -207,7 +211,6 @@ def register(subparsers) -> None:
     """Add ``biasloss reproduce-check`` to the CLI."""
     p = subparsers.add_parser(
         "reproduce-check",
-        help="re-run a run record of 'reproduce' at this commit: same metrics, or the first difference",
         description="Train a run record's command again (its thread count, a temporary --out) with this tree's "
                     "code and compare every metrics.jsonl line with the record's, epoch by epoch, timings left "
                     "out. Prints 'same' or the first difference and the record's commit. Exit status 0: same, "

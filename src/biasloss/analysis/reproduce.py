@@ -57,6 +57,7 @@ from typing import Any
 
 from biasloss._checks import positive_flags
 from biasloss._io import atomic_write_text, writable_dir
+from biasloss.errors import InputError
 from biasloss.losses import LOSSES as LOSS_SPECS
 from biasloss.train import runner
 from biasloss.train.runner import DEFAULTS, TrainConfig, resume_conflict, trained_with
@@ -192,7 +193,7 @@ def t_quantile_975(df: int) -> float:
     Exact table for ``df <= 30``; above, the Cornish-Fisher expansion in ``1/df`` (error below
     1e-6 there)."""
     if isinstance(df, bool) or not isinstance(df, int) or df < 1:
-        raise ValueError(f"degrees of freedom must be an int >= 1, got {df!r}")
+        raise InputError(f"degrees of freedom must be an int >= 1, got {df!r}")
     if df <= len(_T975):
         return _T975[df - 1]
     z = _Z975
@@ -360,7 +361,7 @@ def _check_identity(where: Path, have: Mapping[str, Any], run: Run, settings: Gr
     have = {"loss_scale": DEFAULTS["loss_scale"], **have}  # records from before --loss-scale
     conflict = resume_conflict(have, _identity(run, settings))
     if conflict:
-        raise ValueError(f"{where} was trained with {conflict}: use another --out, or delete that run")
+        raise InputError(f"{where} was trained with {conflict}: use another --out, or delete that run")
 
 
 def _inspect(run: Run, settings: GridSettings, out: Path) -> None:
@@ -391,7 +392,7 @@ def _inspect(run: Run, settings: GridSettings, out: Path) -> None:
     if numbers is None:  # metrics.jsonl lost: last.pt holds the last epoch's metrics too
         metrics = ckpt.get("metrics") or {}
         if "val_top1" not in metrics:
-            raise ValueError(f"{run.dir}: no metrics for epoch {epoch} in metrics.jsonl or last.pt")
+            raise InputError(f"{run.dir}: no metrics for epoch {epoch} in metrics.jsonl or last.pt")
         numbers = {"final_top1": float(metrics["val_top1"]), "final_top5": metrics.get("val_top5"),
                    "best_top1": float(ckpt.get("best_top1", metrics["val_top1"]))}
     run.status = "finished"
@@ -428,7 +429,7 @@ def read_record(path: Path) -> dict[str, Any] | None:
         for key in ("identity", "final_top1", "final_top5", "best_top1"):
             record[key]  # noqa: B018  (presence)
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a run record ({e})") from None
+        raise InputError(f"{path}: not a run record ({e})") from None
     return record
 
 
@@ -770,7 +771,7 @@ def run_ablation(settings: GridSettings, out: Path, *, baseline: Path | None = N
         runs = plan_grid(base, baseline)
         missing = [r.name for r in runs if r.status != "finished"]
         if missing:
-            raise ValueError(f"--baseline {str(baseline)!r} lacks finished runs {', '.join(missing)}: finish them "
+            raise InputError(f"--baseline {str(baseline)!r} lacks finished runs {', '.join(missing)}: finish them "
                              "with 'biasloss reproduce grid ... --losses ce bias', or leave out --baseline to "
                              "train them here")
         base_runs: list[Run] | None = runs
@@ -810,7 +811,7 @@ def mean_weight(record_path: Path) -> float:
     record = read_record(record_path)
     means = [line["z_mean"] for line in (record or {}).get("metrics", []) if "z_mean" in line]
     if not means:
-        raise ValueError(f"{record_path}: no Bias Loss weights logged (z_mean); c of the CE x c arm needs a Bias "
+        raise InputError(f"{record_path}: no Bias Loss weights logged (z_mean); c of the CE x c arm needs a Bias "
                          "Loss run trained by a biasloss that logs them")
     return round(math.fsum(means) / len(means), 4)
 
@@ -983,7 +984,7 @@ def _model_name(name: str, command: str) -> str:
 
 def _unique(values: Sequence[Any], what: str) -> list[Any]:
     if len(set(values)) != len(values):
-        raise ValueError(f"{what} lists a value twice: {' '.join(map(str, values))}")
+        raise InputError(f"{what} lists a value twice: {' '.join(map(str, values))}")
     return list(values)
 
 
@@ -995,10 +996,10 @@ def settings_from_args(args: argparse.Namespace) -> GridSettings:
     grid = GRIDS[args.grid]
     positive_flags(vars(args), ("epochs", "batch_size", "limit", "num_seeds", "workers"))
     if args.seeds is not None and args.num_seeds is not None:
-        raise ValueError("give --seeds or --num-seeds, not both")
+        raise InputError("give --seeds or --num-seeds, not both")
     seeds = args.seeds if args.seeds is not None else list(range(args.num_seeds or 3))
     if any(s < 0 for s in seeds):
-        raise ValueError(f"--seeds must be >= 0, got {' '.join(map(str, seeds))}")
+        raise InputError(f"--seeds must be >= 0, got {' '.join(map(str, seeds))}")
     seeds = _unique(seeds, "--seeds")
     dataset = args.dataset or grid.dataset or DEFAULTS["dataset"]
     get_dataset_spec(dataset)
@@ -1020,14 +1021,14 @@ def _run(args: argparse.Namespace) -> int:
     if not args.dry_run:
         writable_dir(out)
     elif out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file; give a directory")
+        raise InputError(f"--out {str(out)!r} is a file; give a directory")
     if args.grid == "ablation":
         if len(settings.models) != 1:
-            raise ValueError("reproduce ablation takes one model (--models NAME)")
+            raise InputError("reproduce ablation takes one model (--models NAME)")
         given = [f"--{k.replace('_', '-')}" for k in LOSS_OPTIONS if getattr(args, k, None) is not None]
         given += ["--losses"] * bool(args.losses) + ["--variance"] * bool(args.variance and args.baseline)
         if given:
-            raise ValueError(f"reproduce ablation sets the losses and loss options itself; leave out {' '.join(given)}")
+            raise InputError(f"reproduce ablation sets the losses and loss options itself; leave out {' '.join(given)}")
         baseline = Path(args.baseline) if args.baseline else None
         variants = _unique(args.variants, "--variants") if args.variants else None
         ablation = run_ablation(settings, out, baseline=baseline, dry_run=args.dry_run, variants=variants)
@@ -1036,7 +1037,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"wrote {out / 'results.md'} and {out / 'results.json'}", file=sys.stderr)
         return 0
     if args.baseline or args.variants:
-        raise ValueError("--baseline and --variants are for reproduce ablation")
+        raise InputError("--baseline and --variants are for reproduce ablation")
     results = run_grid(settings, out, dry_run=args.dry_run)
     if results is not None:
         print(format_markdown(results), end="")
@@ -1048,7 +1049,6 @@ def register(subparsers) -> None:
     """Add ``biasloss reproduce`` to the CLI."""
     p = subparsers.add_parser(
         "reproduce",
-        help="grids of models x losses x seeds through the trainer (Tables 3 and 4), resumable",
         description="Train every model with every loss and seed (sequentially, resumable: run the same "
                     "command again to continue), then write results.md and results.json: mean ± std of the "
                     "last epoch's test top-1 per cell, the paired difference bias - CE with a 95 % t "

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from biasloss._checks import positive
+from biasloss.errors import InputError
 from biasloss.losses import bias_weights, clamp_option, feature_variance
 
 __all__ = ["SampleWeights", "plot_samples", "sample_weights"]
@@ -61,26 +62,22 @@ def sample_weights(
     """
     from biasloss.data import AugmentConfig, build_loaders
     from biasloss.features import forward_with_features
-    from biasloss.train.checkpoint import load_checkpoint, training_args
     from biasloss.train.distributed import resolve_device
-    from biasloss.train.runner import model_from_checkpoint
+    from biasloss.train.saved_run import load_run
 
     positive("count", count, kind=int)
     if limit is not None and limit < 2:
-        raise ValueError(f"limit must be at least 2, got {limit}")
+        raise InputError(f"limit must be at least 2, got {limit}")
     device = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint)
-    saved = training_args(ckpt, checkpoint)
-    recipe = ckpt.get("recipe") or {}
-    batch = getattr(saved, "batch_size", None) or recipe.get("batch_size") or 128
+    run = load_run(checkpoint)
+    saved, options = run.settings, run.data_options()
+    batch = options["batch_size"] or 128
     train_loader, _, spec = build_loaders(
-        saved.dataset, data_dir=data_dir or getattr(saved, "data_dir", None), batch_size=batch,
-        eval_batch_size=batch, device=device, augment=AugmentConfig(), seed=getattr(saved, "seed", 0) or 0,
-        workers=2, limit=limit or getattr(saved, "limit", None),
+        saved.dataset, data_dir=data_dir or options["data_dir"], batch_size=batch, eval_batch_size=batch,
+        device=device, augment=AugmentConfig(), seed=options["seed"], workers=2, limit=limit or options["limit"],
     )
-    model, _ = model_from_checkpoint(ckpt, spec, checkpoint)
-    model = model.to(device).eval()
-    alpha, beta = (0.3 if getattr(saved, k, None) is None else float(getattr(saved, k)) for k in ("alpha", "beta"))
+    model = run.model().to(device)
+    alpha, beta = float(saved.alpha), float(saved.beta)
     clamp = clamp_option(saved.clamp)
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
@@ -103,16 +100,16 @@ def sample_weights(
         if close is not None:
             close()
     if not variances:
-        raise ValueError("no training batch of two or more images to weigh")
+        raise InputError("no training batch of two or more images to weigh")
     return SampleWeights(torch.cat(variances), torch.cat(weights), lowest, highest,
-                         f"{saved.model} ({getattr(saved, 'loss', '?')}, epoch {ckpt.get('epoch')}) on {saved.dataset}",
+                         run.describe(),
                          alpha, beta, clamp)
 
 
 def plot_samples(result: SampleWeights, out: str | Path, hist: str | Path | None = None) -> list[Path]:
     """Two rows of images (lowest and highest weights, each titled with variance and weight) to
     ``out``; the histogram of all weights to ``hist``. Returns the files written."""
-    from biasloss.analysis.plots import check_out, figure, save
+    from biasloss.analysis._figures import check_out, figure, save
 
     out_path = check_out(out)
     hist_path = check_out(hist) if hist is not None else None

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from biasloss._checks import positive_flags
+from biasloss.errors import InputError, InputTypeError
 from biasloss.features import FeatureTap, forward_with_features
 from biasloss.losses import bias_weights, check_clamp, feature_variance
 from biasloss.losses.bias import DEFAULT_CLAMP
@@ -103,7 +104,7 @@ def _images(batch: Any) -> Tensor:
         return batch[0]
     if isinstance(batch, Mapping) and isinstance(batch.get("image"), Tensor):
         return batch["image"]
-    raise TypeError(f"loader items must be image tensors or (images, labels) pairs, got {type(batch).__name__}")
+    raise InputTypeError(f"loader items must be image tensors or (images, labels) pairs, got {type(batch).__name__}")
 
 
 def conv_layers(model: nn.Module, example: Tensor) -> list[str]:
@@ -113,9 +114,9 @@ def conv_layers(model: nn.Module, example: Tensor) -> list[str]:
     forward pass in eval mode without gradients; the model is left as it was.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example, Tensor):
-        raise TypeError(f"example must be a tensor, got {type(example).__name__}")
+        raise InputTypeError(f"example must be a tensor, got {type(example).__name__}")
     order: list[str] = []
     seen: set[str] = set()
 
@@ -161,11 +162,11 @@ def _describe(module: nn.Module) -> str:
 
 def _parse_token(token: int | str) -> int | str:
     if isinstance(token, bool):
-        raise TypeError(f"layers must be conv indices (int), 'last' or module names, got {token!r}")
+        raise InputTypeError(f"layers must be conv indices (int), 'last' or module names, got {token!r}")
     if isinstance(token, int):
         return token
     if not isinstance(token, str) or not token:
-        raise TypeError(f"layers must be conv indices (int), 'last' or module names, got {token!r}")
+        raise InputTypeError(f"layers must be conv indices (int), 'last' or module names, got {token!r}")
     text = token.strip()
     if text.lstrip("+-").isdigit():
         return int(text)
@@ -181,7 +182,7 @@ def resolve_layers(model: nn.Module, layers: Sequence[int | str], conv_order: Se
     if isinstance(layers, (str, int)):
         layers = [layers]
     if not layers:
-        raise ValueError("layers is empty: give conv indices (5 20), 'last' or module names")
+        raise InputError("layers is empty: give conv indices (5 20), 'last' or module names")
     modules = dict(model.named_modules())
     n = len(conv_order)
     resolved: list[_Layer] = []
@@ -189,20 +190,20 @@ def resolve_layers(model: nn.Module, layers: Sequence[int | str], conv_order: Se
         token = _parse_token(raw)
         if isinstance(token, int):
             if not 1 <= token <= n:
-                raise ValueError(f"layer index {token} out of range: {type(model).__name__} runs {n} conv "
+                raise InputError(f"layer index {token} out of range: {type(model).__name__} runs {n} conv "
                                  f"layers (give 1..{n} or 'last')")
             name = conv_order[token - 1]
             layer = _Layer(name, token, f"{_ordinal(token)} conv" + (" (last)" if token == n else ""),
                            _describe(modules[name]))
         elif token == "last":
             if n == 0:
-                raise ValueError(f"{type(model).__name__} runs no nn.Conv2d layer; name a module instead of 'last'")
+                raise InputError(f"{type(model).__name__} runs no nn.Conv2d layer; name a module instead of 'last'")
             layer = _Layer(conv_order[-1], n, f"last conv ({_ordinal(n)})", _describe(modules[conv_order[-1]]))
         else:
             if token not in modules or token == "":
                 close = difflib.get_close_matches(token, [k for k in modules if k], n=3)
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise ValueError(f"unknown layer {token!r}: no module of that name in "
+                raise InputError(f"unknown layer {token!r}: no module of that name in "
                                  f"{type(model).__name__}{hint}")
             index = conv_order.index(token) + 1 if token in conv_order else None
             layer = _Layer(token, index, token if index is None else f"{token} ({_ordinal(index)} conv)",
@@ -288,14 +289,14 @@ def collect_variance(
         alpha, beta, clamp: the weight function ``z(v) = exp(alpha v) - beta`` clamped to ``clamp``.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     clamp = check_clamp(clamp)
     device = model_device(model)
     it = iter(loader)
     try:
         first = _images(next(it))
     except StopIteration:
-        raise ValueError("the loader is empty: no samples to measure") from None
+        raise InputError("the loader is empty: no samples to measure") from None
     first = first.to(device)
     order = conv_layers(model, first)
     resolved = resolve_layers(model, layers, order)
@@ -318,7 +319,7 @@ def collect_variance(
             done.add(s.name)
             if not isinstance(output, Tensor) or output.dim() < 2 or math.prod(output.shape[1:]) < 2:
                 shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-                raise ValueError(f"layer {s.name!r} returns {shape}; need a (B, ...) tensor with at least "
+                raise InputError(f"layer {s.name!r} returns {shape}; need a (B, ...) tensor with at least "
                                  f"2 values per sample")
             v = feature_variance(output)
             s.update(v)
@@ -345,7 +346,7 @@ def collect_variance(
                     model(x)
                 missing = [s.name for s in stats if s.name not in done]
                 if missing:
-                    raise ValueError(f"layer {missing[0]!r} did not run in the forward pass")
+                    raise InputError(f"layer {missing[0]!r} did not run in the forward pass")
                 samples += x.shape[0]
                 batches += 1
                 try:
@@ -437,15 +438,15 @@ def plot_histograms(
     bins: int = 40,
 ) -> Path:
     """Two panels: the kept layer's per-sample variances; the Bias Loss weights per evaluation batch."""
-    from biasloss.analysis.plots import FORMATS, figure, save, style
+    from biasloss.analysis._figures import FORMATS, figure, save, style
 
     path = Path(out)
     if path.suffix.lower() not in FORMATS:
-        raise ValueError(f"--hist must end in {', '.join(FORMATS)} (the format follows the suffix); got {str(out)!r}")
+        raise InputError(f"--hist must end in {', '.join(FORMATS)} (the format follows the suffix); got {str(out)!r}")
     if path.is_dir():
-        raise IsADirectoryError(f"--hist {str(out)!r} is a directory; give a file name")
+        raise InputError(f"--hist {str(out)!r} is a directory; give a file name")
     if result.per_sample.numel() == 0:
-        raise ValueError("no per-sample variances were kept: measure with keep='last'")
+        raise InputError("no per-sample variances were kept: measure with keep='last'")
     from matplotlib.ticker import MaxNLocator
 
     panels = 2 if result.weights is not None else 1
@@ -489,29 +490,20 @@ def plot_histograms(
 
 
 def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Model (eval weights of the checkpoint, or random init), evaluation loader and what they are.
-
-    The checkpoint logic mirrors ``biasloss eval`` (``train.runner.run_eval``)."""
+    """Model (eval weights of the checkpoint, or random init), evaluation loader and what they are."""
     from biasloss.data import AugmentConfig, build_loaders, get_dataset_spec
-    from biasloss.train.checkpoint import load_checkpoint, training_args
-    from biasloss.train.runner import build_model, model_from_checkpoint
+    from biasloss.train.saved_run import load_run
+    from biasloss.train.settings import TrainConfig, build_model
 
     if args.checkpoint:
-        ckpt = load_checkpoint(args.checkpoint)
-        saved = training_args(ckpt, args.checkpoint)
-        recipe = ckpt.get("recipe") or {}
-        dataset = args.dataset or saved.dataset
-        spec, saved_spec = get_dataset_spec(dataset), get_dataset_spec(saved.dataset)
-        if (spec.num_classes, spec.in_chans) != (saved_spec.num_classes, saved_spec.in_chans):
-            raise ValueError(f"the checkpoint was trained on {saved.dataset} ({saved_spec.num_classes} classes, "
-                             f"{saved_spec.in_chans} channels) and cannot be evaluated on {dataset}")
-        same = dataset == saved.dataset
-        data_dir = args.data_dir or (getattr(saved, "data_dir", None) if same else None)
-        limit = args.limit or (getattr(saved, "limit", None) if same else None)
-        batch = args.batch_size or getattr(saved, "batch_size", None) or recipe.get("batch_size") or 128
-        seed = getattr(saved, "seed", 0) or 0
+        run = load_run(args.checkpoint)
+        dataset = args.dataset or run.settings.dataset
+        run.spec_for(dataset)
+        options = run.data_options(dataset)
+        data_dir, limit = args.data_dir or options["data_dir"], args.limit or options["limit"]
+        batch, seed = args.batch_size or options["batch_size"] or 128, options["seed"]
     else:
-        saved, ckpt = None, None
+        run = None
         dataset = args.dataset or "fashion-mnist"
         get_dataset_spec(dataset)
         data_dir, limit, batch, seed = args.data_dir, args.limit, args.batch_size or 128, args.seed
@@ -524,20 +516,17 @@ def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         loader = train_loader
     else:
         loader = val_loader
-    if ckpt is not None:
-        model, which = model_from_checkpoint(ckpt, spec, args.checkpoint)
-        which = "EMA" if which == "ema" else which
-        loss = getattr(saved, "loss", None)
-        label = f"ours: {saved.model} ({loss}, epoch {ckpt['epoch']}{', EMA' if which == 'EMA' else ''})"
-        alpha = getattr(saved, "alpha", None) if loss == "bias" else None
-        beta = getattr(saved, "beta", None) if loss == "bias" else None
-        model_name = saved.model
+    if run is not None:
+        model, settings = run.model().to(memory_format=run.memory_format()), run.settings
+        ema = ", EMA" if run.weights == "ema" else ""
+        label = f"ours: {settings.model} ({settings.loss}, epoch {run.epoch}{ema})"
+        bias = settings.loss == "bias"
+        alpha, beta = (settings.alpha, settings.beta) if bias else (None, None)
+        model_name = settings.model
     else:
         torch.manual_seed(args.seed)
-        model = build_model(argparse.Namespace(model=args.model), spec)
+        model = build_model(TrainConfig(model=args.model), spec).to(memory_format=torch.channels_last)
         label, alpha, beta, model_name = f"ours: {args.model} (random init, seed {args.seed})", None, None, args.model
-    if getattr(saved, "channels_last", True):
-        model = model.to(memory_format=torch.channels_last)
     return {"model": model.to(device), "loader": loader, "dataset": dataset, "label": label, "batch": batch,
             "alpha": 0.3 if alpha is None else alpha, "beta": 0.3 if beta is None else beta,
             "model_name": model_name}
@@ -555,7 +544,7 @@ def checkpoint_variance(
     of ``layers`` for the checkpoint's evaluation weights, on its own dataset's ``split`` at its
     training batch size and ``--limit`` (Table 5, section 5.5)."""
     if split not in ("test", "train"):
-        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+        raise InputError(f"split must be 'test' or 'train', got {split!r}")
     args = argparse.Namespace(checkpoint=str(checkpoint), model=None, dataset=None, data_dir=data_dir,
                               limit=None, batch_size=None, split=split, seed=0, workers=None)
     setup = _setup(args, resolve_device(device))
@@ -564,15 +553,15 @@ def checkpoint_variance(
 
 def _run(args: argparse.Namespace) -> int:
     if args.checkpoint and args.model:
-        raise ValueError("give --checkpoint or --model, not both")
+        raise InputError("give --checkpoint or --model, not both")
     if not args.checkpoint and not args.model:
-        raise ValueError("give --checkpoint CKPT (or --model NAME for a randomly initialised model)")
+        raise InputError("give --checkpoint CKPT (or --model NAME for a randomly initialised model)")
     positive_flags(vars(args), ("limit", "batch_size", "workers"))
     if args.hist:
-        from biasloss.analysis.plots import FORMATS
+        from biasloss.analysis._figures import FORMATS
 
         if Path(args.hist).suffix.lower() not in FORMATS:
-            raise ValueError(f"--hist must end in {', '.join(FORMATS)}; got {args.hist!r}")
+            raise InputError(f"--hist must end in {', '.join(FORMATS)}; got {args.hist!r}")
     layers = args.layers or list(DEFAULT_LAYERS)
     setup = _setup(args, resolve_device(args.device))
     result = collect_variance(setup["model"], setup["loader"], layers, keep="last" if args.hist else None,
@@ -595,7 +584,6 @@ def register(subparsers) -> None:
     """Add ``biasloss variance`` to the CLI."""
     p = subparsers.add_parser(
         "variance",
-        help="per-sample feature variance at the 5th, 20th and last conv layers (Table 5)",
         description="Average, maximum and minimum over a dataset split of the per-sample variance of the "
                     "outputs of chosen layers (default: the 5th, 20th and last nn.Conv2d in forward "
                     "order), beside the paper's Table 5; optionally histograms of the last layer's "

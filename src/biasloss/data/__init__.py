@@ -33,6 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from biasloss.errors import InputError, InputTypeError
+
 from ._folder import DetectionLoader, FolderLoader, eval_transform, train_transform
 from ._memory import InMemoryLoader
 from ._sources import (
@@ -91,9 +93,9 @@ class Loader(Protocol):
 
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise InputTypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise InputError(f"{name} must be >= {minimum}, got {value}")
     return value
 
 
@@ -166,7 +168,7 @@ DATASETS: dict[str, DatasetSpec] = {
 def get_dataset_spec(name: str) -> DatasetSpec:
     """The :class:`DatasetSpec` registered under ``name``; ``ValueError`` listing the known names otherwise."""
     if not isinstance(name, str) or name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
@@ -174,7 +176,7 @@ def load_arrays(name: str, data_dir: str | os.PathLike | None = None, *, downloa
     """The raw uint8 NHWC tensors (on the CPU) of a small (in-memory) dataset."""
     spec = get_dataset_spec(name)
     if not spec.in_memory:
-        raise ValueError(f"{name} is not an in-memory dataset; use build_loaders")
+        raise InputError(f"{name} is not an in-memory dataset; use build_loaders")
     return spec.read(data_dir, download=download)
 
 
@@ -224,17 +226,17 @@ def build_loaders(
     _check_int("rank", rank, 0)
     _check_int("seed", seed, -(1 << 63))
     if rank >= world_size:
-        raise ValueError(f"rank must be < world_size ({world_size}), got {rank}")
+        raise InputError(f"rank must be < world_size ({world_size}), got {rank}")
     if limit is not None:
         _check_int("limit", limit, 1)
     if not isinstance(augment, AugmentConfig):
-        raise TypeError(f"augment must be an AugmentConfig, got {type(augment).__name__}")
+        raise InputTypeError(f"augment must be an AugmentConfig, got {type(augment).__name__}")
     device = torch.device(device)
     common = dict(mean=spec.mean, std=spec.std, device=device, seed=seed, rank=rank, world_size=world_size)
 
     if spec.in_memory:
         if augment.random_resized_crop:
-            raise ValueError(f"random_resized_crop is for the large (folder) datasets, not {name}; "
+            raise InputError(f"random_resized_crop is for the large (folder) datasets, not {name}; "
                              "use crop_padding for small images")
         data = load_arrays(name, data_dir, download=download)
         n_train, n_test = data.train_images.shape[0], data.test_images.shape[0]

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
+from biasloss.errors import InputError
+
 from ._augment import EpochParams, crop_flip, draw_params, normalize, pad_images, rotate
 from ._plan import EpochBatches, epoch_generator
 from ._specs import AugmentConfig
@@ -43,9 +45,9 @@ class InMemoryLoader(EpochBatches):
         drop_last: bool = False,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {tuple(images.shape)}")
+            raise InputError(f"images must be uint8 (N, H, W, C), got {images.dtype} {tuple(images.shape)}")
         if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-            raise ValueError(f"labels must be (N,) with N = {images.shape[0]}, got {tuple(labels.shape)}")
+            raise InputError(f"labels must be (N,) with N = {images.shape[0]}, got {tuple(labels.shape)}")
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.train = train
@@ -57,7 +59,7 @@ class InMemoryLoader(EpochBatches):
         self.dataset_size = int(images.shape[0])
         channels = images.shape[3]
         if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {channels} channels")
+            raise InputError(f"mean/std have {len(mean)}/{len(std)} entries for {channels} channels")
         # Moved to the device once; padded once for random crops.
         self._images = pad_images(images.to(self.device), self.augment.crop_padding).contiguous()
         self._labels = labels.to(device=self.device, dtype=torch.int64)

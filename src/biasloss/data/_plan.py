@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from biasloss.errors import InputError
+
 __all__ = ["EpochLayout", "epoch_generator", "eval_shard", "train_layout"]
 
 _SEED_MULT = 1000003
@@ -75,12 +77,12 @@ class EpochLayout:
 
 def train_layout(n: int, batch_size: int, world_size: int, drop_last: bool) -> EpochLayout:
     if n <= 0:
-        raise ValueError("the training split is empty")
+        raise InputError("the training split is empty")
     g = batch_size * world_size
     if drop_last:
         num_batches = n // g
         if num_batches == 0:
-            raise ValueError(
+            raise InputError(
                 f"drop_last with batch_size {batch_size} x world_size {world_size} = {g} > {n} training "
                 "samples leaves no batch")
         total = num_batches * g
@@ -126,7 +128,7 @@ class EpochBatches:
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and augmentation the next iteration produces."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+            raise InputError(f"epoch must be an int >= 0, got {epoch!r}")
         self._epoch = epoch
 
     @property

@@ -7,20 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from biasloss.errors import DatasetCorruptError, DatasetNotFoundError, InputError, InputTypeError
+
 __all__ = [
     "AugmentConfig",
     "DatasetCorruptError",
     "DatasetNotFoundError",
     "DatasetSpec",
 ]
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The data is not where we looked. The message is one line: the paths tried and how to get the data."""
-
-
-class DatasetCorruptError(ValueError):
-    """The files are there but are not in the expected format (bad magic, truncated, wrong shapes)."""
 
 
 @dataclass(frozen=True)
@@ -66,11 +60,11 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be an int >= 0, got {self.crop_padding!r}")
+            raise InputError(f"crop_padding must be an int >= 0, got {self.crop_padding!r}")
         if not isinstance(self.rotation, (int, float)) or isinstance(self.rotation, bool):
-            raise TypeError(f"rotation must be a number of degrees, got {self.rotation!r}")
+            raise InputTypeError(f"rotation must be a number of degrees, got {self.rotation!r}")
         if not 0.0 <= float(self.rotation) <= 180.0:
-            raise ValueError(f"rotation must be in [0, 180] degrees, got {self.rotation!r}")
+            raise InputError(f"rotation must be in [0, 180] degrees, got {self.rotation!r}")
 
     @property
     def enabled(self) -> bool:

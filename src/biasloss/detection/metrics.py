@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torchvision.ops import box_iou
 
+from biasloss.errors import InputError
+
 __all__ = ["average_precision", "voc_map"]
 
 # k * 0.1 in float64: numpy's arange(0, 1.1, 0.1), value for value (not the decimal 0.3, 0.6, 0.7)
@@ -64,9 +66,9 @@ def voc_map(
     detections (VOC2007 test's million detections take about a second).
     """
     if len(detections) != len(ground_truths):
-        raise ValueError(f"{len(detections)} detection sets for {len(ground_truths)} images")
+        raise InputError(f"{len(detections)} detection sets for {len(ground_truths)} images")
     if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        raise InputError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     labels, scores, gt_index, matched = [], [], [], []  # per detection, over all images
     gt_labels, gt_difficult = [], []  # per ground-truth box, over all images
     offset = 0

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from biasloss.data import ArrayData, load_arrays
+from biasloss.errors import InputError, InputTypeError, OutputError
 
 __all__ = ["SCENE_CLASSES", "Scene", "make_scenes", "render_scene"]
 
@@ -227,10 +228,10 @@ def _fingerprint(data: ArrayData) -> str:
 
 def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise InputTypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
+        raise InputError(f"{name} must be {bound}, got {value}")
 
 
 def _same_dataset(a: dict, b: dict) -> bool:
@@ -271,7 +272,7 @@ def make_scenes(
     _check_int("size", size, _MIN_SIZE, _MAX_SIZE)  # garment sides 3/16..1/2 of it: at least 9 px
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a directory")
+        raise InputError(f"{out} exists and is not a directory")
     data = load_arrays("fashion-mnist", data_dir)
     info = {
         "dataset": "biasloss Fashion-MNIST scenes",
@@ -291,16 +292,19 @@ def make_scenes(
             try:
                 old = json.loads(existing.read_text())
             except ValueError:
-                raise ValueError(f"{existing} is not valid JSON: an unfinished or damaged dataset; delete {out}") \
+                raise InputError(f"{existing} is not valid JSON: an unfinished or damaged dataset; delete {out}") \
                     from None
             if _same_dataset(old, info):
                 return out
-            raise ValueError(f"{out} holds a different scenes dataset (version {old.get('version')}, "
+            raise InputError(f"{out} holds a different scenes dataset (version {old.get('version')}, "
                              f"{old.get('params')}); choose another --out or delete it")
         if any(out.iterdir()):
-            raise ValueError(f"{out} is not empty and holds no scenes dataset; choose a new or empty directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+            raise InputError(f"{out} is not empty and holds no scenes dataset; choose a new or empty directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise OutputError(e.errno, f"cannot write {out}: {e.strerror or e}") from None
     try:
         base = tmp / "VOCdevkit" / f"VOC{_YEAR}"
         for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
@@ -326,7 +330,9 @@ def make_scenes(
         if out.is_dir():
             out.rmdir()  # empty, checked above
         tmp.rename(out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno is not None:  # the file system's answer: full, read-only, ...
+            raise OutputError(e.errno, f"cannot write {out}: {e.strerror or e}") from None
         raise
     return out

@@ -22,6 +22,7 @@ from torchvision.utils import draw_bounding_boxes, make_grid
 
 from biasloss._checks import positive
 from biasloss._io import atomic_write, writable_file
+from biasloss.errors import InputError
 
 __all__ = ["COLUMNS", "MIN_SIDE", "PAD", "PRED_COLOR", "TRUE_COLOR", "draw_detections", "register_show",
            "run_detect_show"]
@@ -58,15 +59,15 @@ def _draw_all(model: Any, dataset: Any, indices: Sequence[int], score_thresh: fl
               classes: Sequence[str] | Mapping[int, str] | None) -> tuple[torch.Tensor, int, int]:
     indices = list(indices)
     if not indices:
-        raise ValueError("indices must name at least one scene")
+        raise InputError("indices must name at least one scene")
     n = len(dataset)
     bad = [i for i in indices if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n]
     if bad:
-        raise ValueError(f"indices must be in 0..{n - 1} (the data set has {n} scenes), got {bad}")
+        raise InputError(f"indices must be in 0..{n - 1} (the data set has {n} scenes), got {bad}")
     if not (isinstance(score_thresh, (int, float)) and 0 <= score_thresh <= 1):
-        raise ValueError(f"score_thresh must be a number in [0, 1], got {score_thresh!r}")
+        raise InputError(f"score_thresh must be a number in [0, 1], got {score_thresh!r}")
     if getattr(model, "training", False):
-        raise ValueError("model must be in eval mode (call model.eval())")
+        raise InputError("model must be in eval mode (call model.eval())")
     if classes is None:
         classes = getattr(dataset, "classes", None)
     params = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
@@ -115,7 +116,7 @@ def run_detect_show(args: Any) -> Path:
     images = positive("--images", 8 if getattr(args, "images", None) is None else args.images)
     score_thresh = 0.5 if getattr(args, "score_thresh", None) is None else args.score_thresh
     if not 0 <= score_thresh <= 1:
-        raise ValueError(f"--score-thresh must be in [0, 1], got {score_thresh}")
+        raise InputError(f"--score-thresh must be in [0, 1], got {score_thresh}")
     out = writable_file(args.out)
     device = resolve_device(getattr(args, "device", None))
     model, cfg = detector_from_checkpoint(args.checkpoint, device)

@@ -17,7 +17,6 @@ with learning rate 0.01 and cosine annealing, batch 42, 200 epochs; momentum 0.9
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from pathlib import Path
@@ -30,18 +29,18 @@ from torch import nn
 from biasloss._checks import positive, positive_flags
 from biasloss.data import DetectionLoader
 from biasloss.detection.metrics import voc_map
-from biasloss.detection.scenes import SCENE_CLASSES, make_scenes
-from biasloss.detection.show import register_show
+from biasloss.detection.scenes import SCENE_CLASSES
 from biasloss.detection.voc import VOC_CLASSES, VOCBoxes
+from biasloss.errors import InputError
 from biasloss.models import create_model, load_pretrained
-from biasloss.models.detection import HEADS, ssd_skipblocknet
+from biasloss.models.detection import ssd_skipblocknet
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint
 from biasloss.train.distributed import DistInfo, resolve_device
 from biasloss.train.engine import DetectorObjective
 from biasloss.train.loop import Run, autocast_dtype, next_free_dir, open_run_dir, train_task
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler
 
-__all__ = ["DATASETS", "build_detector", "detection_scores", "detector_from_checkpoint", "evaluate_map", "register",
+__all__ = ["DATASETS", "build_detector", "detection_scores", "detector_from_checkpoint", "evaluate_map",
            "run_detect_eval", "run_detect_train"]
 
 #: The data sets in VOC's layout: classes, splits, input size, training augmentation and recipe.
@@ -124,7 +123,7 @@ def _resolve(args: Any, ckpt: dict[str, Any] | None) -> dict[str, Any]:
            "compile": False, "progress": None,
            "stop_after": None, "init": None, "limit": None} | saved | given
     if cfg["dataset"] not in DATASETS:
-        raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {cfg['dataset']!r}")
+        raise InputError(f"--dataset must be one of {', '.join(DATASETS)}, got {cfg['dataset']!r}")
     data = DATASETS[cfg["dataset"]]
     recipe: Recipe = data["recipe"]
     for key in _SPLITS:  # the data set's own splits, size and head unless given
@@ -133,14 +132,14 @@ def _resolve(args: Any, ckpt: dict[str, Any] | None) -> dict[str, Any]:
         cfg.setdefault(key, getattr(recipe, key))
     positive_flags(cfg, ("epochs", "batch_size", "size", "limit", "stop_after"))
     if cfg["workers"] < 0:
-        raise ValueError(f"--workers must be >= 0, got {cfg['workers']}")
+        raise InputError(f"--workers must be >= 0, got {cfg['workers']}")
     positive("--lr", cfg["lr"], kind=float)
     if not (math.isfinite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0):
-        raise ValueError(f"--weight-decay must be a number >= 0, got {cfg['weight_decay']}")
+        raise InputError(f"--weight-decay must be a number >= 0, got {cfg['weight_decay']}")
     if cfg["batch_size"] < 2:
-        raise ValueError("--batch-size must be at least 2 (the smallest extra map's BatchNorm needs two samples)")
+        raise InputError("--batch-size must be at least 2 (the smallest extra map's BatchNorm needs two samples)")
     if not cfg.get("data_dir"):
-        raise ValueError("--data-dir is required: the folder holding VOCdevkit/")
+        raise InputError("--data-dir is required: the folder holding VOCdevkit/")
     cfg["resume"] = args.resume
     out = args.out or (str(Path(args.resume).parent) if args.resume else None)
     cfg["out"] = out or str(next_free_dir(Path("runs") / f"{cfg['dataset']}-ssd-{cfg['model']}-s{cfg['seed']}"))
@@ -179,7 +178,7 @@ def _build_run(cfg: dict[str, Any], info: DistInfo, device: torch.device, ckpt: 
     torch.manual_seed(cfg["seed"])
     train, _ = _datasets(cfg)
     if len(train) < recipe.batch_size * info.world_size:
-        raise ValueError(f"{len(train)} training images are fewer than one batch of {recipe.batch_size}"
+        raise InputError(f"{len(train)} training images are fewer than one batch of {recipe.batch_size}"
                          + (f" x {info.world_size} ranks" if info.enabled else ""))
     train_loader = DetectionLoader(train, batch_size=recipe.batch_size, device=device, train=True, seed=cfg["seed"],
                                    rank=info.rank, world_size=info.world_size, drop_last=True,
@@ -272,96 +271,3 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
     return {"map": round(scores["map"] * 100, 4), "images": loader.num_samples, "epoch": cfg["epoch"],
             "model": cfg["model"], "test_set": cfg["test_set"],
             "ap": {classes[k]: round(v * 100, 2) for k, v in sorted(scores["ap"].items())}}
-
-
-def register(subparsers) -> None:
-    """``biasloss detect train|eval|show|make-scenes``."""
-    p = subparsers.add_parser("detect", help="SSD with a SkipblockNet backbone on PASCAL VOC (Table 6) or the scenes")
-    sub = p.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
-    t = sub.add_parser("train", help="train SSD; mAP on the test split every epoch")
-    t.add_argument("--data-dir", help="the folder holding VOCdevkit/ (torchvision's VOCDetection layout)")
-    t.add_argument("--dataset", choices=tuple(DATASETS),
-                   help="voc (default: train VOC2012 trainval, test VOC2007 test, the paper's recipe) or scenes "
-                        "(the output of 'detect make-scenes': its train and test splits, 10 garment classes, "
-                        "its own recipe)")
-    t.add_argument("--model", help="skipblocknet_xs/s/m/l (default: the data set's, skipblocknet_s for VOC as in "
-                                   "Table 6)")
-    t.add_argument("--head", choices=HEADS, help="prediction heads: ssd (3x3 convolutions, the paper's) or ssdlite "
-                                                 "(separable, MobileNetV2's SSDLite; about a seventh of the "
-                                                 "multiply-adds) (default: the data set's)")
-    t.add_argument("--init", help="classification weights for the backbone (a 'biasloss train' checkpoint or a "
-                                  "state dict)")
-    t.add_argument("--year", help="training year (default: the data set's, VOC 2012)")
-    t.add_argument("--train-set", help="default trainval (VOC), train (scenes)")
-    t.add_argument("--test-year", help="default 2007 (11-point AP); other years use the exact area")
-    t.add_argument("--test-set", help="default test")
-    for name, typ, text in (("epochs", int, "default: the recipe's"), ("batch-size", int, "per process"),
-                            ("lr", float, "default: the recipe's"), ("weight-decay", float, "default: the recipe's"),
-                            ("size", int, "input side in pixels (default: 300 VOC, 128 scenes)"),
-                            ("seed", int, "default 0"),
-                            ("workers", int, "data loading processes (default: 4, at most the CPU count; 0: none)"),
-                            ("limit", int, "use the first N train and test images"),
-                            ("stop-after", int, "stop after this epoch (resume later)")):
-        t.add_argument(f"--{name}", type=typ, help=text)
-    t.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
-                   help="mixed precision (default auto: bf16 on CUDA, full precision on the CPU)")
-    t.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
-                   help="keep contiguous memory format (channels-last trains SSD 1.5x faster on the CPU)")
-    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
-    t.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                   help="no progress bars (they are off anyway when stderr is not a terminal)")
-    t.add_argument("--out", help="run directory (default runs/<dataset>-ssd-<model>-s<seed>)")
-    t.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
-    t.add_argument("--device")
-    t.set_defaults(func=_train)
-    e = sub.add_parser("eval", help="mAP of a detect checkpoint on its test split")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data-dir")
-    e.add_argument("--test-set", help="the image set to score (default: the one the run was scored on, e.g. test; "
-                                      "val for the scenes' val split)")
-    e.add_argument("--workers", type=int)
-    e.add_argument("--limit", type=int)
-    e.add_argument("--device")
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(func=_eval)
-    register_show(sub)
-    m = sub.add_parser("make-scenes", help="write the Fashion-MNIST scenes detection dataset in VOC's layout",
-                       description="Fashion-MNIST garments, tinted and scaled, on cluttered backgrounds: a "
-                                   "deterministic stand-in for PASCAL VOC, read by VOCBoxes(..., classes="
-                                   "SCENE_CLASSES). Defaults: 10,000 train, 1000 val and 1000 test scenes of 128 px, "
-                                   "seed 0.")
-    m.add_argument("--out", required=True, help="a new or empty directory (it will hold VOCdevkit/VOC2007)")
-    m.add_argument("--train", type=int, help="train scenes (default 10000), garments from Fashion-MNIST's train split")
-    m.add_argument("--val", type=int, help="val scenes for choosing settings (default 1000, 0: none), garments from "
-                                           "Fashion-MNIST's train split too; trainval lists train and val")
-    m.add_argument("--test", type=int, help="test scenes (default 1000), garments from its test split")
-    m.add_argument("--size", type=int, help="image side in pixels, 48..512 (default 128)")
-    m.add_argument("--seed", type=int, help="default 0")
-    m.add_argument("--data-dir", help="where Fashion-MNIST is looked for (default: standard places)")
-    m.set_defaults(func=_make_scenes)
-
-
-def _train(args) -> int:
-    run_detect_train(args)
-    return 0
-
-
-def _eval(args) -> int:
-    result = run_detect_eval(args)
-    print(json.dumps(result) if args.json else f"{result['model']} SSD: mAP {result['map']:.2f} % on "
-          f"{result['images']} {result['test_set']} images (epoch {result['epoch']}); AP per class: "
-          + ", ".join(f"{name} {ap:.1f} %" for name, ap in result["ap"].items()))
-    return 0
-
-
-def _make_scenes(args) -> int:
-    given = {k: getattr(args, k) for k in ("train", "val", "test", "size", "seed") if getattr(args, k) is not None}
-    existed = (Path(args.out) / "scenes.json").is_file()
-    out = make_scenes(args.out, data_dir=args.data_dir, **given)
-    info = json.loads((out / "scenes.json").read_text())
-    p, objects = info["params"], info["objects"]
-    print(f"{'already there, the same dataset' if existed else 'wrote'}: {p['train']} train scenes "
-          f"({objects['train']} objects), {p.get('val', 0)} val scenes ({objects.get('val', 0)} objects) and "
-          f"{p['test']} test scenes ({objects['test']} objects), "
-          f"{p['size']}x{p['size']} px, seed {p['seed']}, in {out} (VOCdevkit/VOC2007)")
-    return 0

@@ -23,6 +23,8 @@ from torchvision import tv_tensors
 from torchvision.datasets import VOCDetection
 from torchvision.transforms import v2
 
+from biasloss.errors import DatasetNotFoundError, InputError, InputTypeError
+
 __all__ = ["AUGMENTATIONS", "VOC_CLASSES", "VOCBoxes", "collate"]
 
 VOC_CLASSES = (
@@ -56,15 +58,15 @@ class VOCBoxes(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, year: str, image_set: str, *, train: bool,
                  classes: Sequence[str] = VOC_CLASSES, augment: str = "ssd") -> None:
         if augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
+            raise InputError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
         if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
-            raise TypeError(f"classes must be a sequence of class names, got {classes!r}")
+            raise InputTypeError(f"classes must be a sequence of class names, got {classes!r}")
         if len(set(classes)) != len(classes):
-            raise ValueError(f"classes must be distinct, got {list(classes)}")
+            raise InputError(f"classes must be distinct, got {list(classes)}")
         root = Path(root)
         base = root / "VOCdevkit" / f"VOC{year}"
         if not (base / "ImageSets" / "Main" / f"{image_set}.txt").is_file():
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"no PASCAL VOC {year} {image_set!r} split under {base} (looked for ImageSets/Main/{image_set}.txt); "
                 f"pass --data-dir to the folder holding VOCdevkit/ (torchvision's VOCDetection layout)"
             )
@@ -84,7 +86,7 @@ class VOCBoxes(torch.utils.data.Dataset):
         boxes, labels, difficult = [], [], []
         for obj in objects:
             if obj["name"] not in self._index:
-                raise ValueError(f"{self.voc.annotations[index]}: unknown class {obj['name']!r} "
+                raise InputError(f"{self.voc.annotations[index]}: unknown class {obj['name']!r} "
                                  f"(the classes given: {', '.join(self.classes[1:])})")
             b = obj["bndbox"]
             # VOC boxes are 1-based inclusive pixel indices; torchvision's are 0-based xyxy

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from biasloss.errors import InputError
+
 from .bias import (BiasLoss, bias_loss, bias_weights, check_clamp, clamp_option, feature_variance, rank_scale,
                    scale_variance, weight_function, weight_stats)
 from .focal import CrossEntropyLoss, FocalLoss, focal_loss
@@ -66,7 +68,7 @@ def create_loss(name: str, **kwargs) -> nn.Module:
     try:
         spec = LOSSES[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}") from None
+        raise InputError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}") from None
     return spec.cls(**kwargs)
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from biasloss.errors import InputError, InputTypeError
+
 __all__ = [
     "REDUCTIONS",
     "check_label_smoothing",
@@ -45,45 +47,45 @@ def check_logits_target(logits: Tensor, target: Tensor) -> None:
             number of classes that differs between ``logits`` and ``target``.
     """
     if not isinstance(logits, Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+        raise InputTypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if not isinstance(target, Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+        raise InputTypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if logits.dim() != 2:
-        raise ValueError(
+        raise InputError(
             f"logits must be 2-D (batch, classes), got shape {tuple(logits.shape)}; "
             f"flatten any extra dims before the loss"
         )
     if not logits.is_floating_point():
-        raise TypeError(f"logits must be floating point, got {logits.dtype}")
+        raise InputTypeError(f"logits must be floating point, got {logits.dtype}")
     batch, classes = logits.shape
     if batch == 0:
-        raise ValueError(f"logits hold an empty batch, shape {tuple(logits.shape)}")
+        raise InputError(f"logits hold an empty batch, shape {tuple(logits.shape)}")
     if classes == 0:
-        raise ValueError(f"logits have no classes, shape {tuple(logits.shape)}")
+        raise InputError(f"logits have no classes, shape {tuple(logits.shape)}")
     if target.dim() not in (1, 2):
-        raise ValueError(
+        raise InputError(
             f"target must be (B,) class indices or (B, K) class probabilities, "
             f"got shape {tuple(target.shape)}"
         )
     if target.shape[0] != batch:
-        raise ValueError(
+        raise InputError(
             f"target and logits must have the same batch size; got target {tuple(target.shape)} "
             f"and logits {tuple(logits.shape)}"
         )
     if target.dim() == 1:
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(
+            raise InputTypeError(
                 f"(B,) target must hold integer class indices (e.g. torch.long), got {target.dtype}; "
                 f"pass probabilities as a (B, K) tensor"
             )
     else:
         if not target.is_floating_point():
-            raise TypeError(
+            raise InputTypeError(
                 f"(B, K) target must hold floating point class probabilities, got {target.dtype}; "
                 f"pass class indices as a (B,) tensor"
             )
         if target.shape[1] != classes:
-            raise ValueError(
+            raise InputError(
                 f"target probabilities must have one column per class; got target "
                 f"{tuple(target.shape)} and logits {tuple(logits.shape)}"
             )
@@ -92,16 +94,16 @@ def check_logits_target(logits: Tensor, target: Tensor) -> None:
 def check_reduction(reduction: str) -> str:
     """Return ``reduction`` if it is one of ``"mean"``, ``"sum"``, ``"none"``; else ``ValueError``."""
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise InputError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return reduction
 
 
 def check_label_smoothing(label_smoothing: float) -> float:
     """Return ``label_smoothing`` as a float if it lies in ``[0, 1]``; else ``ValueError``."""
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
+        raise InputTypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
     if not 0.0 <= float(label_smoothing) <= 1.0:  # also rejects NaN
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        raise InputError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     return float(label_smoothing)
 
 

@@ -23,6 +23,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
+from biasloss.errors import InputError, InputTypeError
+
 from ._validate import (
     check_label_smoothing,
     check_logits_target,
@@ -60,21 +62,21 @@ def _check_features(features: Tensor, logits: Tensor | None = None) -> None:
     """``features`` is a floating point ``(B, ...)`` tensor with two or more values per sample,
     with the batch size of ``logits`` when given."""
     if not isinstance(features, Tensor):
-        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+        raise InputTypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
     if features.dim() < 2:
-        raise ValueError(
+        raise InputError(
             f"features must have a batch dim and at least one feature dim, e.g. (B, C, H, W); "
             f"got shape {tuple(features.shape)}"
         )
     if logits is not None and features.shape[0] != logits.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"features and logits must have the same batch size; got features "
             f"{tuple(features.shape)} and logits {tuple(logits.shape)}"
         )
     if not features.is_floating_point():
-        raise TypeError(f"features must be floating point, got {features.dtype}")
+        raise InputTypeError(f"features must be floating point, got {features.dtype}")
     if math.prod(features.shape[1:]) < 2:
-        raise ValueError(
+        raise InputError(
             f"features need at least 2 values per sample for an unbiased variance; "
             f"got shape {tuple(features.shape)}"
         )
@@ -113,9 +115,9 @@ def _cpu_variance(features: Tensor, dims: tuple[int, ...], n: int) -> Tensor:
 def _check_args(alpha: float, beta: float, clamp: Clamp) -> Clamp:
     for name, value in (("alpha", alpha), ("beta", beta)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+            raise InputTypeError(f"{name} must be a real number, got {type(value).__name__}")
         if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value}")
+            raise InputError(f"{name} must be finite, got {value}")
     return check_clamp(clamp)
 
 
@@ -124,10 +126,10 @@ def check_clamp(clamp: Clamp | list[float]) -> Clamp:
     if clamp is None:
         return None
     if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
-        raise TypeError(f"clamp must be None or a (low, high) pair, got {clamp!r}")
+        raise InputTypeError(f"clamp must be None or a (low, high) pair, got {clamp!r}")
     low, high = float(clamp[0]), float(clamp[1])
     if math.isnan(low) or math.isnan(high) or low > high:
-        raise ValueError(f"clamp must be (low, high) with low <= high, got {clamp!r}")
+        raise InputError(f"clamp must be (low, high) with low <= high, got {clamp!r}")
     return low, high
 
 
@@ -143,15 +145,15 @@ def _resolve_sync(sync: bool | Literal["auto"]) -> bool:
     if sync == "auto":
         return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     if not isinstance(sync, bool):
-        raise TypeError(f"sync must be True, False or 'auto', got {sync!r}")
+        raise InputTypeError(f"sync must be True, False or 'auto', got {sync!r}")
     if sync and not (dist.is_available() and dist.is_initialized()):
-        raise ValueError("sync=True needs an initialised torch.distributed process group")
+        raise InputError("sync=True needs an initialised torch.distributed process group")
     return sync
 
 
 def _check_not_empty(variance_or_features: Tensor) -> None:
     if variance_or_features.shape[0] == 0:
-        raise ValueError("features hold an empty batch: the Bias Loss needs at least one sample")
+        raise InputError("features hold an empty batch: the Bias Loss needs at least one sample")
 
 
 def _batch_extrema(variance: Tensor, sync: bool, process_group) -> tuple[Tensor, Tensor]:
@@ -375,9 +377,9 @@ class BiasLoss(nn.Module):
         super().__init__()
         self.clamp = _check_args(alpha, beta, clamp)
         if scaling not in _SCALINGS:
-            raise ValueError(f"scaling must be one of {_SCALINGS}, got {scaling!r}")
+            raise InputError(f"scaling must be one of {_SCALINGS}, got {scaling!r}")
         if sync != "auto" and not isinstance(sync, bool):
-            raise TypeError(f"sync must be True, False or 'auto', got {sync!r}")
+            raise InputTypeError(f"sync must be True, False or 'auto', got {sync!r}")
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.scaling = scaling

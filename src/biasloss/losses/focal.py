@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from biasloss.errors import InputError, InputTypeError
+
 from ._validate import (
     check_label_smoothing,
     check_logits_target,
@@ -42,9 +44,9 @@ __all__ = ["CrossEntropyLoss", "FocalLoss", "focal_loss"]
 
 def _check_gamma(gamma: float) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        raise TypeError(f"gamma must be a non-negative float, got {gamma!r}")
+        raise InputTypeError(f"gamma must be a non-negative float, got {gamma!r}")
     if not gamma >= 0.0:  # also rejects NaN
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+        raise InputError(f"gamma must be >= 0, got {gamma}")
     return float(gamma)
 
 
@@ -57,20 +59,20 @@ def _check_alpha(
         if alpha.dim() == 0:
             return float(alpha)
         if alpha.dim() != 1:
-            raise ValueError(
+            raise InputError(
                 f"alpha must be a scalar or a (K,) tensor of class weights, "
                 f"got shape {tuple(alpha.shape)}"
             )
         if alpha.is_complex() or alpha.dtype == torch.bool:
-            raise TypeError(f"alpha must hold real class weights, got {alpha.dtype}")
+            raise InputTypeError(f"alpha must hold real class weights, got {alpha.dtype}")
         if num_classes is not None and alpha.shape[0] != num_classes:
-            raise ValueError(
+            raise InputError(
                 f"alpha must have one weight per class: got {alpha.shape[0]} weights "
                 f"for {num_classes} classes"
             )
         return alpha
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(
+        raise InputTypeError(
             f"alpha must be None, a float or a (K,) tensor of class weights, "
             f"got {type(alpha).__name__}"
         )

@@ -21,8 +21,6 @@ Inference speed comes from :func:`fuse_bn`, export and compilation, not from a s
   adaptive pooling computes in that case, at a fraction of its cost).
 """
 
-from __future__ import annotations
-
 import copy
 import math
 from typing import Any, Callable, Iterable, Optional
@@ -32,6 +30,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from biasloss.errors import InputError
 
 from .utils import BATCHNORMS
 
@@ -67,7 +67,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
     def __init__(self, num_features: int, act_layer: LayerFn, eps: float = 1e-5, momentum: float = 0.1) -> None:
         if momentum is None or not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
+            raise InputError(f"momentum must be a number in [0, 1], got {momentum!r}")
         super().__init__(num_features, eps=eps, momentum=float(momentum))
         self.act = act_layer(inplace=True)
 

@@ -29,6 +29,8 @@ from torchvision.models.detection.ssd import SSD, SSDHead
 from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from biasloss.errors import InputError, InputTypeError
+
 from .skipblocknet import SKIPBLOCKNET_VARIANTS, SkipblockNet
 
 __all__ = ["HEADS", "SkipblockNetSSDFeatures", "ssd_skipblocknet"]
@@ -59,9 +61,9 @@ class SkipblockNetSSDFeatures(nn.Module):
     def __init__(self, trunk: SkipblockNet, extra_chs: Sequence[int] = (512, 256, 256, 128)) -> None:
         super().__init__()
         if not isinstance(trunk, SkipblockNet):
-            raise TypeError(f"trunk must be a SkipblockNet, got {type(trunk).__name__}")
+            raise InputTypeError(f"trunk must be a SkipblockNet, got {type(trunk).__name__}")
         if trunk.small_input:
-            raise ValueError("SSD needs the standard stride-32 layout (small_input=False)")
+            raise InputError("SSD needs the standard stride-32 layout (small_input=False)")
         block_name = _stride16_to_32_block(trunk)
         c16_chs = trunk.get_submodule(block_name).conv_pw.out_channels
         self.c16_name = f"{block_name}.bn1"  # the stride-16 expansion (BatchNorm + act) in the trunk
@@ -121,12 +123,12 @@ def ssd_skipblocknet(
     """
     if trunk is None:
         if variant not in SKIPBLOCKNET_VARIANTS:
-            raise ValueError(f"unknown SkipblockNet variant {variant!r}; one of {', '.join(SKIPBLOCKNET_VARIANTS)}")
+            raise InputError(f"unknown SkipblockNet variant {variant!r}; one of {', '.join(SKIPBLOCKNET_VARIANTS)}")
         trunk = SkipblockNet(SKIPBLOCKNET_VARIANTS[variant], num_classes=0)
     if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes!r}")
+        raise InputError(f"num_classes counts the background too and must be >= 2, got {num_classes!r}")
     if head not in HEADS:
-        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        raise InputError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     features = SkipblockNetSSDFeatures(trunk)
     anchors = DefaultBoxGenerator([[2, 3] for _ in features.out_channels], min_ratio=0.2, max_ratio=0.95)
     per_location = anchors.num_anchors_per_location()

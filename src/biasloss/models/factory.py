@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, List
 
 from torch import nn
 
+from biasloss.errors import InputError
+
 __all__ = ["create_model", "is_model", "list_models", "register", "unknown_model_error"]
 
 TORCHVISION_PREFIX = "torchvision."
@@ -28,7 +30,7 @@ _BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
 def register(name: str, builder: Callable[..., nn.Module]) -> None:
     """Add a model of this package: ``builder(num_classes=, in_chans=, small_input=, **kwargs)``."""
     if not name or name.startswith(TORCHVISION_PREFIX):
-        raise ValueError(f"invalid model name {name!r}")
+        raise InputError(f"invalid model name {name!r}")
     _BUILDERS[name] = builder
 
 
@@ -62,9 +64,9 @@ def _adapt_first_conv(model: nn.Module, in_chans: int) -> nn.Module:
         if isinstance(conv, nn.Conv2d):
             break
     else:
-        raise ValueError(f"cannot adapt {type(model).__name__} to in_chans={in_chans}: no Conv2d")
+        raise InputError(f"cannot adapt {type(model).__name__} to in_chans={in_chans}: no Conv2d")
     if conv.in_channels != 3 or conv.groups != 1:
-        raise ValueError(
+        raise InputError(
             f"cannot adapt {type(model).__name__} to in_chans={in_chans}: its first convolution "
             f"{path!r} reads {conv.in_channels} channels in {conv.groups} groups"
         )
@@ -95,14 +97,15 @@ def is_model(name: str) -> bool:
     return name.startswith(TORCHVISION_PREFIX) and name[len(TORCHVISION_PREFIX):] in _torchvision_names()
 
 
-def unknown_model_error(name: str) -> ValueError:
-    """The ``ValueError`` for a model name nobody knows, with the closest known names."""
+def unknown_model_error(name: str) -> InputError:
+    """The :class:`~biasloss.errors.InputError` (a ``ValueError``) for a model name nobody knows,
+    with the closest known names."""
     import timm
 
     candidates = list_models() + [TORCHVISION_PREFIX + n for n in _torchvision_names()] + timm.list_models()
     close = difflib.get_close_matches(name, list(dict.fromkeys(candidates)), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ValueError(
+    return InputError(
         f"unknown model {name!r}{hint} (ours: {', '.join(list_models())}; "
         f"any timm name; torchvision classifiers as '{TORCHVISION_PREFIX}<name>')"
     )
@@ -125,17 +128,17 @@ def create_model(
             model that has no small-input layout.
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+        raise InputError(f"model name must be a non-empty string, got {name!r}")
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        raise InputError(f"num_classes must be a positive int, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
-        raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+        raise InputError(f"in_chans must be a positive int, got {in_chans!r}")
 
     if name in _BUILDERS:
         return _BUILDERS[name](num_classes=num_classes, in_chans=in_chans, small_input=small_input, **kwargs)
 
     if small_input:
-        raise ValueError(
+        raise InputError(
             f"small_input=True is only available for {', '.join(list_models())}; "
             f"{name!r} keeps its own layout (use it without small_input, or pick one of these)"
         )

@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Mapping
 import torch
 from torch import nn
 
+from biasloss.errors import InputError, InputTypeError
+
 __all__ = [
     "official_key_map",
     "convert_official_state_dict",
@@ -128,11 +130,11 @@ def unwrap_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
             state_dict = inner
             break
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+        raise InputTypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
     out = {}
     for k, v in state_dict.items():
         if not isinstance(v, torch.Tensor):
-            raise TypeError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
+            raise InputTypeError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
         out[k[len("module."):] if k.startswith("module.") else k] = v
     return out
 
@@ -159,7 +161,7 @@ def convert_official_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, torc
             parts.append(f"{len(unknown)} unrecognised keys ({key_examples(unknown)})")
         if missing:
             parts.append(f"{len(missing)} of its keys missing ({key_examples(missing)})")
-        raise ValueError(
+        raise InputError(
             "not the authors' SkipblockNet-M checkpoint (skipblocknet-m.pth): "
             + "; ".join(parts)
             + ". A checkpoint saved from a biasloss model loads with model.load_state_dict()."
@@ -169,7 +171,7 @@ def convert_official_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, torc
         v = sd[theirs]
         if is_se_weight(ours):
             if v.dim() != 2:
-                raise ValueError(f"{theirs!r}: expected a Linear weight (2-D), got shape {tuple(v.shape)}")
+                raise InputError(f"{theirs!r}: expected a Linear weight (2-D), got shape {tuple(v.shape)}")
             v = v.reshape(v.shape[0], v.shape[1], 1, 1)
         out[ours] = v
     return out

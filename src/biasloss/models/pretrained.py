@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from biasloss._io import read_torch_file
+from biasloss.errors import InputError, InputTypeError
 
 from .official import (
     convert_official_state_dict,
@@ -168,7 +169,7 @@ def load_pretrained(
     if missing:
         problems.append(f"{len(missing)} of the model's entries are not in it ({key_examples(missing)})")
     if problems:
-        raise ValueError(
+        raise InputError(
             f"{name} does not hold weights of this architecture ({type(model).__name__}): "
             + "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         )
@@ -188,14 +189,14 @@ def to_official_state_dict(model_or_state_dict: nn.Module | Mapping[str, Any]) -
     missing = [k for k in ours_to_theirs if k not in sd]
     unknown = [k for k in sd if k not in ours_to_theirs]
     if missing or unknown:
-        raise ValueError(
+        raise InputError(
             "only SkipblockNet-M (width 1.0) has the authors' layout: "
             f"{len(missing)} keys missing ({key_examples(missing)}), {len(unknown)} extra ({key_examples(unknown)})"
         )
     ref = _m_shapes(num_classes=sd["classifier.weight"].shape[0])
     wrong = [f"{k} {tuple(sd[k].shape)} (M: {ref[k]})" for k in ours_to_theirs if tuple(sd[k].shape) != ref[k]]
     if wrong:
-        raise ValueError(
+        raise InputError(
             f"only SkipblockNet-M (width 1.0, 3 input channels) has the authors' layout: {key_examples(wrong)}"
         )
     out: dict[str, torch.Tensor] = {}
@@ -226,7 +227,7 @@ def load_official_weights(
         ValueError: the checkpoint is not theirs, or does not fit ``model`` (names the layers).
     """
     if not isinstance(model, SkipblockNet):
-        raise TypeError(f"load_official_weights needs a SkipblockNet, got {type(model).__name__}")
+        raise InputTypeError(f"load_official_weights needs a SkipblockNet, got {type(model).__name__}")
     raw = read_torch_file(state_dict_or_path) if isinstance(state_dict_or_path, (str, os.PathLike)) else state_dict_or_path
     converted = convert_official_state_dict(raw)
     own = model.state_dict()
@@ -241,7 +242,7 @@ def load_official_weights(
         problems.append(f"the model has {len(extra)} more entries ({key_examples(extra)})")
     if problems:
         n_cls = converted["classifier.weight"].shape[0]
-        raise ValueError(
+        raise InputError(
             "the authors' SkipblockNet-M checkpoint does not fit this model: "
             + "; ".join(problems[:4])
             + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")

@@ -18,20 +18,20 @@ The architecture is data: :data:`SKIPBLOCKNET_ARCH` lists every stage as rows, s
 included, and :class:`SkipblockNet` is built from it.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.layers import SelectAdaptivePool2d, make_divisible
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices  # not exported by timm.models; its own models import it so
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from biasloss.errors import InputError
+
 from ._layers import InvertedResidual, LayerFn, NormActFn, SkipBlock, SqueezeExcite, init_weights, norm_act_from
 from .official import official_filter_fn
+from .utils import take_indices
 
 __all__ = [
     "BlockDef",
@@ -195,18 +195,18 @@ def _build_stages(
     first_s2_pending = small_input  # small_input: the first stride-2 row runs at stride 1
     for stage_idx, rows in enumerate(cfg.stages):
         if not rows:
-            raise ValueError(f"stage {stage_idx} has no rows")
+            raise InputError(f"stage {stage_idx} has no rows")
         blocks: List[nn.Module] = []
         skip: Optional[SkipBlock] = None
         skip_src = -1
         for row_idx, row in enumerate(rows):
             if row.act not in _ACT_LAYERS:
-                raise ValueError(f"unknown activation {row.act!r} (stage {stage_idx})")
+                raise InputError(f"unknown activation {row.act!r} (stage {stage_idx})")
             if row.kind == "ir":
                 if skip is not None:
-                    raise ValueError(f"stage {stage_idx}: a skip row must be the last row")
+                    raise InputError(f"stage {stage_idx}: a skip row must be the last row")
                 if row.stride not in (1, 2):
-                    raise ValueError(f"stride must be 1 or 2, got {row.stride}")
+                    raise InputError(f"stride must be 1 or 2, got {row.stride}")
                 stride = row.stride
                 std_reduction *= stride
                 if stride == 2 and first_s2_pending:
@@ -223,17 +223,17 @@ def _build_stages(
                 in_chs, reduction = out_chs, reduction * stride
             elif row.kind == "skip":
                 if row_idx == 0:
-                    raise ValueError(f"stage {stage_idx}: a skip row needs blocks before it")
+                    raise InputError(f"stage {stage_idx}: a skip row needs blocks before it")
                 if skip is not None:
-                    raise ValueError(f"stage {stage_idx}: only one skip row per stage")
+                    raise InputError(f"stage {stage_idx}: only one skip row per stage")
                 if not 0 <= row.src < stage_idx:
-                    raise ValueError(f"stage {stage_idx}: skip source must be an earlier stage, got {row.src}")
+                    raise InputError(f"stage {stage_idx}: skip source must be an earlier stage, got {row.src}")
                 src_chs = out.chs[row.src]
                 mid_chs = int(make_divisible(src_chs * row.expand, 8))
                 skip = SkipBlock(src_chs, mid_chs, in_chs, row.kernel_size, _ACT_LAYERS[row.act], norm_act)
                 skip_src = row.src
             else:
-                raise ValueError(f"unknown row kind {row.kind!r} (stage {stage_idx})")
+                raise InputError(f"unknown row kind {row.kind!r} (stage {stage_idx})")
         out.stages.append(SkipblockStage(blocks, skip, skip_src))
         out.chs.append(in_chs)
         out.reductions.append(reduction)
@@ -247,7 +247,7 @@ _POOL_TYPES = ("", "avg", "max", "avgmax")
 def _global_pool(pool_type: str) -> SelectAdaptivePool2d:
     """timm's pooling; ``""`` is no pooling and no flattening (timm's convention)."""
     if pool_type not in _POOL_TYPES:
-        raise ValueError(f"global_pool must be one of {_POOL_TYPES}, got {pool_type!r}")
+        raise InputError(f"global_pool must be one of {_POOL_TYPES}, got {pool_type!r}")
     return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
 
 
@@ -296,12 +296,12 @@ class SkipblockNet(nn.Module):
         if width is not None:
             cfg = replace(cfg, width=width)
         if cfg.width <= 0:
-            raise ValueError(f"width must be positive, got {cfg.width}")
+            raise InputError(f"width must be positive, got {cfg.width}")
         if num_classes < 0 or in_chans < 1:
-            raise ValueError(f"need num_classes >= 0 and in_chans >= 1, got {num_classes}, {in_chans}")
+            raise InputError(f"need num_classes >= 0 and in_chans >= 1, got {num_classes}, {in_chans}")
         self.global_pool = _global_pool(global_pool)
         if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+            raise InputError(f"drop_rate must be in [0, 1), got {drop_rate}")
         norm_act = norm_act_from(norm_layer, eps=bn_eps, momentum=bn_momentum)
         self.cfg = cfg
         self.num_classes = num_classes
@@ -373,7 +373,7 @@ class SkipblockNet(nn.Module):
         """Replace the final Linear layer (``num_classes=0``: none, ``forward`` gives pre-logits)
         and, if given, the pooling (``""``: none, ``forward`` gives a map; see :meth:`forward_head`)."""
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise InputError(f"num_classes must be >= 0, got {num_classes}")
         if global_pool is not None:
             self.global_pool = _global_pool(global_pool)
         self.num_classes = num_classes
@@ -436,13 +436,13 @@ class SkipblockNet(nn.Module):
             intermediates_only: return only the list of intermediates.
         """
         if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+            raise InputError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         if stop_early and not intermediates_only:
-            raise ValueError("stop_early requires intermediates_only=True")
+            raise InputError("stop_early requires intermediates_only=True")
         num_taps = len(self._feature_stages) + 1
-        take_indices, max_index = feature_take_indices(num_taps, indices)
-        take_stages = [self._feature_stages[i] for i in take_indices if i < num_taps - 1]
-        take_head = (num_taps - 1) in take_indices
+        taken, max_index = take_indices(num_taps, indices)
+        take_stages = [self._feature_stages[i] for i in taken if i < num_taps - 1]
+        take_head = (num_taps - 1) in taken
         last_stage = len(self.stages) - 1
         if stop_early and max_index < num_taps - 1:
             last_stage = self._feature_stages[max_index]
@@ -460,7 +460,7 @@ class SkipblockNet(nn.Module):
         if stop_early and not take_head:
             return intermediates
         if isinstance(self.conv_head, nn.Identity) and take_head:
-            raise ValueError("the head convolution was pruned; its features cannot be taken")
+            raise InputError("the head convolution was pruned; its features cannot be taken")
         x = self.bn2(self.conv_head(x))
         if take_head:
             intermediates.append(x)
@@ -476,7 +476,7 @@ class SkipblockNet(nn.Module):
     ) -> List[int]:
         """Drop the layers that the requested feature taps do not need (timm's features_only)."""
         num_taps = len(self._feature_stages) + 1
-        take_indices, max_index = feature_take_indices(num_taps, indices)
+        taken, max_index = take_indices(num_taps, indices)
         if max_index < num_taps - 1:
             keep = self._feature_stages[max_index] + 1
             self.stages = self.stages[:keep]
@@ -487,7 +487,7 @@ class SkipblockNet(nn.Module):
             self.head_fc, self.head_act = nn.Identity(), nn.Identity()
             self.head_hidden_size = self.num_features
             self.reset_classifier(0)
-        return take_indices
+        return taken
 
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Any
@@ -10,35 +9,32 @@ from typing import Any
 import torch
 
 from biasloss._io import TorchFileError, atomic_write, read_torch_file
+from biasloss.errors import CheckpointError
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "training_args"]
+__all__ = ["CheckpointError", "ForeignCheckpointError", "load_checkpoint", "save_checkpoint", "training_args"]
 
 #: Keys every checkpoint written by ``biasloss train`` holds.
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "loss", "args")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or not one of ours."""
+class ForeignCheckpointError(CheckpointError):
+    """A readable file that is not a checkpoint ``biasloss train`` wrote (another program's
+    weights, or a checkpoint that does not say what it trained)."""
 
 
 #: What a checkpoint's ``args`` must name to be evaluated, exported or measured.
 TRAINING_KEYS = ("dataset", "model")
-#: Values for arguments a checkpoint may lack (written by an older version, or edited).
-ARG_DEFAULTS: dict[str, Any] = {"data_dir": None, "batch_size": None, "eval_batch_size": None, "seed": 0,
-                                "limit": None, "channels_last": True, "amp": "auto", "loss": None,
-                                "alpha": None, "beta": None, "clamp": [0.5, 1.5], "scaling": "batch",
-                                "loss_scale": 1.0}
 
 
-def training_args(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> argparse.Namespace:
-    """The ``biasloss train`` arguments a checkpoint was written with, as a namespace; the keys an
-    older or edited checkpoint lacks take :data:`ARG_DEFAULTS`. :class:`CheckpointError` when it
-    does not name its dataset and model."""
+def training_args(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> dict[str, Any]:
+    """The ``biasloss train`` arguments a checkpoint was written with, as saved (an older
+    version's lack some: :func:`biasloss.train.saved_run.settings_of` fills them);
+    :class:`ForeignCheckpointError` when they do not name the dataset and the model."""
     saved = ckpt.get("args")
     if not isinstance(saved, dict) or any(not isinstance(saved.get(k), str) for k in TRAINING_KEYS):
-        raise CheckpointError(f"{os.fspath(path)} holds no training arguments naming its "
-                              f"{' and '.join(TRAINING_KEYS)}; not a checkpoint 'biasloss train' wrote")
-    return argparse.Namespace(**(ARG_DEFAULTS | saved))
+        raise ForeignCheckpointError(f"{os.fspath(path)} holds no training arguments naming its "
+                                     f"{' and '.join(TRAINING_KEYS)}; not a checkpoint 'biasloss train' wrote")
+    return saved
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -65,7 +61,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
-        raise CheckpointError(f"{path} is not a biasloss training checkpoint (missing {', '.join(missing)})")
+        raise ForeignCheckpointError(f"{path} is not a biasloss training checkpoint (missing {', '.join(missing)})")
     if state.get("recipe") is not None and not isinstance(state["recipe"], dict):
         raise CheckpointError(f"{path}: its 'recipe' is a {type(state['recipe']).__name__}, not the mapping of "
                               "settings biasloss train writes")

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from biasloss.errors import InputError
+
 __all__ = ["DistInfo", "any_rank", "barrier", "broadcast_buffers", "cleanup_distributed", "configure_backends",
            "gather_columns", "init_distributed", "is_distributed", "resolve_device"]
 
@@ -36,17 +38,17 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"--device {name!r} is not a device (cpu, cuda, cuda:N, mps)") from None
+        raise InputError(f"--device {name!r} is not a device (cpu, cuda, cuda:N, mps)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} asked for, but CUDA is not available here")
+            raise InputError(f"--device {name} asked for, but CUDA is not available here")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ValueError(f"--device {name} asked for, but MPS is not available here")
+            raise InputError(f"--device {name} asked for, but MPS is not available here")
     elif dev.type != "cpu":
-        raise ValueError(f"--device {name}: only cpu, cuda and mps are supported")
+        raise InputError(f"--device {name}: only cpu, cuda and mps are supported")
     return dev
 
 

@@ -20,15 +20,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from biasloss.data import DatasetCorruptError
+from biasloss.errors import NonFiniteLossError
 from biasloss.features import FeatureTap, forward_with_features
 from biasloss.train.distributed import any_rank, is_distributed
 
 __all__ = ["ClassifierObjective", "DetectorObjective", "EpochResult", "ModelWithFeatures", "NonFiniteLossError",
            "Objective", "evaluate", "step_seed", "train_one_epoch"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 class ModelWithFeatures(nn.Module):
@@ -93,6 +90,7 @@ class EpochResult:
     error: DatasetCorruptError | None = None  # the data file that ended the epoch early
     totals: list[float] | None = None  # loss sum, top-1 and top-5 hits, samples, over all ranks
     class_top1: list[float] | None = None  # evaluate: top-1 % of each class's samples (NaN: none seen)
+    cross_entropy: float | None = None  # evaluate: mean cross-entropy of the logits, whatever the loss
 
     @property
     def throughput(self) -> float:
@@ -293,8 +291,9 @@ def evaluate(
     progress: bool | None = None,
     num_classes: int | None = None,
 ) -> EpochResult:
-    """Loss, top-1 and top-5 (percent) of ``net`` over ``loader``, summed over all ranks, and the
-    top-1 of each class (``class_top1``). Ranks may hold different numbers of batches (even none):
+    """Loss (``criterion``'s, the run's own), top-1 and top-5 (percent) of ``net`` over ``loader``,
+    summed over all ranks, the plain cross-entropy (``cross_entropy``: comparable between runs of
+    any loss) and the top-1 of each class (``class_top1``). Ranks may hold different numbers of batches (even none):
     the only collectives are at the end; under torchrun give ``num_classes``, so that a rank
     without a batch still knows the per-class counts' shape."""
     net.eval()
@@ -302,6 +301,7 @@ def evaluate(
         criterion.eval()
     progress = _interactive() if progress is None else progress
     totals = torch.zeros(3, device=device, dtype=torch.float64)
+    ce_sum = torch.zeros((), device=device, dtype=torch.float64)
     samples = 0
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
@@ -315,8 +315,12 @@ def evaluate(
             logits, features = net(images)
             loss = criterion(logits, target, features) if criterion is not None else logits.new_zeros(())
         samples += _accumulate(totals, loss, logits.float(), target)
+        ce_sum += nn.functional.cross_entropy(logits.float(), target, reduction="sum").double()
         per_class = _count_classes(per_class, logits, target)
     result = _summarise(totals, samples, time.perf_counter() - start, len(loader))  # type: ignore[arg-type]
+    if is_distributed():
+        dist.all_reduce(ce_sum)
+    result.cross_entropy = ce_sum.item() / max(result.samples, 1)
     if per_class is not None:
         if is_distributed():
             dist.all_reduce(per_class)

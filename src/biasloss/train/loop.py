@@ -5,9 +5,10 @@ A task builds a :class:`Run` (classification in :mod:`biasloss.train.runner`, de
 :func:`~biasloss.train.engine.train_one_epoch`, validates, appends one JSON line per epoch to
 ``metrics.jsonl`` and writes ``last.pt`` and ``best.pt`` atomically, the checkpoint before the
 log line. Ctrl-C or SIGTERM (:class:`StopFlag`) ends the step in progress and writes ``last.pt``
-at that step; :func:`resume` continues from it exactly, because everything random is a function
-of ``(seed, epoch, step)``. A NaN or infinite loss raises
-:class:`~biasloss.train.engine.NonFiniteLossError` and leaves the last good checkpoint as it was.
+at that step, then raises :class:`~biasloss.errors.TrainingInterrupted`; :func:`resume` continues
+from it exactly, because everything random is a function of ``(seed, epoch, step)``. A NaN or
+infinite loss raises :class:`~biasloss.errors.NonFiniteLossError` and leaves the last good
+checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import biasloss
 from biasloss._checks import one_line
 from biasloss._io import atomic_write_text, remove_stale_temps, writable_dir
 from biasloss.data import DatasetCorruptError
+from biasloss.errors import InputError, TrainingInterrupted
 from biasloss.train.checkpoint import CheckpointError, save_checkpoint
 from biasloss.train.distributed import (
     DistInfo,
@@ -51,10 +53,12 @@ RUN_FILES = ("metrics.jsonl", "last.pt", "best.pt")
 
 
 class StopFlag:
-    """Ctrl-C / SIGTERM set a flag polled after every step; a second Ctrl-C stops at once."""
+    """Ctrl-C / SIGTERM set a flag polled after every step; a second Ctrl-C stops at once.
+    ``signum`` is the first signal that arrived (``None`` before any)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopFlag:
@@ -69,6 +73,8 @@ class StopFlag:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        if self.signum is None:
+            self.signum = signum
         print(f"\nbiasloss: {signal.Signals(signum).name} received, saving a checkpoint...", file=sys.stderr)
 
     def __exit__(self, *exc) -> None:
@@ -99,7 +105,7 @@ def check_out(out: Path, resume: str | None) -> None:
     if resume is not None and Path(resume).resolve().parent == out.resolve():
         return
     what = f"resumes {resume}, a run of another directory" if resume else "would start a new run there"
-    raise ValueError(f"--out {out} already holds a run ({', '.join(held)}) and this command {what}; continue "
+    raise InputError(f"--out {out} already holds a run ({', '.join(held)}) and this command {what}; continue "
                      f"that run with --resume {out / 'last.pt'}, or give a new --out")
 
 
@@ -134,7 +140,7 @@ class RunLock:
             self._file.seek(0)
             holder = self._file.read().strip()
             self._file.close()
-            raise ValueError(f"--out {self.path.parent} is in use by another training"
+            raise InputError(f"--out {self.path.parent} is in use by another training"
                              + (f" (pid {holder})" if holder else "") + "; wait for it or give another --out") from None
         self._file.seek(0)
         self._file.truncate()
@@ -297,9 +303,16 @@ def train_task(build: Callable[[DistInfo, torch.device, contextlib.ExitStack], R
         cleanup_distributed()
 
 
+def _interrupted(stop: StopFlag, checkpoint: Path) -> TrainingInterrupted:
+    """What :func:`fit` raises when ``stop`` ended the training after writing ``checkpoint``."""
+    by = signal.Signals(stop.signum).name if stop.signum is not None else "a stop request"
+    return TrainingInterrupted(f"interrupted by {by}: wrote {checkpoint}", signum=stop.signum, checkpoint=checkpoint)
+
+
 def fit(run: Run, stop: StopFlag, start: Start = Start(), last_epoch: int | None = None) -> dict[str, Any]:
     """Train ``run`` from ``start`` to ``last_epoch`` (default: all its epochs); returns the last
-    epoch's metrics. Exits with 130 after writing ``last.pt`` when ``stop`` is requested."""
+    epoch's metrics. When ``stop`` is requested, writes ``last.pt`` and raises
+    :class:`~biasloss.errors.TrainingInterrupted` (on every rank)."""
     last_epoch = run.epochs if last_epoch is None else last_epoch
     metrics: dict[str, Any] = {}
     best = start.best
@@ -324,7 +337,7 @@ def fit(run: Run, stop: StopFlag, start: Start = Start(), last_epoch: int | None
                                           f"epoch {epoch + 1}, step {result.steps})") from None
             run.log(f"interrupted at epoch {epoch + 1}, step {result.steps}: wrote {run.out / 'last.pt'}; "
                     f"continue with --resume {run.out / 'last.pt'}")
-            raise SystemExit(130)
+            raise _interrupted(stop, run.out / "last.pt")
         metrics = {"epoch": epoch + 1, "train_loss": round(result.loss, 6)}
         if result.top1 is not None:
             metrics["train_top1"] = round(result.top1, 4)
@@ -349,7 +362,7 @@ def fit(run: Run, stop: StopFlag, start: Start = Start(), last_epoch: int | None
         if any_rank([stop.requested], run.device)[0]:  # every rank stops here, or none
             barrier()
             run.log(f"stopped after epoch {epoch + 1}: resume with --resume {run.out / 'last.pt'}")
-            raise SystemExit(130)
+            raise _interrupted(stop, run.out / "last.pt")
     if last_epoch < run.epochs:
         run.log(f"stopped after epoch {last_epoch} of {run.epochs} (--stop-after): continue with --resume "
                 f"{run.out / 'last.pt'}")

@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from biasloss._checks import positive
 from biasloss.data import AugmentConfig, get_dataset_spec
+from biasloss.errors import InputError
 
 __all__ = ["RECIPES", "Recipe", "build_optimizer", "build_scheduler", "default_recipe", "get_recipe"]
 
@@ -53,9 +54,9 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if self.optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
+            raise InputError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in _SCHEDULES:
-            raise ValueError(f"schedule must be one of {_SCHEDULES}, got {self.schedule!r}")
+            raise InputError(f"schedule must be one of {_SCHEDULES}, got {self.schedule!r}")
         for name in ("epochs", "batch_size", "lr"):
             positive(name, getattr(self, name))
 
@@ -166,7 +167,7 @@ def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except KeyError:
-        raise ValueError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)}") from None
+        raise InputError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)}") from None
 
 
 def default_recipe(dataset: str) -> Recipe:

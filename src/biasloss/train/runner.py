@@ -15,7 +15,6 @@ import copy
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,106 +24,27 @@ from torch import nn
 import biasloss
 from biasloss._checks import positive, positive_flags
 from biasloss.data import build_loaders, get_dataset_spec
+from biasloss.errors import InputError, InputFileNotFoundError, InputTypeError
 from biasloss.features import FeatureTap
 from biasloss.losses import LOSSES, BiasLoss, clamp_option, create_loss, needs_features
-from biasloss.models import create_model, evaluated_weights, list_models, load_pretrained
-from biasloss.models.utils import BATCHNORMS
+from biasloss.models import load_pretrained
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
 from biasloss.train.distributed import DistInfo, cleanup_distributed, gather_columns, init_distributed
 from biasloss.train.ema import ModelEma
 from biasloss.train.engine import ClassifierObjective, ModelWithFeatures, evaluate
 from biasloss.train.loop import Run, autocast_dtype, next_free_dir, open_run_dir, train_task
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler, default_recipe, get_recipe
+from biasloss.train.saved_run import load_run
+from biasloss.train.settings import (DEFAULTS, IDENTITY_ARGS, RECIPE_ARGS, TrainConfig, build_model, resume_conflict,
+                                     trained_with)
 
-__all__ = ["DEFAULTS", "IDENTITY_ARGS", "TrainConfig", "build_model", "model_from_checkpoint", "resume_conflict",
-           "run_eval", "run_train", "trained_with"]
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """What ``biasloss train`` trains: one field per option of the command (``--batch-size`` is
-    ``batch_size``). ``None`` is "not given": resuming, the checkpoint's value; otherwise the
-    recipe's (``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``label_smoothing``,
-    ``model``) or :data:`DEFAULTS`. ``clamp`` is ``[low, high]``, or ``"none"`` for no clamp."""
-
-    dataset: str | None = None
-    data_dir: str | None = None
-    download: bool = False
-    model: str | None = None
-    loss: str | None = None
-    recipe: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    eval_batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    label_smoothing: float | None = None
-    alpha: float | None = None
-    beta: float | None = None
-    scaling: str | None = None
-    clamp: list[float] | str | None = None
-    gamma: float | None = None
-    loss_scale: float | None = None
-    no_loss_sync: bool = False
-    seed: int | None = None
-    out: str | None = None
-    init: str | None = None
-    resume: str | None = None
-    stop_after: int | None = None
-    limit: int | None = None
-    device: str | None = None
-    workers: int | None = None
-    progress: bool | None = None
-    amp: str | None = None
-    channels_last: bool | None = None
-    compile: bool | None = None
-    compile_mode: str | None = None
-
-
-#: What an option left unset trains with (the model is the recipe's); every loss's own options
-#: (:data:`biasloss.losses.LOSSES`) are set, whichever loss a run trains.
-DEFAULTS: dict[str, Any] = {
-    "dataset": "fashion-mnist", "loss": "bias", "seed": 0,
-    **{key: value for spec in LOSSES.values() for key, value in spec.options.items()},
-    "loss_scale": 1.0, "amp": "auto", "channels_last": True, "compile": False,
-}
-#: Options whose default is the recipe's; the recipe a checkpoint saves holds their values.
-RECIPE_ARGS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "model")
-#: Arguments that define what is trained; a resume must not change them.
-IDENTITY_ARGS = ("dataset", "model", "loss", "recipe", "seed", "alpha", "beta", "scaling", "clamp", "gamma",
-                 "loss_scale", "limit", "batch_size", "lr", "weight_decay", "label_smoothing")
+__all__ = ["DEFAULTS", "IDENTITY_ARGS", "TrainConfig", "build_model", "resume_conflict", "run_eval", "run_train",
+           "trained_with"]
 
 
 def _log(info: DistInfo, message: str) -> None:
     if info.is_main:
         print(message, flush=True)
-
-
-def trained_with(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """What a training checkpoint trained: the value of each of :data:`IDENTITY_ARGS` and of
-    ``epochs`` (the schedule it was planned with) it ran with. An option left to the recipe has
-    the recipe's value, one the checkpoint predates its :data:`DEFAULTS` value; ``None`` where
-    neither says (``limit``: all the data)."""
-    args, recipe = ckpt.get("args") or {}, ckpt.get("recipe") or {}
-    have: dict[str, Any] = {}
-    for key in (*IDENTITY_ARGS, "epochs"):
-        value = args.get(key)
-        if value is None and key in RECIPE_ARGS:
-            value = recipe.get(key)
-        if value is None:
-            value = DEFAULTS.get(key)
-        have[key] = list(value) if isinstance(value, tuple) else value
-    return have
-
-
-def resume_conflict(have: Mapping[str, Any], wanted: Mapping[str, Any]) -> str | None:
-    """The first setting of ``wanted`` that ``have`` (:func:`trained_with`) differs in, as
-    ``"--lr 0.1, not 0.2"`` (the value trained with first); ``None`` when they agree."""
-    for key, given in wanted.items():
-        value = have.get(key)
-        if value != given:
-            return f"--{key.replace('_', '-')} {value}, not {given}"
-    return None
 
 
 def _resolve(config: TrainConfig, ckpt: dict[str, Any] | None) -> TrainConfig:
@@ -158,31 +78,18 @@ def _resolve(config: TrainConfig, ckpt: dict[str, Any] | None) -> TrainConfig:
             setattr(config, key, copy.deepcopy(value))
     if config.loss not in LOSSES:
         error, where = (CheckpointError, f"the checkpoint {config.resume} was trained with") if ckpt is not None \
-            else (ValueError, "--loss")
+            else (InputError, "--loss")
         raise error(f"{where} loss {config.loss!r}, which this biasloss does not know; known: {', '.join(LOSSES)}")
     positive_flags(vars(config), ("epochs", "batch_size", "workers", "stop_after", "limit"))
     positive("--lr", config.lr, kind=float)
     positive("--loss-scale", config.loss_scale, kind=float)
     if config.weight_decay is not None and not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
-        raise ValueError(f"--weight-decay must be a number >= 0, got {config.weight_decay}")
+        raise InputError(f"--weight-decay must be a number >= 0, got {config.weight_decay}")
     return config
 
 
 def _recipe(config: TrainConfig) -> Recipe:
     return get_recipe(config.recipe).override(**{key: getattr(config, key) for key in RECIPE_ARGS})
-
-
-def build_model(args, spec, recipe: Recipe | None = None) -> nn.Module:
-    """``args.model`` for data set ``spec`` (classes, channels, the stride-8 stem where it has one)."""
-    # Only our SkipblockNets have a stride-8 layout; the CIFAR zoo is built for 32 px already.
-    small_input = spec.small_input and args.model in list_models()
-    model = create_model(args.model, num_classes=spec.num_classes, in_chans=spec.in_chans,
-                         small_input=small_input)
-    if recipe is not None and recipe.bn_momentum is not None:
-        for m in model.modules():
-            if isinstance(m, BATCHNORMS):
-                m.momentum = recipe.bn_momentum
-    return model
 
 
 def _compiled(config: TrainConfig) -> bool:
@@ -223,7 +130,9 @@ def _default_out(config: TrainConfig) -> Path:
 def run_train(config: TrainConfig) -> dict[str, Any]:
     """Train as ``config`` says; returns the last epoch's metrics."""
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"run_train takes a TrainConfig, got {type(config).__name__}")
+        raise InputTypeError(f"run_train takes a TrainConfig, got {type(config).__name__}")
+    if config.init and not config.resume and not Path(config.init).exists():  # before any work
+        raise InputFileNotFoundError(f"--init {config.init!r}: no such file", config.init)
     ckpt = load_checkpoint(config.resume) if config.resume else None
     if ckpt is not None:
         training_args(ckpt, config.resume)  # a checkpoint that does not say what it trained is not resumed
@@ -283,7 +192,8 @@ def _build_run(config: TrainConfig, info: DistInfo, device: torch.device, ckpt: 
     def validate() -> dict[str, Any]:
         val = evaluate(eval_net, criterion, val_loader, device=device, amp_dtype=amp_dtype, progress=config.progress,
                        num_classes=spec.num_classes)
-        return {"val_loss": round(val.loss, 6), "val_top1": round(val.top1, 4), "val_top5": round(val.top5, 4),
+        return {"val_loss": round(val.loss, 6), "val_ce": round(val.cross_entropy, 6),
+                "val_top1": round(val.top1, 4), "val_top5": round(val.top5, 4),
                 "val_class_top1": [round(x, 4) for x in val.class_top1]}
 
     def train_stats() -> dict[str, Any]:
@@ -307,47 +217,28 @@ def _build_run(config: TrainConfig, info: DistInfo, device: torch.device, ckpt: 
 
 
 def run_eval(args) -> dict[str, Any]:
-    """Top-1 / top-5 of a training checkpoint on its dataset's test split."""
+    """Top-1 / top-5 of a training checkpoint on its dataset's test split (or ``args.dataset``'s,
+    when it has the same classes and channels)."""
     info, device = init_distributed(args.device)
     try:
-        ckpt = load_checkpoint(args.checkpoint)
-        saved = training_args(ckpt, args.checkpoint)
-        dataset = args.dataset or saved.dataset
-        spec = get_dataset_spec(dataset)
-        saved_spec = get_dataset_spec(saved.dataset)
-        if (spec.num_classes, spec.in_chans) != (saved_spec.num_classes, saved_spec.in_chans):
-            raise ValueError(f"the checkpoint was trained on {saved.dataset} ({saved_spec.num_classes} classes, "
-                             f"{saved_spec.in_chans} channels) and cannot be evaluated on {dataset}")
-        _, val_loader, spec = build_loaders(
-            dataset, data_dir=args.data_dir or (saved.data_dir if dataset == saved.dataset else None),
-            batch_size=saved.batch_size or 128, eval_batch_size=args.batch_size or saved.eval_batch_size,
-            device=device, seed=saved.seed, workers=args.workers or 4, rank=info.rank,
-            world_size=info.world_size, limit=saved.limit if dataset == saved.dataset else None,
+        run = load_run(args.checkpoint)
+        dataset = args.dataset or run.settings.dataset
+        run.spec_for(dataset)
+        options = run.data_options(dataset)
+        _, val_loader, _ = build_loaders(
+            dataset, data_dir=args.data_dir or options["data_dir"], batch_size=options["batch_size"],
+            eval_batch_size=args.batch_size or run.settings.eval_batch_size, device=device, seed=options["seed"],
+            workers=args.workers or 4, rank=info.rank, world_size=info.world_size, limit=options["limit"],
         )
-        model, _ = model_from_checkpoint(ckpt, spec, args.checkpoint)
-        memory_format = torch.channels_last if saved.channels_last else torch.contiguous_format
-        model = model.to(device=device, memory_format=memory_format)
+        model = run.model().to(device=device, memory_format=run.memory_format())
         # the precision train's validation ran in, so that the top-1 is the one it logged
         try:
             result = evaluate(ModelWithFeatures(model, with_features=False), None, val_loader, device=device,
-                              amp_dtype=autocast_dtype(saved.amp, device), progress=args.progress)
+                              amp_dtype=autocast_dtype(run.settings.amp, device), progress=args.progress)
         finally:
             val_loader.close()
         return {"top1": round(result.top1, 4), "top5": round(result.top5, 4), "samples": result.samples,
-                "dataset": dataset, "trained_on": saved.dataset, "model": saved.model, "epoch": ckpt["epoch"],
-                "weights": ckpt.get("eval_weights", "model")}
+                "dataset": dataset, "trained_on": run.settings.dataset, "model": run.settings.model,
+                "epoch": run.epoch, "weights": run.weights}
     finally:
         cleanup_distributed()
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], spec, path: str | os.PathLike = "checkpoint") -> tuple[nn.Module, str]:
-    """The model a training checkpoint describes, holding the weights ``train`` evaluated
-    (the EMA's when there is one); returns ``(model, "ema" | "model")``."""
-    saved = training_args(ckpt, path)
-    model = build_model(saved, spec)
-    weights, which = evaluated_weights(ckpt)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit {saved.model}: {str(e).splitlines()[0]}") from None
-    return model, which

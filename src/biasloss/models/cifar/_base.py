@@ -9,8 +9,6 @@ Every model of the zoo is ``stem -> stages -> final -> head``:
 - ``head``: timm's ``ClassifierHead`` (global pool, dropout, linear).
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +16,9 @@ import torch
 from timm.layers import ClassifierHead
 from timm.models import build_model_with_cfg
 from torch import nn
+
+from biasloss.errors import InputError
+from biasloss.models.utils import take_indices
 
 __all__ = ["CifarNet", "CIFAR100_MEAN", "CIFAR100_STD"]
 
@@ -41,11 +42,11 @@ class CifarNet(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
+            raise InputError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
         if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
-            raise ValueError(f"in_chans must be an int >= 1, got {in_chans!r}")
+            raise InputError(f"in_chans must be an int >= 1, got {in_chans!r}")
         if not 0.0 <= float(drop_rate) < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+            raise InputError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = float(drop_rate)
@@ -75,7 +76,7 @@ class CifarNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
+            raise InputError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
@@ -88,6 +89,46 @@ class CifarNet(nn.Module):
         x = self.stem(x)
         x = self.stages(x)
         return self.final(x)
+
+    @torch.jit.ignore
+    def _taps(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """``forward_features`` step by step: ``(module name, its output)`` for ``stem``, each
+        ``stages.<i>`` and ``final`` (the names ``feature_info`` uses)."""
+        taps = [("stem", self.stem(x))]
+        for i, stage in enumerate(self.stages):
+            taps.append((f"stages.{i}", stage(taps[-1][1])))
+        taps.append(("final", self.final(taps[-1][1])))
+        return taps
+
+    @torch.jit.ignore
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature API: the maps of ``feature_info`` (all, the last ``indices`` if an int,
+        else those taps) and, unless ``intermediates_only``, ``forward_features(x)``. ``norm`` and
+        ``stop_early`` are accepted for timm's signature (every tap is computed)."""
+        if output_fmt != "NCHW":
+            raise InputError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        taken, _ = take_indices(len(self.feature_info), indices)
+        wanted = [self.feature_info[i]["module"] for i in taken]
+        maps = dict(self._taps(x))
+        intermediates = [maps[name] for name in wanted]
+        return intermediates if intermediates_only else (maps["final"], intermediates)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's feature API: the taps ``indices`` asks for; without ``prune_head`` nothing is removed."""
+        taken, _ = take_indices(len(self.feature_info), indices)
+        if prune_head:
+            self.reset_classifier(0)
+        return taken
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -130,7 +171,7 @@ def levels_info(taps: Sequence[tuple[str, int, int]]) -> list[dict[str, Any]]:
 def create_cifar_model(model_cls: type[CifarNet], variant: str, pretrained: bool = False, **kwargs: Any) -> CifarNet:
     """timm's ``build_model_with_cfg``; ``features_only=True`` taps ``feature_info`` with hooks."""
     if pretrained:
-        raise ValueError(f"{variant}: no pretrained CIFAR weights are published for this model")
+        raise InputError(f"{variant}: no pretrained CIFAR weights are published for this model")
     levels = kwargs.pop("num_levels")
     return build_model_with_cfg(
         model_cls,

@@ -13,8 +13,6 @@ The network is pre-activation: ``final`` is the last BN + ReLU, and ``forward_fe
 output, the map that is pooled.
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +21,8 @@ import torch
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 from torchvision.models.densenet import _DenseBlock, _Transition
+
+from biasloss.errors import InputError
 
 from ._base import CifarNet, cifar_cfg, create_cifar_model, levels_info
 
@@ -43,7 +43,8 @@ class _PlainDenseLayer(nn.Sequential):
         )
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(torch.cat(features, 1))
+        # the layers by name, not Sequential's loop over the input: TorchScript types this one
+        return self.drop(self.conv(self.relu(self.norm(torch.cat(features, 1)))))
 
 
 class _PlainDenseBlock(_DenseBlock):
@@ -81,7 +82,7 @@ class CifarDenseNet(CifarNet):
         super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
         in_chans = self.in_chans
         if not 0.0 < compression <= 1.0:
-            raise ValueError(f"compression must be in (0, 1], got {compression!r}")
+            raise InputError(f"compression must be in (0, 1], got {compression!r}")
         # a bare convolution: every dense layer starts with BN-ReLU
         self.stem = nn.Sequential(nn.Conv2d(in_chans, stem_width, 3, padding=1, bias=False))
         stages, taps = [], [("stem", stem_width, 1)]

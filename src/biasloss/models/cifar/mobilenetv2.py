@@ -10,8 +10,6 @@ Table 4's "MobileNetV2 0.75x, 2.6M" is the ImageNet count (2.64M here at 1000 cl
 layout); the CIFAR model at 100 classes has 1.48M.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -20,6 +18,8 @@ from timm.models import generate_default_cfgs, register_model
 from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual, _make_divisible
 from torchvision.ops import Conv2dNormActivation
+
+from biasloss.errors import InputError
 
 from ._base import CifarNet, cifar_cfg, create_cifar_model, levels_info
 
@@ -55,7 +55,7 @@ class CifarMobileNetV2(CifarNet):
         super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
         in_chans = self.in_chans
         if width_mult <= 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
+            raise InputError(f"width_mult must be > 0, got {width_mult!r}")
         conv_bn_relu6 = partial(Conv2dNormActivation, activation_layer=nn.ReLU6)
         stem_chs = _make_divisible(_STEM_CHS * width_mult, round_nearest)
         head_chs = _make_divisible(_HEAD_CHS * max(1.0, width_mult), round_nearest)

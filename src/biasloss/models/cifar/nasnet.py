@@ -37,8 +37,6 @@ count rounds to 5.3M at 100 classes (5,313,170; F = 48 gives 5.11M, F = 50 5.52M
 the cells, 6 @ 768 (N = 6, F = 32) at 10 classes has 3,328,234 parameters: the paper's 3.3M.
 """
 
-from __future__ import annotations
-
 from functools import partial
 from typing import Any
 
@@ -47,6 +45,8 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.nasnet import FirstCell, NormalCell, ReductionCell0
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
+
+from biasloss.errors import InputError
 
 from ._base import CifarNet, cifar_cfg, create_cifar_model, levels_info
 
@@ -83,7 +83,7 @@ class CifarNASNetA(CifarNet):
         super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
         in_chans = self.in_chans
         if num_cells < 1 or num_conv_filters < 1 or stem_multiplier < 1:
-            raise ValueError("num_cells, num_conv_filters and stem_multiplier must be >= 1")
+            raise InputError("num_cells, num_conv_filters and stem_multiplier must be >= 1")
         stem_chs = stem_multiplier * num_conv_filters
         bn_tf = partial(nn.BatchNorm2d, eps=1e-3)  # TF's epsilon, as in timm's cells
         self.stem = Conv2dNormActivation(in_chans, stem_chs, 3, norm_layer=bn_tf, activation_layer=None)
@@ -122,6 +122,15 @@ class CifarNASNetA(CifarNet):
         for cell in self.cells:
             x_prev, x = x, cell(x, x_prev)
         return self.final(x)
+
+    @torch.jit.ignore
+    def _taps(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        x = self.stem(x)
+        taps, x_prev = [("stem", x)], x
+        for i, cell in enumerate(self.cells):
+            x_prev, x = x, cell(x, x_prev)
+            taps.append((f"cells.{i}", x))
+        return [*taps, ("final", self.final(x))]
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarNASNetA:

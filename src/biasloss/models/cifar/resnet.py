@@ -6,8 +6,6 @@ stride-1 stem without max-pool, then the four ImageNet stages (64, 128, 256, 512
 1, 2, 2, 2), so a 32 px input ends at 4 x 4.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +13,8 @@ from timm.models import generate_default_cfgs, register_model
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 from torchvision.ops import Conv2dNormActivation
+
+from biasloss.errors import InputError
 
 from ._base import CifarNet, cifar_cfg, create_cifar_model, levels_info
 
@@ -41,7 +41,7 @@ class CifarResNet(CifarNet):
         super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
         in_chans = self.in_chans
         if len(layers) != len(widths):
-            raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)} differ in length")
+            raise InputError(f"layers {tuple(layers)} and widths {tuple(widths)} differ in length")
         self.stem = Conv2dNormActivation(in_chans, stem_width, 3)
         stages, taps = [], [("stem", stem_width, 1)]
         in_chs, reduction = stem_width, 1

@@ -10,8 +10,6 @@ parameters at 100 classes; that is ``cifar_shufflenetv2``. ``cifar_shufflenetv2_
 paper's real 0.5x widths (48, 96, 192).
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +17,8 @@ from timm.models import generate_default_cfgs, register_model
 from torch import nn
 from torchvision.models.shufflenetv2 import InvertedResidual
 from torchvision.ops import Conv2dNormActivation
+
+from biasloss.errors import InputError
 
 from ._base import CifarNet, cifar_cfg, create_cifar_model, levels_info
 
@@ -49,7 +49,7 @@ class CifarShuffleNetV2(CifarNet):
         super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
         in_chans = self.in_chans
         if len(stage_widths) != len(stage_repeats) + 2:
-            raise ValueError(
+            raise InputError(
                 f"stage_widths needs stem, one width per stage and conv5: {len(stage_repeats) + 2} values, "
                 f"got {tuple(stage_widths)}"
             )

@@ -16,8 +16,6 @@ ImageNet count (1,248,424 at 1000 classes). Changes for 32 px inputs and SGD at 
 and the classifier.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 
