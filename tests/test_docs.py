@@ -44,3 +44,12 @@ def test_python_blocks_run(doc, tmp_path, monkeypatch):
         line = text[: match.start()].count("\n") + 2
         code = compile("\n" * (line - 1) + match.group(1), str(doc), "exec")  # tracebacks point into the doc
         exec(code, namespace)
+
+
+def test_the_feature_taps_docs_name_are_the_models():
+    import biasloss.models as bm
+
+    text = (ROOT / "docs" / "skipblocknet.md").read_text()
+    sentence = re.search(r"`model\.feature_info` \(timm\) lists (.*?):", text, re.S).group(1)
+    named = re.findall(r"`([\w.]+)`", sentence)
+    assert named == [info["module"] for info in bm.skipblocknet_m().feature_info]
