@@ -53,3 +53,51 @@ def test_the_feature_taps_docs_name_are_the_models():
     sentence = re.search(r"`model\.feature_info` \(timm\) lists (.*?):", text, re.S).group(1)
     named = re.findall(r"`([\w.]+)`", sentence)
     assert named == [info["module"] for info in bm.skipblocknet_m().feature_info]
+
+
+def _shell_blocks(text: str) -> list[str]:
+    """The fenced blocks of ``text`` marked bash, sh or console (or unmarked)."""
+    blocks, lines, lang = [], None, None
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if lines is None:
+                lines, lang = [], line[3:].strip()
+            else:
+                if lang in ("", "bash", "sh", "console"):
+                    blocks.append("\n".join(lines))
+                lines = None
+        elif lines is not None:
+            lines.append(line)
+    return blocks
+
+
+def _documented_commands() -> list:
+    """Every ``biasloss ...`` command of a shell block in the README and docs/, as argv (comments
+    and line continuations removed; ``python -m biasloss``, ``torchrun ... -m biasloss`` and
+    ``.venv/bin/biasloss`` count too)."""
+    import shlex
+
+    commands = []
+    for doc in DOCS:
+        for block in _shell_blocks(doc.read_text()):
+            for line in block.replace("\\\n", " ").splitlines():
+                try:
+                    words = shlex.split(line, comments=True)
+                except ValueError:
+                    continue
+                starts = [i for i, w in enumerate(words) if w.endswith("biasloss")
+                          and (i == 0 or words[i - 1] == "-m" or w.endswith("/biasloss"))]
+                if not starts or "$(" in line or "|" in words:
+                    continue
+                argv = words[starts[0] + 1:]
+                if argv and not argv[0].startswith("-"):
+                    commands.append(pytest.param(argv, id=f"{doc.name}: {' '.join(argv)[:70]}"))
+    return commands
+
+
+@pytest.mark.parametrize("argv", _documented_commands())
+def test_documented_commands_parse(argv):
+    # every flag a document gives exists, with values of the right kind (the command is not run)
+    from biasloss.cli import parse_args
+
+    parse_args(argv)

@@ -15,6 +15,7 @@ pytest.importorskip("matplotlib")
 
 from biasloss.analysis.plots import load_metrics, load_results, plot_tradeoff  # noqa: E402
 from biasloss.cli import main  # noqa: E402
+from biasloss.errors import InputError  # noqa: E402
 
 # What each figure must show. Pixel sizes: plots.figure's size per panel (inches) times the panels,
 # at plots.save's 150 dpi, e.g. weights: two 6.4 x 5.2 in panels -> 12.8 x 5.2 in -> 1920 x 780 px.
@@ -166,7 +167,7 @@ def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch, capsys):
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     err = _fails(["plot", "weights", "--out", str(tmp_path / "w.png")], capsys)
-    assert "pip install 'biasloss[plots]'" in err
+    assert "pip install -e '.[plots]'" in err
 
 
 def test_curves_draw_the_bias_loss_weights(tmp_path):
@@ -187,3 +188,27 @@ def test_tradeoff_help_shows_a_single_percent_sign(capsys):
         main(["plot", "tradeoff", "--help"])
     out = capsys.readouterr().out
     assert "top1 (%)" in out and "%%" not in out
+
+
+def test_tradeoff_refuses_what_it_cannot_place(tmp_path):
+    # issue: reproduce's results.json read as a record without a name; an eval --json alone dropped
+    # without a word; a digits model's top-1 drawn with the 224 px, 1000-class model's MACs
+    grid = tmp_path / "results.json"
+    grid.write_text(json.dumps({"settings": {}, "metric": "final_top1", "rows": []}))
+    with pytest.raises(InputError, match="results of 'biasloss reproduce'"):
+        load_results([grid])
+    evaluated = tmp_path / "eval.json"
+    evaluated.write_text(json.dumps({"top1": 97.2, "dataset": "digits", "model": "skipblocknet_xs"}))
+    with pytest.raises(InputError, match="no macs or params"):
+        plot_tradeoff(tmp_path / "a.png", results=[evaluated], paper=False)
+    profiled = tmp_path / "profile.json"
+    profiled.write_text(json.dumps({"model": "skipblocknet_xs", "params": 2328680, "macs": 76213456,
+                                    "setup": {"input_shape": [1, 3, 224, 224], "num_classes": 1000}}))
+    with pytest.raises(InputError, match="at 32 px, 10 classes, 1 channel cannot merge .* at 224 px, 1000 classes"):
+        load_results([profiled, evaluated])
+    small = tmp_path / "profile-small.json"
+    small.write_text(json.dumps({"model": "skipblocknet_xs", "params": 2300000, "macs": 5000000,
+                                 "setup": {"input_shape": [1, 1, 32, 32], "num_classes": 10}}))
+    with pytest.raises(InputError, match="paper's points are ImageNet's"):
+        plot_tradeoff(tmp_path / "b.png", results=[small, evaluated])
+    assert plot_tradeoff(tmp_path / "c.png", results=[small, evaluated], paper=False).exists()

@@ -1,7 +1,7 @@
 """The matplotlib plumbing of the figure commands (:mod:`.plots`, :mod:`.samples`, :mod:`.variance`):
 a figure on the Agg canvas (never pyplot), the ``--out`` check and a reproducible, all-or-nothing save.
 
-matplotlib is an optional dependency (``pip install 'biasloss[plots]'``), imported only when a
+matplotlib is an optional dependency (``pip install -e '.[plots]'`` in the checkout), imported only when a
 figure is drawn.
 """
 
@@ -24,7 +24,7 @@ def figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.4, 
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise MissingDependencyError("plots need matplotlib: pip install 'biasloss[plots]'") from None
+        raise MissingDependencyError("plots need matplotlib: pip install -e '.[plots]' in the biasloss checkout (or pip install matplotlib)") from None
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)

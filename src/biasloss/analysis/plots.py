@@ -15,7 +15,7 @@ Paper: "Bias Loss for Mobile Neural Networks", Abrahamyan et al., ICCV 2021.
   built in, the user's results beside it, SkipblockNet highlighted.
 - ``curves``: learning curves (``val_top1``, losses, ...) of several training runs overlaid.
 
-matplotlib is an optional dependency (``pip install 'biasloss[plots]'``), imported only here, and
+matplotlib is an optional dependency (``pip install -e '.[plots]'`` in the checkout), imported only here, and
 only the Agg canvas is used (no pyplot, no global backend change): safe in scripts, servers and
 notebooks alike. The output format follows the file suffix: ``.png``, ``.svg`` or ``.pdf``.
 
@@ -269,9 +269,33 @@ def _read_json_records(path: Path) -> list[Any]:
     return data if isinstance(data, list) else [data]
 
 
+def _setting(record: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    """``(input side, classes, channels)`` a record was measured at: a ``profile --json`` record's
+    ``setup``, or an ``eval --json`` record's dataset; ``None`` where it says neither."""
+    setup = record.get("setup")
+    if isinstance(setup, Mapping) and isinstance(setup.get("input_shape"), list) and len(setup["input_shape"]) == 4:
+        _, chans, side, _ = setup["input_shape"]
+        return int(side), int(setup.get("num_classes") or 0), int(chans)
+    if isinstance(record.get("dataset"), str):
+        from biasloss.data import DATASETS
+
+        spec = DATASETS.get(record["dataset"])
+        if spec is not None:
+            return spec.image_size, spec.num_classes, spec.in_chans
+    return None
+
+
+def _describe_setting(setting: tuple[int, int, int]) -> str:
+    side, classes, chans = setting
+    return f"{side} px, {classes} classes, {chans} channel{'s' if chans > 1 else ''}"
+
+
 def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """Read results files (see the module docstring) into ``{"label", "top1", "macs", "params",
-    "dataset"}`` dicts, merged by label; ``macs``/``params`` are counts or ``None``."""
+    "dataset"}`` dicts, merged by label; ``macs``/``params`` are counts or ``None``. Records of one
+    label merge only when they were measured at one setting (input size, classes, channels: a
+    ``profile --json`` at 224 px and 1000 classes does not give its MACs to a digits model's
+    ``eval --json``); an :class:`~biasloss.errors.InputError` names the two otherwise."""
     merged: dict[str, dict[str, Any]] = {}
     for raw_path in paths:
         path = Path(raw_path)
@@ -279,11 +303,25 @@ def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
             where = f"{path} record {i}"
             if not isinstance(record, dict):
                 raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            if {"settings", "rows"} <= record.keys():
+                raise InputError(f"{path} is the results of 'biasloss reproduce' (losses compared on one grid), "
+                                 "not models with MACs: give 'biasloss profile MODEL --json' and "
+                                 "'biasloss eval --json' outputs")
             label = record.get("label") or record.get("name") or record.get("model")
             if not isinstance(label, str) or not label:
                 raise InputError(f"{where}: needs a 'name' (or 'model' or 'label')")
             entry = merged.setdefault(label, {"label": label, "name": record.get("name") or record.get("model"),
-                                              "top1": None, "macs": None, "params": None, "dataset": None})
+                                              "top1": None, "macs": None, "params": None, "dataset": None,
+                                              "setting": None, "where": where})
+            setting = _setting(record)
+            if setting is not None:
+                if entry["setting"] is not None and entry["setting"] != setting:
+                    raise InputError(
+                        f"{where}: {label} at {_describe_setting(setting)} cannot merge with {entry['where']} at "
+                        f"{_describe_setting(entry['setting'])}: profile the model as it was trained (biasloss "
+                        f"profile {label} --input-size {setting[0]} --num-classes {setting[1]} --in-chans "
+                        f"{setting[2]} --json), or label the records apart")
+                entry["setting"], entry["where"] = setting, where
             top1 = record.get("top1", record.get("val_top1"))
             if top1 is not None:
                 if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 100:
@@ -440,6 +478,13 @@ def plot_tradeoff(
     if records and not any(r.get("top1") is not None for r in records):
         raise InputError("no result has a top1 (merge the eval output, e.g. biasloss eval --json, with the profile)")
     keys = ("macs", "params") if x == "both" else (x,)
+    for r in records:  # nothing given is dropped without a word
+        if r.get("top1") is not None and all(r.get(key) is None for key in keys):
+            raise InputError(f"{r['label']}: a top1 but no {' or '.join(keys)} to place it by: give its "
+                             f"'biasloss profile {r.get('name') or r['label']} --json' output too")
+        if paper and r.get("dataset") not in (None, "imagenet") and r.get("top1") is not None:
+            raise InputError(f"{r['label']}: top-1 on {r['dataset']}, and the paper's points are ImageNet's: "
+                             "draw it without them (--no-paper)")
     fig, axes = figure(1, len(keys), size=(7.5, 5.6))
     labels = {"macs": "MACs (millions)", "params": "parameters (millions)"}
     to_place = [_draw_tradeoff(ax, key, paper, records, labels[key]) for ax, key in zip(axes, keys)]
@@ -660,7 +705,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "plot",
         description="Draw the paper's figures to a PNG, SVG or PDF file (format from the --out suffix). "
-                    "Needs matplotlib: pip install 'biasloss[plots]'.",
+                    "Needs matplotlib: pip install -e '.[plots]' in the biasloss checkout.",
     )
     p.set_defaults(func=_no_kind)
     kinds = p.add_subparsers(dest="plot_kind", metavar="KIND")

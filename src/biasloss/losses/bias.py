@@ -37,7 +37,7 @@ __all__ = ["BiasLoss", "bias_loss", "bias_weights", "check_clamp", "clamp_option
            "scale_variance", "weight_function", "weight_stats"]
 
 Clamp = tuple[float, float] | None
-DEFAULT_CLAMP = (0.5, 1.5)  # the weights' clamp in the authors' code (SPEC)
+DEFAULT_CLAMP = (0.5, 1.5)  # the weights' clamp in the authors' code
 Scaling = Literal["batch", "running_min", "rank"]
 _SCALINGS = ("batch", "running_min", "rank")
 #: The authors' initial value of the running minimum ("global" scaling).
@@ -45,7 +45,7 @@ RUNNING_MIN_INIT = 1e5
 
 
 def feature_variance(features: Tensor) -> Tensor:
-    """Per-sample unbiased variance of a feature map (SPEC step 1).
+    """Per-sample unbiased variance of a feature map (the paper's eqs. 1-2).
 
     Args:
         features: ``(B, ...)`` with at least two values per sample, any dtype and memory
@@ -174,7 +174,7 @@ def _min_max_scale(variance: Tensor, low: Tensor, high: Tensor, minimum: Tensor)
 def scale_variance(
     variance: Tensor, *, sync: bool | Literal["auto"] = False, process_group=None
 ) -> Tensor:
-    """Min-max scale per-sample variances to [0, 1] over the batch (SPEC step 2).
+    """Min-max scale per-sample variances to [0, 1] over the batch (the paper's eq. 3).
 
     Args:
         variance: ``(B,)`` per-sample variances, ``B >= 1``.
@@ -310,7 +310,7 @@ def bias_loss(
     sync: bool = False,
     process_group=None,
 ) -> Tensor:
-    """Bias Loss with per-batch min-max scaling (SPEC steps 1-4); stateless.
+    """Bias Loss with per-batch min-max scaling (the paper's eqs. 1-5); stateless.
 
     Args:
         logits: ``(B, K)`` class scores.

@@ -1,4 +1,4 @@
-"""Training recipes as data (SPEC section 3), and the optimizer and schedule they build.
+"""Training recipes as data (the paper's section 5 and the authors' code), and the optimizer and schedule they build.
 
 Every schedule is a per-step multiplier of the base learning rate (a ``LambdaLR``), so its
 state is just the step count: a resumed run continues the curve exactly.
@@ -39,11 +39,11 @@ class Recipe:
     nesterov: bool = False
     weight_decay: float = 0.0
     schedule: str = "multistep"
-    milestones: tuple[int, ...] = ()  # multistep: epochs at which lr *= gamma
-    gamma: float = 0.1
+    milestones: tuple[int, ...] = ()  # multistep: epochs at which lr *= lr_decay
+    lr_decay: float = 0.1  # the schedule's factor (not the focal loss's gamma)
     warmup_epochs: float = 0.0
     warmup_lr: float = 1e-6  # absolute lr at step 0 of the warm-up
-    decay_every: float = 2.4  # step_warmup: epochs between multiplications by gamma
+    decay_every: float = 2.4  # step_warmup: epochs between multiplications by lr_decay
     pct_start: float = 0.25  # onecycle: fraction of steps spent rising
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     label_smoothing: float = 0.0
@@ -106,7 +106,7 @@ RECIPES: dict[str, Recipe] = {
             weight_decay=5e-4,
             schedule="multistep",
             milestones=(60, 120, 160),
-            gamma=0.2,
+            lr_decay=0.2,
             augment=AugmentConfig(hflip=True, rotation=15.0),
             model="cifar_shufflenetv2",
         ),
@@ -120,7 +120,7 @@ RECIPES: dict[str, Recipe] = {
             weight_decay=1e-4,
             schedule="multistep",
             milestones=(80, 122),
-            gamma=0.1,
+            lr_decay=0.1,
             augment=AugmentConfig(crop_padding=4, hflip=True),
             drop_last=True,
             model="cifar_shufflenetv2",
@@ -139,7 +139,7 @@ RECIPES: dict[str, Recipe] = {
             warmup_epochs=3.0,
             warmup_lr=1e-6,
             decay_every=2.4,
-            gamma=0.97,
+            lr_decay=0.97,
             augment=AugmentConfig(random_resized_crop=True, hflip=True),
             ema_decay=0.99995,
             bn_momentum=0.01,
@@ -229,10 +229,10 @@ def lr_multiplier(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float
         return onecycle
     if recipe.schedule == "multistep":
         bounds = [m * steps_per_epoch for m in recipe.milestones]
-        return lambda step: warmed(step, lambda s: recipe.gamma ** bisect.bisect_right(bounds, s + warmup))
+        return lambda step: warmed(step, lambda s: recipe.lr_decay ** bisect.bisect_right(bounds, s + warmup))
     if recipe.schedule == "step_warmup":
         every = max(1, int(round(recipe.decay_every * steps_per_epoch)))
-        return lambda step: warmed(step, lambda s: recipe.gamma ** (s // every))
+        return lambda step: warmed(step, lambda s: recipe.lr_decay ** (s // every))
     # cosine
     return lambda step: warmed(
         step, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total - warmup))))
