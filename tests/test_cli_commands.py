@@ -167,3 +167,10 @@ def test_a_command_module_runs_its_command(monkeypatch):
 
     _fake(monkeypatch, "fake", register)
     assert main(["fake", "--n", "2"]) == 42
+
+
+def test_reproduce_without_a_grid_names_the_choices(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["reproduce"])
+    assert stop.value.code == 2
+    assert "required: {table4,table3,grid,ablation}" in capsys.readouterr().err

@@ -26,8 +26,8 @@ FAST = ["--dataset", "digits", "--model", "test_resnet", "--epochs", "3", "--no-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    pytest.importorskip("sklearn", reason="the digits data set comes with scikit-learn (pip install 'biasloss[data]')")
-    pytest.importorskip("onnxruntime", reason="int8 export needs onnxruntime (pip install 'biasloss[deploy]')")
+    pytest.importorskip("sklearn", reason="the digits data set comes with scikit-learn (pip install -e '.[data]')")
+    pytest.importorskip("onnxruntime", reason="int8 export needs onnxruntime (pip install -e '.[deploy]')")
     import timm
 
     if "test_resnet" not in timm.list_models("test_resnet"):
@@ -171,7 +171,8 @@ def test_int8_below_max_drop_keeps_only_the_fp32_file(run, tmp_path, monkeypatch
     (tmp_path / "model.int8.onnx").write_text("an earlier export's")  # must not outlive this one
     code = main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(out), "--int8", "--calibrate", "64"])
     assert code == 2
-    err = capsys.readouterr().err
+    *progress, err = capsys.readouterr().err.splitlines(keepends=True)  # the phases, then the error
+    assert progress and all(line.startswith("biasloss export: ") for line in progress), progress
     match = re.fullmatch(r"biasloss: error: int8 top-1 (\d+\.\d\d) % is (\d+\.\d\d) points below fp32 "
                          r"(\d+\.\d\d) %, more than --max-drop 1\.0; kept the fp32 export "
                          rf"{re.escape(str(out))}\n", err)
@@ -198,7 +199,7 @@ def _no_dataset(run, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--int8", "--format", "torchscript"], "--int8 quantizes an ONNX or ExecuTorch export"),
+    (["--int8", "--format", "torchscript", "--out", "{tmp}/model.ts"], "--int8 quantizes an ONNX or ExecuTorch export"),
     (["--int8", "--out", "{tmp}/model.pt"], "--int8 quantizes an ONNX or ExecuTorch export"),
     (["--int8", "--calibrate", "0"], "--calibrate must be a positive number of images, got 0"),
     (["--int8", "--calibrate", "-3"], "--calibrate must be a positive number of images, got -3"),
@@ -236,10 +237,10 @@ def test_missing_runtime_is_one_line(module, suffix, tmp_path, monkeypatch, caps
     out = tmp_path / f"model.{suffix}"
     assert main(["export", "--checkpoint", str(tmp_path / "best.pt"), "--out", str(out), "--int8"]) == 2
     err = capsys.readouterr().err
-    assert err == f"biasloss: error: int8 export needs {module}: pip install 'biasloss[deploy]'\n"
+    assert err == f"biasloss: error: int8 export needs {module}: pip install -e '.[deploy]' in the biasloss checkout\n"
     from biasloss.export import export_int8
 
-    with pytest.raises(ImportError, match=r"biasloss\[deploy\]"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[deploy\]'"):
         export_int8(tmp_path / "best.pt", out)
     assert not list(tmp_path.iterdir())
 
@@ -252,7 +253,7 @@ def test_missing_runtime_is_one_line(module, suffix, tmp_path, monkeypatch, caps
 @pytest.fixture(scope="module")
 def exported_pte(run) -> dict:
     """``biasloss export --int8 --json --out model.pte`` of the trained run's best.pt: its result."""
-    pytest.importorskip("executorch", reason="ExecuTorch export needs executorch (pip install 'biasloss[deploy]')")
+    pytest.importorskip("executorch", reason="ExecuTorch export needs executorch (pip install -e '.[deploy]')")
     out = run.parent / "export-pte" / "model.pte"
     code, stdout = _export(["--checkpoint", str(run / "best.pt"), "--out", str(out), "--int8", "--json",
                             "--calibrate", "128"])
@@ -266,8 +267,8 @@ def _pte_top1_by_hand(path, images: np.ndarray, labels: np.ndarray) -> float:
     from executorch.runtime import Runtime
 
     meta = json.loads(Path(str(path) + ".json").read_text())
-    mean = np.float32(json.loads(meta["mean"])).reshape(1, -1, 1, 1)
-    std = np.float32(json.loads(meta["std"])).reshape(1, -1, 1, 1)
+    mean = np.float32(meta["mean"]).reshape(1, -1, 1, 1)  # lists in model.pte.json (strings in ONNX)
+    std = np.float32(meta["std"]).reshape(1, -1, 1, 1)
     x = images.transpose(0, 3, 1, 2).astype(np.float32)
     x = (x - mean * np.float32(255)) * (np.float32(1) / (std * np.float32(255)))
     method = Runtime.get().load_program(str(path)).load_method("forward")
@@ -294,5 +295,6 @@ def test_executorch_int8_is_close_to_fp32_and_what_its_runtime_gives(run, export
         meta = json.loads(Path(str(path) + ".json").read_text())
         assert float(meta["top1_fp32"]) == exported_pte["top1_fp32"] and float(meta["top1_int8"]) == exported_pte["top1_int8"]
         assert meta["calibration"] == "128 images of digits train (seed 0, evaluation transform)"
-        assert "XNNPACK" in meta["quantization"] and json.loads(meta["mean"]) == list(spec.mean)
-        assert meta["input"] == "1x32x32" and meta["num_classes"] == "10"
+        assert "XNNPACK" in meta["quantization"] and meta["mean"] == list(spec.mean) and meta["std"] == list(spec.std)
+        assert meta["input"] == [1, 32, 32] and meta["num_classes"] == 10  # numbers and lists, not strings
+        assert meta["top1_fp32"] == exported_pte["top1_fp32"] and meta["top1_int8"] == exported_pte["top1_int8"]

@@ -117,3 +117,17 @@ def test_onnx_matches_pytorch_and_is_lean(tmp_path):
         out = sess.run(None, {name: xb.numpy()})[0]
         assert out.shape == (batch, 1000)
         assert abs(out - ref).max() <= 1e-4 * max(1.0, abs(ref).max())
+
+
+def test_executorch_sidecar_keeps_numbers_and_lists(tmp_path):
+    """model.pte.json holds numbers as numbers and lists as lists (ONNX metadata_props must be strings; JSON need not)."""
+    import json
+
+    from biasloss.export import _write_sidecar, metadata_path
+
+    _write_sidecar(tmp_path / "m.pte", {"dataset": "digits", "input": "1x32x32", "mean": "[0.3052]",
+                                        "std": "[0.3236]", "num_classes": "10", "top1_fp32": "97.2222",
+                                        "test_images": "360 images of digits test"})
+    meta = json.loads(metadata_path(tmp_path / "m.pte").read_text())
+    assert meta == {"dataset": "digits", "input": [1, 32, 32], "mean": [0.3052], "std": [0.3236], "num_classes": 10,
+                    "top1_fp32": 97.2222, "test_images": "360 images of digits test"}

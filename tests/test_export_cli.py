@@ -90,3 +90,80 @@ def test_torchscript_falls_back_to_tracing(run, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.jit, "script", refuse)
     result = export_checkpoint(run / "last.pt", tmp_path / "m.pt")
     assert result["format"] == "torchscript (trace)" and result["checked"] and result["max_abs_diff"] < 1e-4
+
+
+# --- issue 26: names, a suffix that contradicts --format, sizes beyond memory, SIGTERM, progress -----------
+
+
+def test_onnx_input_is_images_and_output_logits(run, tmp_path):
+    export_checkpoint(run / "last.pt", tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    assert session.get_inputs()[0].shape[0] == "batch"  # the dynamic axis kept with the new name
+    (logits,) = session.run(["logits"], {"images": torch.randn(3, 1, 32, 32).numpy()})
+    assert logits.shape == (3, 10)
+
+
+def test_format_that_contradicts_the_suffix_is_refused(run, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(out), "--format", "torchscript"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("biasloss: error:") and "\n" not in err
+    assert "m.onnx" in err and "onnx" in err and "torchscript" in err and "--format" in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "refused" in capsys.readouterr().out
+
+
+def test_image_size_beyond_memory_is_one_line(run, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(out), "--image-size", "100000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("biasloss: error: --image-size 100000") and "memory" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_sigterm_during_int8_export_cleans_up_and_exits_143(run, tmp_path):
+    """The progress lines say which phase runs; SIGTERM in the middle of it removes the temporary
+    files (as Ctrl-C does), prints one line and exits 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    for module in ("onnx", "onnxscript", "onnxruntime.quantization"):
+        pytest.importorskip(module)
+    out = tmp_path / "m.onnx"
+    proc = subprocess.Popen([sys.executable, "-m", "biasloss", "export", "--checkpoint", str(run / "last.pt"),
+                             "--out", str(out), "--int8", "--calibrate", "32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "default"})
+    try:
+        seen = []
+        for line in proc.stderr:  # the fp32 export has begun: its temporary file exists
+            seen.append(line.rstrip("\n"))
+            if line.startswith("biasloss export: exporting the fp32 model"):
+                break
+        assert any(p.name.startswith(".m.onnx.") and p.name.endswith(".tmp") for p in tmp_path.iterdir()), seen
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, (seen, rest)
+    assert seen[0] == "biasloss export: reading 32 calibration images of digits train", seen
+    assert all(line.startswith("biasloss export: ") for line in seen), seen  # no third-party noise
+    assert rest.strip().splitlines() == [f"biasloss: export to {out} stopped by SIGTERM; its temporary files removed"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_input_size_is_a_hidden_alias_of_image_size(run, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(out), "--input-size", "4"]) == 2
+    assert "--image-size must be an int >= 8, got 4" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "--input-size" not in capsys.readouterr().out

@@ -180,3 +180,18 @@ def test_cli_bad_input_exits_2_with_one_line(capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("biasloss: error: ") and err.count("\n") == 1
+
+
+def test_cli_batch_size_and_image_size_are_the_names_the_old_ones_hidden_aliases(capsys):
+    """Issue 26 (10): --batch-size and --image-size as in train/eval/export; --batch and --input-size still parse."""
+    new = ["--image-size", "32", "--reps", "2", "--warmup", "1", "--batch-size", "3", "--throughput-reps", "1"]
+    assert main(["profile", "skipblocknet_xs", *new, "--json"]) == 0
+    assert main(["profile", "skipblocknet_xs", *FAST, "--json"]) == 0
+    by_new, by_old = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert by_new["setup"]["input_shape"] == by_old["setup"]["input_shape"] == [1, 3, 32, 32]
+    assert by_new["throughput"]["batch"] == 3 and by_old["throughput"]["batch"] == 2
+    with pytest.raises(SystemExit):
+        main(["profile", "--help"])
+    text = capsys.readouterr().out
+    assert "--batch-size" in text and "--image-size" in text
+    assert "--batch " not in text and "--batch\n" not in text and "--input-size" not in text

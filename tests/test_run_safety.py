@@ -36,9 +36,10 @@ def _error(capsys, code: int, *needles: str) -> None:
 
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory) -> Path:
-    """A finished 2-epoch run."""
+    """A 3-epoch run stopped after its second epoch."""
     out = tmp_path_factory.mktemp("a") / "run"
-    assert main(["train", *FAST, "--epochs", "2", "--out", str(out)]) == 0
+    # stopped after 2 of 3 epochs: a resume continues it (a resume cannot change --epochs)
+    assert main(["train", *FAST, "--epochs", "3", "--stop-after", "2", "--out", str(out)]) == 0
     return out
 
 

@@ -77,6 +77,21 @@ def test_eval_reports_the_top1_train_logged(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top1"] == best["val_top1"]
 
 
+def test_eval_limit_takes_the_first_n_test_images(tmp_path, capsys):
+    """Issue 26 (10): eval --limit N evaluates the first N test images; by default the run's own --limit."""
+    assert _train(tmp_path, "--epochs", "1") == 0
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--json", "--no-progress", "--device", "cpu",
+                 "--limit", "40"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["samples"] == 40
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--json", "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["samples"] == 128
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--limit", "0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("biasloss: error: --limit") and "\n" not in err
+
+
 def test_resume_continues_exactly(tmp_path):
     # one-cycle schedule planned for 2 epochs: stop after the first, resume, compare with straight
     assert _train(tmp_path, "--epochs", "2", out="straight") == 0
@@ -89,15 +104,36 @@ def test_resume_continues_exactly(tmp_path):
     assert _metrics(tmp_path / "split")[1]["val_top1"] == _metrics(tmp_path / "straight")[1]["val_top1"]
 
 
-def test_resume_with_more_epochs_on_a_multistep_recipe(tmp_path):
+def test_resume_on_a_multistep_recipe(tmp_path):
     common = ("--recipe", "cifar100-authors", "--loss", "bias", "--scaling", "running_min")
     assert _train(tmp_path, *common, "--epochs", "2", out="straight") == 0
-    assert _train(tmp_path, *common, "--epochs", "1", out="split") == 0
+    assert _train(tmp_path, *common, "--epochs", "2", "--stop-after", "1", out="split") == 0
     assert main(["train", "--resume", str(tmp_path / "split" / "last.pt"), "--epochs", "2",
                  "--out", str(tmp_path / "split"), "--no-progress", "--device", "cpu"]) == 0
     _same_weights(tmp_path / "straight" / "last.pt", tmp_path / "split" / "last.pt")
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")["loss"]["running_min"]
     torch.testing.assert_close(load_checkpoint(tmp_path / "split" / "last.pt")["loss"]["running_min"], straight)
+
+
+def test_a_resume_keeps_the_epochs_and_a_finished_run_is_left_alone(tmp_path, capsys):
+    """Issue 26 (6): one rule, as reproduce's: a resume cannot change --epochs (its learning-rate
+    schedule is planned for them); resuming a finished run says so and touches nothing."""
+    assert _train(tmp_path, "--epochs", "1") == 0
+    run = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"}
+    capsys.readouterr()
+    resume = ["train", "--resume", str(run / "last.pt"), "--no-progress", "--device", "cpu"]
+    assert main([*resume, "--epochs", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("biasloss: error: cannot resume") and "--epochs 1, not 3" in err and "\n" not in err
+    for extra in ([], ["--epochs", "1"]):
+        assert main([*resume, *extra]) == 0
+        captured = capsys.readouterr()
+        assert captured.out.strip() == "already finished: 1 of 1 epochs; nothing to do" and not captured.err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--epochs included, cannot change" in " ".join(capsys.readouterr().out.split())
 
 
 def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path):
@@ -227,7 +263,7 @@ class _NaNAfter(torch.nn.Module):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     from biasloss.train import runner
 
-    assert _train(tmp_path, "--epochs", "1", "--loss", "ce") == 0
+    assert _train(tmp_path, "--epochs", "2", "--stop-after", "1", "--loss", "ce") == 0
     good = load_checkpoint(tmp_path / "run" / "last.pt")
     monkeypatch.setattr(runner, "_build_loss", lambda *a: _NaNAfter(good_calls=2))
     code = main(["train", "--resume", str(tmp_path / "run" / "last.pt"), "--epochs", "2",

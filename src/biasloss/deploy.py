@@ -18,7 +18,7 @@ and ``benchmarks/bench_deploy.py`` take one path:
 * :func:`to_executorch` / :func:`executorch_method`: a ``.pte`` program lowered to XNNPACK, fp32
   or int8 (PT2E static quantization with XNNPACK's symmetric per-channel config).
 
-Every runtime is an optional dependency (``pip install 'biasloss[deploy]'``); a missing one is a
+Every runtime is an optional dependency (``pip install -e '.[deploy]'`` in the checkout); a missing one is a
 :class:`~biasloss.errors.MissingDependencyError` (an ``ImportError``; ``MissingRuntimeError`` is its
 old name here), which the command line reports in one line.
 """
@@ -41,6 +41,8 @@ from biasloss.errors import MissingDependencyError
 
 __all__ = [
     "DEPLOY_EXTRA",
+    "ONNX_INPUT",
+    "ONNX_OUTPUT",
     "MissingRuntimeError",
     "executorch_method",
     "global_pool_spatial_means",
@@ -52,7 +54,7 @@ __all__ = [
     "to_onnx",
 ]
 
-DEPLOY_EXTRA = "pip install 'biasloss[deploy]'"
+DEPLOY_EXTRA = "pip install -e '.[deploy]' in the biasloss checkout"
 
 
 #: The old name of :class:`~biasloss.errors.MissingDependencyError` (a package of the ``deploy`` extra is not installed).
@@ -100,17 +102,23 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None, *, profile
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+#: The names of the input and output of every ONNX model :func:`to_onnx` writes.
+ONNX_INPUT, ONNX_OUTPUT = "images", "logits"
+
+
 def to_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, *, dynamic_batch: bool = True,
             metadata: dict[str, str] | None = None) -> None:
     """Export ``model`` (in eval mode) for inputs shaped like ``example`` to one ONNX file at
     ``path`` (weights inside), any batch size when ``dynamic_batch``, with ``metadata`` as the
     model's ``metadata_props`` and spatial means as ``GlobalAveragePool``
-    (:func:`global_pool_spatial_means`)."""
+    (:func:`global_pool_spatial_means`). Its input is named :data:`ONNX_INPUT` (``images``), its
+    output :data:`ONNX_OUTPUT` (``logits``)."""
     onnx = require("onnx", "ONNX export")
     require("onnxscript", "ONNX export")
-    dynamic = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    dynamic = ({0: torch.export.Dim("batch")},) if dynamic_batch else None  # positional: any forward(x) name
     with quiet():
-        proto = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=dynamic, verbose=False).model_proto
+        proto = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=dynamic, verbose=False,
+                                  input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT]).model_proto
     global_pool_spatial_means(proto)
     onnx.helper.set_model_props(proto, dict(metadata or {}))
     onnx.save(proto, str(path))
@@ -193,11 +201,12 @@ def to_executorch(model: nn.Module, example: torch.Tensor, path: str | os.PathLi
     on the XNNPACK backend at ``path`` (``.pte``): fp32, or with ``calibration`` batches int8
     (PT2E static quantization, XNNPACK's symmetric config: per-channel int8 weights, int8
     activations)."""
-    require("executorch", "ExecuTorch export")
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-        XnnpackPartitioner,
-    )
-    from executorch.exir import to_edge_transform_and_lower
+    with quiet():  # importing them logs torch deprecation warnings
+        require("executorch", "ExecuTorch export")
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+            XnnpackPartitioner,
+        )
+        from executorch.exir import to_edge_transform_and_lower
 
     example = _dense(example)
     with quiet(), torch.no_grad():
@@ -225,8 +234,37 @@ def to_executorch(model: nn.Module, example: torch.Tensor, path: str | os.PathLi
 
 def executorch_method(path: str | os.PathLike) -> Callable[[torch.Tensor], torch.Tensor]:
     """The ``forward`` of the ExecuTorch program at ``path`` as a function of one input tensor."""
-    require("executorch", "running an ExecuTorch program")
-    from executorch.runtime import Runtime
+    with quiet():  # importing torchao logs a torch deprecation warning
+        require("executorch", "running an ExecuTorch program")
+        from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(str(path)).load_method("forward")
+    with _native_stderr_silenced():  # loading XNNPACK's delegate prints cpuinfo's probing from C++
+        method = Runtime.get().load_program(str(path)).load_method("forward")
     return lambda x: method.execute([_dense(x)])[0]
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """What native code writes to the process's stderr (file descriptor 2) in the block is held
+    back, and written out only when the block fails: the runtimes' C++ libraries print diagnostics
+    that no warning filter or logger reaches."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real stderr: nothing to silence
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            os.write(2, held.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

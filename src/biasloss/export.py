@@ -22,15 +22,17 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from biasloss._checks import try_input
+from biasloss._checks import is_out_of_memory, one_line, try_input
 from biasloss._io import atomic_path, atomic_write_text, writable_file
 from biasloss.deploy import (
+    ONNX_INPUT,
     executorch_method,
     onnx_session,
     quantize_onnx,
@@ -61,6 +63,10 @@ def _format_for(path: Path, fmt: str | None) -> str:
             raise InputError(f"cannot tell the format from {path.name!r}: name it .onnx, .pt or .pte, or pass --format")
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    implied = _SUFFIXES.get(path.suffix)
+    if implied is not None and implied != fmt:  # a model.onnx holding TorchScript misleads every reader
+        raise InputError(f"--out {path.name!r} has the suffix of {implied} files but --format is {fmt}: "
+                         f"rename --out or drop --format")
     return fmt
 
 
@@ -69,7 +75,7 @@ def _run_onnx(path: str, x: torch.Tensor) -> torch.Tensor | None:
         session = onnx_session(path)
     except ImportError:
         return None
-    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    (out,) = session.run(None, {ONNX_INPUT: x.numpy()})
     return torch.from_numpy(out)
 
 
@@ -89,9 +95,28 @@ def _set_metadata(path: Path, values: dict[str, str]) -> None:
     onnx.save(model, str(path))
 
 
+def _typed(values: dict[str, str]) -> dict[str, Any]:
+    """The metadata ``values`` (strings, as ONNX's ``metadata_props`` must hold them) with their
+    own JSON types: ``mean`` and ``std`` lists, ``input`` a list of ints (``"1x32x32"`` ->
+    ``[1, 32, 32]``), ``num_classes`` an int, the top-1s numbers; the rest stay strings."""
+    typed: dict[str, Any] = dict(values)
+    for key in ("mean", "std"):
+        if key in typed:
+            typed[key] = json.loads(typed[key])
+    if "input" in typed:
+        typed["input"] = [int(side) for side in typed["input"].split("x")]
+    if "num_classes" in typed:
+        typed["num_classes"] = int(typed["num_classes"])
+    for key in ("top1_fp32", "top1_int8"):
+        if key in typed:
+            typed[key] = float(typed[key])
+    return typed
+
+
 def _write_sidecar(program: Path, values: dict[str, str]) -> None:
-    """The metadata of the ExecuTorch program ``program``, in :func:`metadata_path`."""
-    atomic_write_text(metadata_path(program), json.dumps(values, indent=1) + "\n")
+    """The metadata of the ExecuTorch program ``program``, in :func:`metadata_path`: a JSON
+    object whose numbers are numbers and lists lists (:func:`_typed`)."""
+    atomic_write_text(metadata_path(program), json.dumps(_typed(values), indent=1) + "\n")
 
 
 def _export_torchscript(model: nn.Module, x: torch.Tensor, path: str) -> str:
@@ -121,7 +146,13 @@ def _export_to(model: nn.Module, which: str, spec, tmp: Path, fmt: str, image_si
         raise InputError(f"--image-size must be an int >= 8, got {size!r}")
     if fuse:
         fuse_bn(model)
-    x = torch.randn(2, spec.in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    try:  # an input too large for memory is the flag's fault, said in one line as by try_input
+        x = torch.randn(2, spec.in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        raise InputError(f"--image-size {size}: a {(2, spec.in_chans, size, size)} input does not fit in memory "
+                         f"({one_line(e)})") from None
     reference = try_input(model, x, f"--image-size {size}", spec.image_size)
     metadata = {"biasloss_model": str(model.__class__.__name__), "dataset": spec.name,
                 "input": f"{spec.in_chans}x{size}x{size}", "mean": json.dumps(list(spec.mean)),
@@ -245,10 +276,9 @@ def _top1(path: Path, fmt: str, loader) -> tuple[float, int]:
     images seen."""
     if fmt == "onnx":
         session = onnx_session(path)
-        name = session.get_inputs()[0].name
 
         def logits(images: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {name: images.contiguous().numpy()})[0])
+            return torch.from_numpy(session.run(None, {ONNX_INPUT: images.contiguous().numpy()})[0])
     else:
         forward = executorch_method(path)
 
@@ -275,6 +305,7 @@ def export_int8(
     fuse: bool = True,
     check: bool = True,
     workers: int | None = None,
+    progress: Callable[[str], object] | None = None,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` to the fp32 ONNX or ExecuTorch ``out`` (as :func:`export_checkpoint`)
     and quantize it to ``<stem>.int8.onnx`` / ``<stem>.int8.pte`` beside it; return what :func:`export_checkpoint` does plus ``int8_path``,
@@ -299,9 +330,11 @@ def export_int8(
         fmt, image_size, dynamic_batch: must leave the export ONNX at the training resolution with
             any batch size (the test split is evaluated in batches).
         fuse, check, workers: as for :func:`export_checkpoint`; DataLoader workers for folder datasets.
+        progress: called with a short line as each slow phase starts (exporting, evaluating fp32,
+            calibrating and quantizing, evaluating int8); the command line prints them on stderr.
 
     Raises:
-        ImportError: onnx, onnxruntime or onnxscript (ExecuTorch: executorch, torchao) is missing (``pip install 'biasloss[deploy]'``):
+        ImportError: onnx, onnxruntime or onnxscript (ExecuTorch: executorch, torchao) is missing (``pip install -e '.[deploy]'``):
             :class:`biasloss.errors.MissingDependencyError`.
         ValueError: bad arguments, a checkpoint that does not record its training set
             (``CheckpointError``), calibration data from another dataset, or an int8 model more than
@@ -310,6 +343,7 @@ def export_int8(
     """
     from biasloss.data import build_loaders
 
+    say = progress if progress is not None else (lambda line: None)
     path = Path(out)
     fmt = _format_for(path, fmt)
     if fmt not in _QUANTIZATION:
@@ -323,8 +357,9 @@ def export_int8(
     if fmt == "onnx" and not dynamic_batch:
         raise InputError("--int8 evaluates the test split in batches; drop --static-batch")
     needed = ("onnx", "onnxruntime.quantization", "onnxscript") if fmt == "onnx" else ("executorch", "torchao")
-    for module in needed:  # onnxscript: torch.onnx.export's; torchao: ExecuTorch's quantizer
-        require(module, "int8 export")
+    with quiet():  # importing torchao logs a torch deprecation warning
+        for module in needed:  # onnxscript: torch.onnx.export's; torchao: ExecuTorch's quantizer
+            require(module, "int8 export")
     run = _training_run(checkpoint)
     saved = run.settings
     if calibration_dataset is not None and calibration_dataset != saved.dataset:
@@ -341,22 +376,28 @@ def export_int8(
         saved.dataset, data_dir=data_dir if data_dir is not None else saved.data_dir, batch_size=_BATCH,
         device="cpu", seed=_CALIBRATION_SEED, workers=4 if workers is None else workers, limit=saved.limit)
     try:
+        say(f"reading {calibrate} calibration images of {saved.dataset} train")
         batches = _calibration_images(train_loader, calibrate)
         train_loader.close()
-        calibration = (f"{sum(b.shape[0] for b in batches)} images of {saved.dataset} train "
+        n_calibration = sum(b.shape[0] for b in batches)
+        calibration = (f"{n_calibration} images of {saved.dataset} train "
                        f"(seed {_CALIBRATION_SEED}, evaluation transform)")
         rejected: Int8AccuracyError | None = None
         with quiet(), atomic_path(path) as tmp32:
+            say(f"exporting the fp32 model to {fmt}")
             result = _export_to(model, which, spec, tmp32, fmt, None, True, fuse, check)
             metadata = result.pop("metadata")
+            say(f"evaluating fp32 on {saved.dataset} test")
             top1_fp32, n_test = _top1(tmp32, fmt, test_loader)
             measured = {"top1_fp32": f"{top1_fp32:.4f}", "test_images": f"{n_test} images of {saved.dataset} test"}
             try:
                 with atomic_path(out8) as tmp8:
+                    say(f"calibrating on {n_calibration} images and quantizing to int8")
                     if fmt == "onnx":
                         quantize_onnx(tmp32, tmp8, batches)
                     else:  # the fp32 model, BatchNorm folded by the export, batch 1 as exported
                         to_executorch(model, batches[0][:1], tmp8, batches)
+                    say(f"evaluating int8 on {n_test} images of {saved.dataset} test")
                     top1_int8, _ = _top1(tmp8, fmt, test_loader)
                     drop = round(top1_fp32 - top1_int8, 4)
                     if drop > max_drop:

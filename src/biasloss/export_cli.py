@@ -5,7 +5,9 @@ A command module of :data:`biasloss.cli.COMMANDS`, imported only when ``biasloss
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 
 __all__ = ["register"]
 
@@ -20,13 +22,16 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="a last.pt or best.pt written by train")
     p.add_argument("--out", required=True, help="model.onnx (ONNX), model.pte (ExecuTorch, XNNPACK, batch 1; "
                                                 "metadata in model.pte.json) or model.pt (TorchScript)")
-    p.add_argument("--format", choices=FORMATS, help="default: from --out's suffix")
+    p.add_argument("--format", choices=FORMATS, help="default: from --out's suffix (.onnx, .pte, .pt/.ts); a "
+                                                     "suffix that names another format is refused")
     p.add_argument("--image-size", type=int, help="input side in pixels (default: the training resolution)")
+    p.add_argument("--input-size", dest="image_size", type=int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # profile's old name, hidden: --image-size everywhere
     p.add_argument("--static-batch", action="store_true", help="ONNX: fix the batch size (default: any)")
     p.add_argument("--no-fuse-bn", dest="fuse", action="store_false", help="keep the BatchNorm layers")
     p.add_argument("--no-check", dest="check", action="store_false", help="do not run the exported file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    q = p.add_argument_group("int8", "static post-training quantization (pip install 'biasloss[deploy]'): "
+    q = p.add_argument_group("int8", "static post-training quantization (pip install -e '.[deploy]'): "
                                      "ONNX Runtime QDQ for .onnx, XNNPACK's PT2E quantizer for .pte; "
                                      "<out stem>.int8.<suffix> beside the fp32 file, kept when its top-1 on the "
                                      "test split, run in the same runtime, is within --max-drop of the fp32 file's")
@@ -42,7 +47,34 @@ def register(subparsers) -> None:
     p.set_defaults(func=_export)
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived during an export: raised from the signal handler so that the temporary
+    files of :func:`biasloss._io.atomic_path` are removed on the way out, as on Ctrl-C (a
+    ``BaseException``, like ``KeyboardInterrupt``: no ``except Exception`` of a library swallows it)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
 def _export(args) -> int:
+    """The export, where SIGTERM, like Ctrl-C, removes the half-written file: exit status 143."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return _run_export(args)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _run_export(args)
+    except _Terminated:
+        print(f"biasloss: export to {args.out} stopped by SIGTERM; its temporary files removed", file=sys.stderr)
+        return 128 + int(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_export(args) -> int:
     from biasloss.errors import InputError
     from biasloss.export import export_checkpoint, export_int8
 
@@ -51,9 +83,10 @@ def _export(args) -> int:
     given = {key: value for key, value in int8_options.items() if value is not None}
     if given and not args.int8:
         raise InputError(f"{', '.join('--' + key.replace('_', '-') for key in given)} only apply with --int8")
-    if args.int8:
+    if args.int8:  # a minute or more: say which phase it is in
         result = export_int8(args.checkpoint, args.out, fmt=args.format, image_size=args.image_size,
-                             dynamic_batch=not args.static_batch, fuse=args.fuse, check=args.check, **given)
+                             dynamic_batch=not args.static_batch, fuse=args.fuse, check=args.check, **given,
+                             progress=lambda line: print(f"biasloss export: {line}", file=sys.stderr, flush=True))
     else:
         result = export_checkpoint(args.checkpoint, args.out, fmt=args.format, image_size=args.image_size,
                                    dynamic_batch=not args.static_batch, fuse=args.fuse, check=args.check)
@@ -61,7 +94,7 @@ def _export(args) -> int:
         print(json.dumps(result))
         return 0
     checked = (f"max |difference| to PyTorch {result['max_abs_diff']:.2e}" if result["checked"]
-               else "not checked" + ("" if not args.check else " (pip install 'biasloss[deploy]' to run it)"))
+               else "not checked" + ("" if not args.check else " (pip install -e '.[deploy]' to run it)"))
     print(f"wrote {result['path']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB, {result['weights']} "
           f"weights, input {'x'.join(map(str, result['input']))}, normalise with mean {result['mean']} "
           f"std {result['std']}); {checked}")

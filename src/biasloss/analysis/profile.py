@@ -71,7 +71,7 @@ MAC_COUNTER = ("torch.utils.flop_counter: convolutions and linear layers (matrix
 
 
 # ---------------------------------------------------------------------------------------------
-# The paper's figures (reference/paper_tables.md)
+# The paper's figures (its Tables 1 and 2)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -457,7 +457,7 @@ def profile_models(
     shape = (1, in_chans, input_size, input_size)
     for name in names:
         model = _create_model(name, num_classes=num_classes, in_chans=in_chans, small_input=small_input).eval()
-        try_input(model, shape, f"--input-size {input_size}", 32 if small_input else 224)
+        try_input(model, shape, f"--image-size/--input-size {input_size}", 32 if small_input else 224)
         paper = paper_figures(name)
         results[name] = {
             "model": name,
@@ -639,12 +639,17 @@ def register(subparsers) -> None:
                     "timings are interleaved.",
     )
     p.add_argument("models", nargs="+", metavar="MODEL")
-    p.add_argument("--input-size", type=int, default=224, help="square input side in pixels (default 224)")
+    p.add_argument("--image-size", dest="input_size", type=int, default=224,
+                   help="square input side in pixels (default 224)")
+    p.add_argument("--input-size", dest="input_size", type=int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the old name, hidden: --image-size as in export
     p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
     p.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
     p.add_argument("--small-input", action="store_true",
                    help="build the model's small-input variant (biasloss models, for 28-64 px)")
-    p.add_argument("--batch", type=int, default=32, help="batch for the throughput (default 32)")
+    p.add_argument("--batch-size", dest="batch", type=int, default=32, help="batch for the throughput (default 32)")
+    p.add_argument("--batch", dest="batch", type=int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the old name, hidden: --batch-size as in train and eval
     p.add_argument("--reps", type=int, default=50, help="latency repetitions per model (default 50)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up rounds before timing (default 10)")
     p.add_argument("--throughput-reps", type=int, default=5, help="timed batches per model (default 5)")

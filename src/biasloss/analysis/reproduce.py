@@ -99,7 +99,7 @@ METRIC = ("val_top1 (top-1 % on the test split, the trainer's evaluation weights
 
 
 # ---------------------------------------------------------------------------------------------
-# The paper's numbers (reference/paper_tables.md)
+# The paper's numbers (its Tables 3 and 4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -154,7 +154,7 @@ GRIDS: dict[str, GridSpec] = {
     "ablation": GridSpec(None, ("skipblocknet_xs",), ("ce", "bias"), None),
 }
 
-#: The Bias Loss ablations of ``reproduce ablation`` (issue 10, docs/results.md): each a grid of
+#: The Bias Loss ablations of ``reproduce ablation`` (docs/results.md): each a grid of
 #: Bias Loss runs that changes the paper's defaults (alpha = beta = 0.3, batch min-max scaling,
 #: weights clamped to [0.5, 1.5], no label smoothing) in the options given.
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -166,7 +166,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "alpha1.0-beta0": {"alpha": 1.0, "beta": 0.0},
     "alpha1.0-beta0.3": {"alpha": 1.0, "beta": 0.3},
     "label-smoothing0.1": {"label_smoothing": 0.1},
-    # issue 23's arms, beyond the paper's knobs (not in the default set):
+    # the evidence grid's arms, beyond the paper's knobs (not in the default set):
     "rank": {"scaling": "rank"},  # ours, beyond the paper: each sample's rank of variance in the batch
     "ce-x-c": {"loss": "ce", "loss_scale": "paired"},  # CE x c, c = the paired Bias Loss run's mean weight
 }
@@ -393,6 +393,11 @@ def _inspect(run: Run, settings: GridSettings, out: Path) -> None:
         metrics = ckpt.get("metrics") or {}
         if "val_top1" not in metrics:
             raise InputError(f"{run.dir}: no metrics for epoch {epoch} in metrics.jsonl or last.pt")
+        from biasloss.train.loop import metric_problem
+
+        problem = metric_problem(metrics) if isinstance(metrics, dict) else "not a dict"
+        if problem:
+            raise InputError(f"{last}: the last epoch's metrics: {problem}")
         numbers = {"final_top1": float(metrics["val_top1"]), "final_top5": metrics.get("val_top5"),
                    "best_top1": float(ckpt.get("best_top1", metrics["val_top1"]))}
     run.status = "finished"
@@ -421,15 +426,35 @@ def _record_path(run: Run, out: Path) -> Path:
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
-    """A run's record (:func:`_write_record`), ``None`` if there is none."""
+    """A run's record (:func:`_write_record`), ``None`` if there is none.
+
+    A record whose numbers cannot be trusted is refused (:class:`~biasloss.errors.InputError`
+    naming the file): ``final_top1``/``best_top1`` not finite numbers, ``final_top5`` neither that
+    nor ``null``, or a ``metrics`` line that :func:`biasloss.train.loop.metric_problem` refuses, as
+    ``metrics.jsonl`` is read. A file that is not UTF-8 JSON is named too."""
+    from biasloss.train.loop import metric_problem
+
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))  # UnicodeDecodeError is a ValueError
         for key in ("identity", "final_top1", "final_top5", "best_top1"):
             record[key]  # noqa: B018  (presence)
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{path}: not a run record ({e})") from None
+    for key in ("final_top1", "final_top5", "best_top1"):
+        value = record[key]
+        if value is None and key == "final_top5":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"{path}: {key!r} is {value!r}, not a finite number")
+    lines = record.get("metrics", [])
+    if not isinstance(lines, list):
+        raise InputError(f"{path}: 'metrics' must be a list of epoch lines, got {type(lines).__name__}")
+    for i, line in enumerate(lines):
+        problem = metric_problem(line) if isinstance(line, dict) else f"a {type(line).__name__}, not an epoch line"
+        if problem:
+            raise InputError(f"{path}: metrics[{i}]: {problem}")
     return record
 
 
@@ -439,14 +464,10 @@ def _write_record(run: Run, settings: GridSettings, out: Path) -> None:
     versions, machine and git state (commit, dirty tree) of :func:`biasloss._provenance.environment`."""
     from biasloss._provenance import environment
 
-    lines: dict[int, dict[str, Any]] = {}
-    for text in (run.dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            line = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(line, dict) and isinstance(line.get("epoch"), int) and line["epoch"] <= settings.epochs:
-            lines[line["epoch"]] = line  # a resumed epoch's line replaces the earlier one
+    from biasloss.train.loop import read_metrics
+
+    # as training reads it: a resumed epoch's line replaces the earlier one, a line with a NaN is refused
+    lines = {line["epoch"]: line for line in read_metrics(run.dir / "metrics.jsonl", settings.epochs)}
     # the command without --resume, with the run directory relative to where the grid ran when
     # it lies below it (a record names no path of one machine)
     run_dir = Path(os.path.relpath(run.dir)) if run.dir.resolve().is_relative_to(Path.cwd()) else run.dir
@@ -1057,7 +1078,8 @@ def register(subparsers) -> None:
                     "(default fashion-mnist); ablation: the Bias Loss variants (running_min scaling, no clamp, "
                     "alpha x beta, label smoothing) of one model against its default Bias Loss and CE.",
     )
-    p.add_argument("grid", choices=tuple(GRIDS), help="table4, table3, grid or ablation")
+    p.add_argument("grid", choices=tuple(GRIDS), metavar="{" + ",".join(GRIDS) + "}",
+                   help="which grid: table4, table3, grid (models x losses of your choice) or ablation")
     p.add_argument("--dataset", help="table4: cifar100, table3: imagenet, grid: fashion-mnist (defaults)")
     p.add_argument("--data-dir")
     p.add_argument("--models", nargs="+", metavar="MODEL",

@@ -154,12 +154,12 @@ DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("digits", 10, 1, DIGITS_SIZE, (0.3052,), (0.3236,), True, True, recipe="digits", read=_digits),
     "cifar10": DatasetSpec("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True, True,
                            recipe="cifar100", read=partial(load_cifar, 10)),
-    # Normalisation as in the paper's CIFAR-100 recipe (SPEC section 3).
+    # Normalisation as in the paper's CIFAR-100 recipe.
     "cifar100": DatasetSpec("cifar100", 100, 3, 32, (0.507, 0.4865, 0.4409), (0.2673, 0.2564, 0.2761), True, True,
                             recipe="cifar100", read=partial(load_cifar, 100)),
     "imagenet": DatasetSpec("imagenet", 1000, 3, 224, _IMAGENET_MEAN, _IMAGENET_STD, False, False,
                             recipe="imagenet", read=_imagenet),
-    # Fine-tuned from ImageNet weights (SPEC section 3): ImageNet statistics.
+    # Fine-tuned from ImageNet weights: ImageNet statistics.
     "food101": DatasetSpec("food101", 101, 3, 224, _IMAGENET_MEAN, _IMAGENET_STD, False, False,
                            recipe="food101", read=_food101),
 }
@@ -240,6 +240,10 @@ def build_loaders(
                              "use crop_padding for small images")
         data = load_arrays(name, data_dir, download=download)
         n_train, n_test = data.train_images.shape[0], data.test_images.shape[0]
+        for split, n in (("train", n_train), ("test", n_test)):  # the readers name their files; a last guard
+            if n == 0:
+                raise DatasetCorruptError(f"{name}: the {split} split is empty (data in "
+                                          f"{data_dir if data_dir is not None else 'the default place'})")
         if limit is not None:
             n_train, n_test = min(limit, n_train), min(limit, n_test)
         train = InMemoryLoader(data.train_images[:n_train], data.train_labels[:n_train], batch_size=batch_size,

@@ -195,7 +195,7 @@ def load_digits(size: int = DIGITS_SIZE) -> ArrayData:
         from sklearn.model_selection import train_test_split
     except ImportError:
         raise DatasetNotFoundError(
-            "digits: scikit-learn is not installed; install it with `pip install 'biasloss[data]'` "
+            "digits: scikit-learn is not installed; install it with `pip install -e '.[data]'` "
             "(or `pip install scikit-learn`)") from None
     bunch = sk_load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32) * (255.0 / 16.0)  # (N, 8, 8)
@@ -239,6 +239,27 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
 
 
+def _integer_labels(raw: Any, path: Path, label_key: str) -> np.ndarray:
+    """``raw`` (a batch's labels: a list or an array) as an integer array; a label that is not an
+    integer (a float such as 1.5 or 1.0, a bool, a string, None) is a :class:`DatasetCorruptError`
+    naming ``path``, never a class number."""
+    def refuse(value: Any) -> DatasetCorruptError:
+        return DatasetCorruptError(f"{path}: {label_key!r} must hold integer class numbers, got {value!r} "
+                                   f"({type(value).__name__})")
+
+    if isinstance(raw, (list, tuple)):  # np.asarray would turn True into 1 and [1, 2.0] into floats
+        bad = next((v for v in raw if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))),
+                   None)
+        if bad is not None or any(v is None for v in raw):
+            raise refuse(bad)
+    labels = np.asarray(raw)
+    if labels.size == 0:  # np.asarray([]) is float64: no label, nothing to refuse (an empty split is, later)
+        return labels.astype(np.int64)
+    if labels.dtype.kind not in "iu":  # b (bool), f, U/S (strings), O (mixed objects), ...
+        raise refuse(labels.flat[0] if labels.size else labels.dtype)
+    return labels
+
+
 def _read_cifar_batch(path: Path, label_key: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
@@ -253,7 +274,7 @@ def _read_cifar_batch(path: Path, label_key: str, n_classes: int) -> tuple[np.nd
         keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
         raise DatasetCorruptError(f"{path}: expected a dict with 'data' and {label_key!r}, got {keys}")
     data = np.asarray(entry["data"])
-    labels = np.asarray(entry[label_key])
+    labels = _integer_labels(entry[label_key], path, label_key)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DatasetCorruptError(f"{path}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
     if labels.ndim != 1 or len(labels) != len(data):
@@ -305,6 +326,10 @@ def load_cifar(num_classes: int, data_dir: str | os.PathLike | None = None, *, d
 
     train_x, train_y = read(train_files)
     test_x, test_y = read(test_files)
+    for split, files, n in (("train", train_files, len(train_y)), ("test", test_files, len(test_y))):
+        if n == 0:  # it would train on nothing, or score 0.0 over nothing
+            raise DatasetCorruptError(f"cifar{num_classes}: the {split} split is empty: "
+                                      f"{', '.join(str(folder / f) for f in files)} {'holds' if len(files) == 1 else 'hold'} no images")
     return ArrayData(train_x, train_y, test_x, test_y)
 
 

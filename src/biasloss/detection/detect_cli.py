@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     t.add_argument("--test-set", help="default test")
     for name, typ, text in (("epochs", int, "default: the recipe's"), ("batch-size", int, "per process"),
                             ("lr", float, "default: the recipe's"), ("weight-decay", float, "default: the recipe's"),
-                            ("size", int, "input side in pixels (default: 300 VOC, 128 scenes)"),
+                            ("size", int, "input side in pixels, at least 32 (default: 300 VOC, 224 scenes)"),
                             ("seed", int, "default 0"),
                             ("workers", int, "data loading processes (default: 4, at most the CPU count; 0: none)"),
                             ("limit", int, "use the first N train and test images"),

@@ -24,7 +24,7 @@ from biasloss._checks import positive
 from biasloss._io import atomic_write, writable_file
 from biasloss.errors import InputError
 
-__all__ = ["COLUMNS", "MIN_SIDE", "PAD", "PRED_COLOR", "TRUE_COLOR", "draw_detections", "register_show",
+__all__ = ["COLUMNS", "FORMATS", "MIN_SIDE", "PAD", "PRED_COLOR", "TRUE_COLOR", "draw_detections", "register_show",
            "run_detect_show"]
 
 TRUE_COLOR = (0, 255, 0)  #: the true boxes' colour
@@ -33,6 +33,9 @@ MIN_SIDE = 256  # each scene is scaled up to at least this side
 COLUMNS = 4  # scenes per grid row (fewer when fewer scenes)
 PAD = 4  # white pixels between scenes
 _WIDTH = 2  # box line width in pixels
+#: What ``detect show --out`` writes, by its suffix (Pillow's format names); other suffixes are refused.
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".pdf": "PDF", ".tif": "TIFF", ".tiff": "TIFF",
+           ".webp": "WEBP"}
 
 
 def _name(classes: Sequence[str] | Mapping[int, str] | None, label: int) -> str:
@@ -108,7 +111,9 @@ def draw_detections(model: Any, dataset: Any, indices: Sequence[int], *, score_t
 
 def run_detect_show(args: Any) -> Path:
     """Draw ``args.indices`` (or the first ``args.images``) scenes of a ``biasloss detect train``
-    checkpoint's test split with its predictions; write the PNG ``args.out`` atomically."""
+    checkpoint's test split with its predictions; write the image ``args.out`` atomically, in the
+    format its suffix names (:data:`FORMATS`: PNG, JPEG, PDF, TIFF, WebP; another suffix is an
+    :class:`~biasloss.errors.InputError` naming ``--out``, before any work)."""
     from biasloss.detection.train import DATASETS, detector_from_checkpoint
     from biasloss.detection.voc import VOCBoxes
     from biasloss.train.distributed import resolve_device
@@ -117,6 +122,10 @@ def run_detect_show(args: Any) -> Path:
     score_thresh = 0.5 if getattr(args, "score_thresh", None) is None else args.score_thresh
     if not 0 <= score_thresh <= 1:
         raise InputError(f"--score-thresh must be in [0, 1], got {score_thresh}")
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in FORMATS:
+        raise InputError(f"--out {str(args.out)!r}: cannot write a {suffix or 'suffix-less'} image; end it in "
+                         f"{', '.join(FORMATS)} (the format follows the suffix)")
     out = writable_file(args.out)
     device = resolve_device(getattr(args, "device", None))
     model, cfg = detector_from_checkpoint(args.checkpoint, device)
@@ -124,9 +133,9 @@ def run_detect_show(args: Any) -> Path:
                     train=False, classes=DATASETS[cfg["dataset"]]["classes"])
     indices = list(args.indices) if getattr(args, "indices", None) else list(range(min(images, len(test))))
     grid, n_true, n_pred = _draw_all(model, test, indices, score_thresh, None)
-    png = io.BytesIO()  # Pillow: torchvision.io's PNG encoder is deprecated since torchvision 0.29
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(png, format="PNG")
-    atomic_write(out, lambda f: f.write(png.getvalue()))
+    data = io.BytesIO()  # Pillow: torchvision.io's PNG encoder is deprecated since torchvision 0.29
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(data, format=FORMATS[suffix])
+    atomic_write(out, lambda f: f.write(data.getvalue()))
     print(f"wrote {out}: {len(indices)} test images of {cfg['dataset']} ({cfg['test_year']} {cfg['test_set']}), "
           f"{n_true} true boxes (green) and {n_pred} predicted boxes with score >= {score_thresh} (red)")
     return out
@@ -139,7 +148,8 @@ def register_show(sub: Any) -> None:
                                    "at least 256 px, with the true boxes in green and the predicted boxes in "
                                    "red, as one PNG grid: a look at the detections before trusting a mAP.")
     s.add_argument("--checkpoint", required=True, help="a 'biasloss detect train' checkpoint (last.pt, best.pt)")
-    s.add_argument("--out", required=True, help="the PNG file to write")
+    s.add_argument("--out", required=True, help="the image file to write: .png, .jpg, .pdf, .tif or .webp "
+                                                 "(the format follows the suffix)")
     s.add_argument("--images", type=int, default=8, help="draw the first N test scenes (default 8)")
     s.add_argument("--indices", type=int, nargs="+", metavar="I", help="draw these test scenes instead")
     s.add_argument("--score-thresh", type=float, default=0.5,

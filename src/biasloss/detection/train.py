@@ -26,14 +26,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from biasloss._checks import positive, positive_flags
+from biasloss._checks import positive, positive_flags, try_input
 from biasloss.data import DetectionLoader
 from biasloss.detection.metrics import voc_map
 from biasloss.detection.scenes import SCENE_CLASSES
 from biasloss.detection.voc import VOC_CLASSES, VOCBoxes
 from biasloss.errors import InputError
 from biasloss.models import create_model, load_pretrained
-from biasloss.models.detection import ssd_skipblocknet
+from biasloss.models.detection import MIN_SIZE, ssd_skipblocknet
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint
 from biasloss.train.distributed import DistInfo, resolve_device
 from biasloss.train.engine import DetectorObjective
@@ -108,6 +108,8 @@ def detection_scores(model: nn.Module, loader: Any, device: torch.device, use_07
         dist.all_gather_object(gathered, (detections, truths))
         detections = [d for part, _ in gathered for d in part]
         truths = [t for _, part in gathered for t in part]
+    if not truths:  # every rank sees the same gathered lists: all raise
+        raise InputError("nothing to evaluate: the test split holds no images; a mAP over nothing would read 0.0")
     return voc_map(detections, truths, num_classes, use_07_metric=use_07_metric)
 
 
@@ -136,6 +138,9 @@ def _resolve(args: Any, ckpt: dict[str, Any] | None) -> dict[str, Any]:
     positive("--lr", cfg["lr"], kind=float)
     if not (math.isfinite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0):
         raise InputError(f"--weight-decay must be a number >= 0, got {cfg['weight_decay']}")
+    if cfg["size"] < MIN_SIZE:
+        raise InputError(f"--size must be at least {MIN_SIZE} px (SkipblockNet's output stride; smaller, every "
+                         f"feature map is a pixel or two and the detector cannot place a box), got {cfg['size']}")
     if cfg["batch_size"] < 2:
         raise InputError("--batch-size must be at least 2 (the smallest extra map's BatchNorm needs two samples)")
     if not cfg.get("data_dir"):
@@ -157,6 +162,9 @@ def _datasets(cfg: dict[str, Any]) -> tuple[torch.utils.data.Dataset, torch.util
     train = VOCBoxes(cfg["data_dir"], cfg["year"], cfg["train_set"], train=True, classes=data["classes"],
                      augment=data["augment"])
     test = VOCBoxes(cfg["data_dir"], cfg["test_year"], cfg["test_set"], train=False, classes=data["classes"])
+    if len(test) == 0:  # a mAP over nothing would read 0.0
+        raise InputError(f"--data-dir {cfg['data_dir']}: the test split (VOC{cfg['test_year']} "
+                         f"ImageSets/Main/{cfg['test_set']}.txt) lists no images")
     if cfg.get("limit"):
         train = torch.utils.data.Subset(train, range(min(cfg["limit"], len(train))))
         test = torch.utils.data.Subset(test, range(min(cfg["limit"], len(test))))
@@ -189,6 +197,7 @@ def _build_run(cfg: dict[str, Any], info: DistInfo, device: torch.device, ckpt: 
     num_classes = len(DATASETS[cfg["dataset"]]["classes"])
     memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model = build_detector(cfg["model"], cfg["size"], None if ckpt else cfg["init"], num_classes, cfg["head"])
+    _check_size(model, cfg["size"], "--size")  # on the CPU, as profile's --input-size, before any work
     model = model.to(device=device, memory_format=memory_format)
     train_net: nn.Module = model
     if info.enabled:
@@ -220,8 +229,24 @@ def _build_run(cfg: dict[str, Any], info: DistInfo, device: torch.device, ckpt: 
     )
 
 
+def _check_size(model: nn.Module, size: int, flag: str) -> None:
+    """One image of ``size`` px through ``model``'s backbone (in eval mode: no BatchNorm statistics
+    change), so that a size that does not fit in memory is an :class:`InputError` naming ``flag``
+    before any work (:func:`~biasloss._checks.try_input`), not a failed allocation mid-epoch."""
+    training = model.training
+    model.eval()
+    try:
+        try_input(model.backbone, (1, 3, size, size), f"{flag} {size}", working_size=MIN_SIZE)
+    finally:
+        model.train(training)
+
+
 def run_detect_train(args: Any) -> dict[str, Any]:
     """Train SSD as ``args`` (the ``detect train`` options) say; returns the last epoch's metrics."""
+    if getattr(args, "init", None) and args.resume:  # the resume's weights are the checkpoint's: --init is ignored
+        raise InputError(f"--init {args.init} and --resume {args.resume} cannot be given together: a resume "
+                         "continues with the checkpoint's weights (drop --init), a new run starts from --init's "
+                         "(drop --resume)")
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt is not None and "best_map" not in ckpt:
         raise CheckpointError(f"{args.resume} is not a 'biasloss detect train' checkpoint")

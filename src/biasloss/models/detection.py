@@ -33,10 +33,16 @@ from biasloss.errors import InputError, InputTypeError
 
 from .skipblocknet import SKIPBLOCKNET_VARIANTS, SkipblockNet
 
-__all__ = ["HEADS", "SkipblockNetSSDFeatures", "ssd_skipblocknet"]
+__all__ = ["HEADS", "MIN_SIZE", "SkipblockNetSSDFeatures", "ssd_skipblocknet"]
 
 #: The prediction heads :func:`ssd_skipblocknet` builds.
 HEADS = ("ssd", "ssdlite")
+
+#: The smallest input side :func:`ssd_skipblocknet` takes: SkipblockNet's output stride. At 16 px
+#: or less every one of the six feature maps is a single pixel and every default box is centred on
+#: the image, so the detector cannot say where anything is; it trains and reports a mAP all the
+#: same. Below 32 px the image is smaller than one cell of the trunk's last map.
+MIN_SIZE = 32
 
 
 def _extra_block(in_chs: int, out_chs: int) -> nn.Sequential:
@@ -114,7 +120,8 @@ def ssd_skipblocknet(
     Args:
         variant: ``skipblocknet_xs/s/m/l`` (ignored when ``trunk`` is given).
         num_classes: object classes plus background (21 for PASCAL VOC).
-        size: input side in pixels; images are resized to it by the SSD transform.
+        size: input side in pixels, at least :data:`MIN_SIZE` (32); images are resized to it by the SSD
+            transform.
         trunk: a SkipblockNet to use, e.g. one holding ImageNet weights
             (:func:`~biasloss.models.load_pretrained`); its classifier is removed.
         head: ``"ssd"`` (3x3 convolutions, the paper's) or ``"ssdlite"`` (separable, MobileNetV2's
@@ -129,6 +136,9 @@ def ssd_skipblocknet(
         raise InputError(f"num_classes counts the background too and must be >= 2, got {num_classes!r}")
     if head not in HEADS:
         raise InputError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
+        raise InputError(f"size must be an int of at least {MIN_SIZE} px (SkipblockNet's output stride; smaller, "
+                         f"every feature map is a pixel or two), got {size!r}")
     features = SkipblockNetSSDFeatures(trunk)
     anchors = DefaultBoxGenerator([[2, 3] for _ in features.out_channels], min_ratio=0.2, max_ratio=0.95)
     per_location = anchors.num_anchors_per_location()

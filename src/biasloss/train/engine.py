@@ -1,6 +1,6 @@
 """One epoch of training and one pass of evaluation, whatever the model, the loss and the task.
 
-The step (DESIGN.md): ``loss = objective(net, inputs, target)``, backward, optimizer and schedule
+The step: ``loss = objective(net, inputs, target)``, backward, optimizer and schedule
 step, EMA update. For a classifier (:class:`ClassifierObjective`): ``features =
 forward_features(x)``, ``logits = forward_head(features)``, ``loss = criterion(logits, target,
 features)``; for a detector (:class:`DetectorObjective`) the sum of the losses the model returns.
@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from biasloss.data import DatasetCorruptError
-from biasloss.errors import NonFiniteLossError
+from biasloss.errors import InputError, NonFiniteLossError
 from biasloss.features import FeatureTap, forward_with_features
 from biasloss.train.distributed import any_rank, is_distributed
 
@@ -295,7 +295,8 @@ def evaluate(
     summed over all ranks, the plain cross-entropy (``cross_entropy``: comparable between runs of
     any loss) and the top-1 of each class (``class_top1``). Ranks may hold different numbers of batches (even none):
     the only collectives are at the end; under torchrun give ``num_classes``, so that a rank
-    without a batch still knows the per-class counts' shape."""
+    without a batch still knows the per-class counts' shape. A loader without a sample (over all
+    ranks) is an :class:`~biasloss.errors.InputError`: a score over nothing is no score."""
     net.eval()
     if criterion is not None:
         criterion.eval()
@@ -326,6 +327,9 @@ def evaluate(
             dist.all_reduce(per_class)
         hits, seen = per_class.tolist()
         result.class_top1 = [100 * h / n if n else math.nan for h, n in zip(hits, seen)]
+    if result.samples == 0:  # after the collectives: every rank raises, none waits
+        raise InputError("nothing to evaluate: the evaluation data holds no samples (an empty test split?); "
+                         "a loss and accuracy over nothing would read 0.0")
     return result
 
 

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", help="default: the dataset it was trained on")
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="evaluate on the first N test images (default: the run's own --limit, else all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_flags(p)
     p.set_defaults(func=_eval)
@@ -29,6 +31,7 @@ def _eval(args) -> int:
     from biasloss.train.runner import run_eval
 
     positive("--batch-size", args.batch_size)
+    positive("--limit", args.limit, kind=int)
     result = run_eval(args)
     if args.json:
         print(json.dumps(result))

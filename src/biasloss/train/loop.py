@@ -45,8 +45,8 @@ from biasloss.train.distributed import (
 from biasloss.train.ema import ModelEma
 from biasloss.train.engine import Objective, train_one_epoch
 
-__all__ = ["RUN_FILES", "Run", "RunLock", "Start", "StopFlag", "autocast_dtype", "check_out", "fit", "next_free_dir",
-           "open_run_dir", "read_metrics", "resume", "train_task"]
+__all__ = ["RUN_FILES", "Run", "RunLock", "Start", "StopFlag", "autocast_dtype", "check_out", "fit", "metric_problem",
+           "next_free_dir", "open_run_dir", "read_metrics", "resume", "train_task"]
 
 #: The files of a run directory: their presence means the directory holds a run.
 RUN_FILES = ("metrics.jsonl", "last.pt", "best.pt")
@@ -133,7 +133,8 @@ class RunLock:
             import fcntl
         except ImportError:  # not POSIX: no lock
             return self
-        self._file = open(self.path, "a+")  # noqa: SIM115  (held open for the run)
+        # held open for the run; a .lock of other bytes than a pid is still a lock, never a decode error
+        self._file = open(self.path, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -155,12 +156,54 @@ class RunLock:
 
 def open_run_dir(out: Path, resume: str | None, cleanup: contextlib.ExitStack) -> None:
     """Make ``out`` the run's directory for the rest of ``cleanup``'s life: checked
-    (:func:`check_out`), writable, locked (:class:`RunLock`), stale temporary files removed."""
+    (:func:`check_out`), writable, locked (:class:`RunLock`), stale temporary files removed.
+
+    A run that ends (fails) without writing anything in ``out`` leaves no trace there: when
+    ``cleanup`` closes and ``out`` holds the same entries as just after it was opened, the ``.lock``
+    this run created is removed, then ``out`` and the parents this run created, if empty. Nothing a
+    previous run wrote is removed, nor a ``.lock`` that was there before."""
+    out = Path(out)
     check_out(out, resume)
+    created = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
+    lock = out / ".lock"
+    had_lock = lock.exists()
     writable_dir(out)
-    cleanup.enter_context(RunLock(out))
+    entries: list[set[str]] = []
+    cleanup.callback(_remove_if_untouched, out, entries, None if had_lock else lock, created)
+    cleanup.enter_context(RunLock(out))  # closed before the callback above runs
     for name in RUN_FILES:  # the lock says no one else writes them
         remove_stale_temps(out / name)
+    entries.append({p.name for p in out.iterdir()})
+
+
+def _remove_if_untouched(out: Path, entries: list[set[str]], lock: Path | None, created: list[Path]) -> None:
+    """:func:`open_run_dir`'s clean-up of a run that wrote nothing (``entries``: what ``out`` held
+    once opened; empty when opening itself failed)."""
+    with contextlib.suppress(OSError):
+        if entries and {p.name for p in out.iterdir()} != entries[0]:
+            return  # the run wrote something: keep all
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+        for d in created:
+            d.rmdir()  # OSError when not empty: stop there
+
+
+def metric_problem(record: dict[str, Any]) -> str | None:
+    """What makes an epoch record of ``metrics.jsonl`` untrustworthy, ``None`` if nothing: every
+    value but ``epoch`` must be a finite number (not a bool, a string, ``null``, NaN or infinity),
+    or a list of numbers, where NaN stands for "not measured" (``val_class_top1``: a class the
+    validation split lacks)."""
+    for key, value in record.items():
+        if key == "epoch":
+            continue
+        if isinstance(value, list):
+            bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (int, float))]
+            if bad:
+                return f"{key!r} holds {bad[0]!r}, not a number"
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{key!r} is {json.dumps(value) if isinstance(value, (str, type(None))) else value!r}, " \
+                   "not a finite number"
+    return None
 
 
 def read_metrics(path: str | os.PathLike, upto_epoch: int | None = None) -> list[dict[str, Any]]:
@@ -169,18 +212,36 @@ def read_metrics(path: str | os.PathLike, upto_epoch: int | None = None) -> list
     Lines that are not JSON objects with an integer ``epoch`` are skipped (a line torn by a crash
     of an older version); when an epoch appears twice the later line wins. With ``upto_epoch``,
     only epochs up to it are kept.
+
+    A kept line whose numbers cannot be trusted (:func:`metric_problem`: NaN, infinity, a string
+    or ``null`` as a metric) is not skipped but refused, with an
+    :class:`~biasloss.errors.InputError` naming the file and the line: skipping it would shift
+    "the last epoch" or "the last two epochs" onto other lines, and reading it would put ``nan``
+    into tables as if measured. A file that is not UTF-8 text is refused the same way.
     """
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a metrics.jsonl (not UTF-8 text: {e.reason} at byte {e.start})") from None
     records: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
             record = json.loads(line)
-            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
-                if upto_epoch is None or record["epoch"] <= upto_epoch:
-                    records.pop(record["epoch"], None)
-                    records[record["epoch"]] = record
+        except ValueError:
+            continue
+        if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)
+                and not isinstance(record["epoch"], bool)):
+            continue
+        if upto_epoch is None or record["epoch"] <= upto_epoch:
+            problem = metric_problem(record)
+            if problem:
+                raise InputError(f"{path} line {number}: {problem}; fix or remove the line (epoch "
+                                 f"{record['epoch']}) and the run's numbers can be read")
+            records.pop(record["epoch"], None)
+            records[record["epoch"]] = record
     return sorted(records.values(), key=lambda r: r["epoch"])
 
 

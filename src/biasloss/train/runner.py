@@ -57,6 +57,12 @@ def _resolve(config: TrainConfig, ckpt: dict[str, Any] | None) -> TrainConfig:
         conflict = resume_conflict(have, {k: v for k, v in given.items() if v is not None and have[k] is not None})
         if conflict:
             raise CheckpointError(f"cannot resume: the checkpoint was trained with {conflict}")
+        # the rule (as for reproduce): a resume continues the run as planned, never another length;
+        # its learning-rate schedule is built for the epochs it was started with
+        if config.epochs is not None and have["epochs"] is not None and config.epochs != have["epochs"]:
+            raise CheckpointError(f"cannot resume: the checkpoint was trained with --epochs {have['epochs']}, not "
+                                  f"{config.epochs}; a resume keeps the run's epochs (its learning-rate schedule is "
+                                  f"planned for them): drop --epochs, or start a new run with --init")
         saved_compiled = bool(ckpt["args"].get("compile") or ckpt["args"].get("compile_mode"))
         if _compiled(config) and not saved_compiled:  # the epoch's batches would change (drop_last)
             raise CheckpointError("cannot resume with --compile a run trained without it: a compiled run drops "
@@ -127,16 +133,31 @@ def _default_out(config: TrainConfig) -> Path:
     return next_free_dir(Path("runs") / f"{config.dataset}-{config.model}-{config.loss}-s{config.seed}")
 
 
+def _init_or_resume(init: str | None, resume: str | None) -> None:
+    """Refuse ``--init`` with ``--resume``: a resume takes its weights from the checkpoint, and
+    the ``--init`` weights would be silently ignored."""
+    if init and resume:
+        raise InputError(f"--init {init} and --resume {resume} cannot be given together: a resume continues "
+                         "with the checkpoint's weights (drop --init), a new run starts from --init's (drop --resume)")
+
+
 def run_train(config: TrainConfig) -> dict[str, Any]:
     """Train as ``config`` says; returns the last epoch's metrics."""
     if not isinstance(config, TrainConfig):
         raise InputTypeError(f"run_train takes a TrainConfig, got {type(config).__name__}")
+    _init_or_resume(config.init, config.resume)
     if config.init and not config.resume and not Path(config.init).exists():  # before any work
         raise InputFileNotFoundError(f"--init {config.init!r}: no such file", config.init)
     ckpt = load_checkpoint(config.resume) if config.resume else None
     if ckpt is not None:
         training_args(ckpt, config.resume)  # a checkpoint that does not say what it trained is not resumed
     config = _resolve(config, ckpt)
+    if ckpt is not None:
+        planned = _recipe(config).epochs
+        if ckpt["epoch"] >= planned:  # a finished run: nothing to train, no file of it touched
+            if os.environ.get("RANK", "0") == "0":
+                print(f"already finished: {ckpt['epoch']} of {planned} epochs; nothing to do", flush=True)
+            return dict(ckpt.get("metrics") or {})
     return train_task(lambda info, device, cleanup: _build_run(config, info, device, ckpt, cleanup),
                       device=config.device, ckpt=ckpt, resume_from=config.resume, stop_after=config.stop_after)
 
@@ -228,7 +249,8 @@ def run_eval(args) -> dict[str, Any]:
         _, val_loader, _ = build_loaders(
             dataset, data_dir=args.data_dir or options["data_dir"], batch_size=options["batch_size"],
             eval_batch_size=args.batch_size or run.settings.eval_batch_size, device=device, seed=options["seed"],
-            workers=args.workers or 4, rank=info.rank, world_size=info.world_size, limit=options["limit"],
+            workers=args.workers or 4, rank=info.rank, world_size=info.world_size,
+            limit=options["limit"] if getattr(args, "limit", None) is None else args.limit,  # eval --limit N
         )
         model = run.model().to(device=device, memory_format=run.memory_format())
         # the precision train's validation ran in, so that the top-1 is the one it logged

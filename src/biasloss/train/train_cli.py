@@ -53,7 +53,10 @@ def register(subparsers) -> None:
                    help="fine-tune from these weights: a biasloss checkpoint (its evaluated weights), the "
                         "authors' skipblocknet-m.pth, or a state dict of the same architecture; a classifier "
                         "for another number of classes starts fresh, the first conv adapts to the channels")
-    p.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
+    p.add_argument("--resume", metavar="CKPT",
+                   help="continue a run from its last.pt, exactly as planned: the options that define the run, "
+                        "--epochs included, cannot change (to train longer, start a new run with --init); a "
+                        "finished run is left as it is (exit 0, nothing to do)")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop (with a checkpoint) after epoch N")
     p.add_argument("--limit", type=int, help="use only the first N train and test images (smoke tests)")
     add_runtime_flags(p)
