@@ -24,6 +24,8 @@ import time
 from io import BytesIO
 from pathlib import Path
 
+from biasloss._provenance import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 TORCH = 'python -c "import torch"'
 #: row -> the interpreter's arguments
@@ -33,16 +35,6 @@ COMMANDS = {
     "python -m biasloss --version": ["-m", "biasloss", "--version"],
     "python -m biasloss --help": ["-m", "biasloss", "--help"],
 }
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _loadavg() -> str:
@@ -96,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.reps < 1:
         p.error(f"--reps must be at least 1, got {args.reps}")
-    print(f"machine: {_cpu()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
           f"load average before: {_loadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         sides = {"this checkout": ROOT / "src"}

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from biasloss._provenance import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,16 +36,6 @@ def _epoch(src: Path, out: Path, args: argparse.Namespace) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["train_img_s"]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref_tree)], check=False)
 
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs; {args.threads} thread(s); "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; {args.threads} thread(s); "
           f"{args.dataset}, first {args.limit} images, 1 epoch, {args.reps} rep(s) each, alternating")
     print("| side | median img/s | min | max |\n|---|---|---|---|")
     for name, values in speeds.items():

@@ -1068,6 +1068,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``biasloss reproduce`` to the CLI."""
+    from biasloss.train.train_cli import add_runtime_flags
+
     p = subparsers.add_parser(
         "reproduce",
         description="Train every model with every loss and seed (sequentially, resumable: run the same "
@@ -1103,10 +1105,7 @@ def register(subparsers) -> None:
     p.add_argument("--label-smoothing", type=float, help="default: the recipe's")
     p.add_argument("--out", help="directory for runs/, results.md, results.json "
                                  "(default runs/reproduce-<grid>-<dataset>)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--workers", type=int, help="DataLoader workers for folder datasets (default 4)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                   help="no progress bars")
+    add_runtime_flags(p)  # --device, --workers, --no-progress: train's
     p.add_argument("--variance", action="store_true",
                    help="also measure the feature variance (Table 5: 5th, 20th, last conv) of every CE and "
                         "bias run's final model into its record, and tabulate bias - CE (ablation: of the "
