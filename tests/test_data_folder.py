@@ -20,7 +20,7 @@ from biasloss.data import (
     build_loaders,
     get_dataset_spec,
 )
-from biasloss.data._folder import eval_transform
+from biasloss.data import eval_transform
 
 
 def write_food101(root: Path, classes=("apple_pie", "baby_back_ribs", "baklava"), n_train=3, n_test=2) -> Path:

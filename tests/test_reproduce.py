@@ -10,8 +10,8 @@ import pytest
 
 from biasloss.analysis import reproduce
 from biasloss.analysis.reproduce import (
+    GridRun,
     GridSettings,
-    Run,
     aggregate,
     format_markdown,
     mean_std,
@@ -86,8 +86,8 @@ def test_markdown_has_paper_columns_for_table4(tmp_path):
     for model in settings.models:
         for loss, values in top1.items():
             for seed, value in enumerate(values):
-                runs.append(Run(model, loss, seed, tmp_path / f"{model}-{loss}-s{seed}", status="finished",
-                                final_top1=value, best_top1=value + 1))
+                runs.append(GridRun(model, loss, seed, tmp_path / f"{model}-{loss}-s{seed}", status="finished",
+                                    final_top1=value, best_top1=value + 1))
     results = {"settings": vars(settings), "runs": [r.record(tmp_path) for r in runs], **aggregate(runs, settings)}
     cell = next(c for c in results["cells"] if c["model"] == "cifar_shufflenetv2" and c["loss"] == "ce")
     assert cell["n"] == 3 and cell["mean"] == pytest.approx(70.0) and cell["std"] == pytest.approx(1.0)
@@ -263,7 +263,7 @@ def test_ablation_against_a_finished_baseline_grid(grid, tmp_path, monkeypatch, 
     from biasloss.train import runner
 
     variants = {"no-clamp": {"clamp": "none"}, "alpha1.0-beta0": {"alpha": 1.0, "beta": 0.0}}
-    monkeypatch.setattr(reproduce, "ABLATIONS", variants)
+    monkeypatch.setattr(reproduce.grid, "ABLATIONS", variants)  # where run_ablation reads it
     trained = []
     real = runner.run_train
 

@@ -261,11 +261,12 @@ class _NaNAfter(torch.nn.Module):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
-    from biasloss.train import runner
+    from biasloss.losses import LOSSES, LossSpec
 
     assert _train(tmp_path, "--epochs", "2", "--stop-after", "1", "--loss", "ce") == 0
     good = load_checkpoint(tmp_path / "run" / "last.pt")
-    monkeypatch.setattr(runner, "_build_loss", lambda *a: _NaNAfter(good_calls=2))
+    # a loss of the registry that turns NaN on its third batch, under the run's own name
+    monkeypatch.setitem(LOSSES, "ce", LossSpec(lambda **kwargs: _NaNAfter(good_calls=2)))
     code = main(["train", "--resume", str(tmp_path / "run" / "last.pt"), "--epochs", "2",
                  "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
     assert code == 1
@@ -351,9 +352,10 @@ def test_train_flags_are_the_train_config_fields():
     from biasloss.train.runner import TrainConfig
 
     args = vars(parse_args(["train"]))
-    assert set(args) - {"command", "func"} == {f.name for f in dataclasses.fields(TrainConfig)}
+    not_options = {"command", "func", "config", "print_config"}  # the run file's flags
+    assert set(args) - not_options == {f.name for f in dataclasses.fields(TrainConfig)}
     # unset flags are the config's "not given"
-    assert {k: v for k, v in args.items() if k not in ("command", "func")} == dataclasses.asdict(TrainConfig())
+    assert {k: v for k, v in args.items() if k not in not_options} == dataclasses.asdict(TrainConfig())
 
 
 def test_run_train_takes_a_train_config_and_leaves_it_as_given(tmp_path):
@@ -389,14 +391,13 @@ def test_trained_with_takes_the_recipe_and_the_defaults():
 def test_a_loss_added_to_the_registry_reaches_the_command_and_the_trainer(monkeypatch):
     from biasloss.cli import parse_args
     from biasloss.losses import LOSSES, FocalLoss, LossSpec
-    from biasloss.train.distributed import DistInfo
     from biasloss.train.recipes import get_recipe
-    from biasloss.train.runner import TrainConfig, _build_loss
+    from biasloss.train.settings import TrainConfig, build_loss
 
     monkeypatch.setitem(LOSSES, "focal3", LossSpec(FocalLoss, {"gamma": 3.0}))
     args = parse_args(["train", "--loss", "focal3", "--gamma", "1.5"])
     assert args.loss == "focal3"
-    criterion = _build_loss(TrainConfig(loss="focal3", gamma=1.5), get_recipe("digits"), DistInfo())
+    criterion = build_loss(TrainConfig(loss="focal3", gamma=1.5), get_recipe("digits").label_smoothing)
     assert isinstance(criterion, FocalLoss) and criterion.gamma == 1.5
 
 

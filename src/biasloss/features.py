@@ -68,10 +68,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _is_wrapper(model: nn.Module) -> bool:
-    return _unwrap(model) is not model
-
-
 def _candidate_names(model: nn.Module, max_depth: int = 2, limit: int = 60) -> list[str]:
     names = [n for n, _ in model.named_modules() if n and n.count(".") < max_depth]
     if len(names) > limit:

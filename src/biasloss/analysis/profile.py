@@ -37,7 +37,7 @@ import json
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -47,6 +47,7 @@ from biasloss._checks import is_out_of_memory, positive, try_input
 from biasloss._provenance import cpu_name
 from biasloss.errors import InputError, InputTypeError
 from biasloss.models.utils import eval_mode, model_device
+from biasloss.paper import PAPER_MODELS, PAPER_TABLE1, PAPER_TABLE2, PaperFigures
 
 __all__ = [
     "MAC_COUNTER",
@@ -68,95 +69,6 @@ __all__ = [
 #: What :func:`count_macs` counts, printed beside every MAC figure.
 MAC_COUNTER = ("torch.utils.flop_counter: convolutions and linear layers (matrix multiplies) only; "
                "batch norm, pooling, activations and elementwise ops are not counted")
-
-
-# ---------------------------------------------------------------------------------------------
-# The paper's figures (its Tables 1 and 2)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PaperFigures:
-    """One model as the paper reports it. ``macs``/``params`` are counts (246M -> 246_000_000);
-    ``None`` where the paper gives no figure."""
-
-    name: str
-    macs: int | None = None
-    params: int | None = None
-    top1: float | None = None
-    top5: float | None = None
-    pixel4_ms: float | None = None
-    pixel3_ms: float | None = None
-
-
-def _m(x: float) -> int:
-    return round(x * 1e6)
-
-
-#: Table 1 (ImageNet, 224 px): name, MACs, params, top-1, top-5, in the paper's order.
-PAPER_TABLE1: tuple[PaperFigures, ...] = tuple(
-    PaperFigures(name, _m(macs), _m(params), top1, top5)
-    for name, macs, params, top1, top5 in (
-        ("MobileNetV2 0.5x", 97, 2.0, 65.4, 86.4),
-        ("MUXNet-xs", 66, 1.8, 66.7, 86.8),
-        ("MobileNetV3 Small 1.0x", 66, 2.9, 67.4, None),
-        ("SkipblockNet-XS", 81, 2.3, 69.9, 88.9),
-        ("ShuffleNetV2 1.0x", 146, 2.3, 69.4, 88.9),
-        ("MUXNet-s", 117, 2.4, 71.6, 90.3),
-        ("ChamNet-C", 212, 3.4, 71.6, None),
-        ("MobileNetV3 Large 0.75x", 155, 4.0, 73.3, None),
-        ("SkipblockNet-S", 152, 3.6, 73.8, 91.4),
-        ("FBNet-A", 249, 4.3, 73.0, None),
-        ("MobileNetV3 Large 1.0x", 219, 5.4, 75.2, None),
-        ("MUXNet-m", 218, 3.4, 75.3, 92.5),
-        ("GhostNet 1.3x", 226, 7.3, 75.7, 92.7),
-        ("MixNet-S", 256, 4.1, 75.8, 92.8),
-        ("SkipblockNet-M", 246, 5.5, 76.2, 92.8),
-        ("ProxylessNAS", 320, 4.1, 74.6, 92.2),
-        ("MnasNet-A2", 340, 4.8, 75.6, 92.7),
-        ("EfficientNet-B0", 390, 5.3, 76.3, 93.2),
-        ("MUXNet-l", 318, 4.0, 76.6, 93.2),
-        ("MobileNetV3 Large 1.25x", 356, 7.5, 76.6, None),
-        ("SkipblockNet-L", 364, 7.1, 77.1, 93.4),
-    )
-)
-
-#: Table 2: top-1 and latency (ms) on one core of a Pixel 4 / Pixel 3, batch 1, PyTorch 1.6 Mobile.
-PAPER_TABLE2: dict[str, tuple[float, float, float]] = {
-    "SkipblockNet-M": (76.2, 27, 42),
-    "GhostNet 1.3x": (75.7, 27, 41),
-    "MnasNet-A2": (75.6, 21, 39),
-    "MobileNetV3 Large 1.0x": (75.2, 26, 38),
-    "MobileNetV2 1.0x": (71.8, 27, 38),
-}
-
-#: Our model names (biasloss, timm, torchvision) -> the paper's name, where the mapping is clear.
-#: Not mapped: MUXNet, ChamNet, FBNet-A, ProxylessNAS (no implementation in timm/torchvision) and
-#: MnasNet-A2 (timm has A1 and B1, torchvision B1 only); MobileNetV3 Large 1.25x (not registered).
-PAPER_MODELS: dict[str, str] = {
-    "skipblocknet_xs": "SkipblockNet-XS",
-    "skipblocknet_s": "SkipblockNet-S",
-    "skipblocknet_m": "SkipblockNet-M",
-    "skipblocknet_l": "SkipblockNet-L",
-    "mobilenetv3_large_100": "MobileNetV3 Large 1.0x",
-    "tf_mobilenetv3_large_100": "MobileNetV3 Large 1.0x",
-    "torchvision.mobilenet_v3_large": "MobileNetV3 Large 1.0x",
-    "mobilenetv3_large_075": "MobileNetV3 Large 0.75x",
-    "tf_mobilenetv3_large_075": "MobileNetV3 Large 0.75x",
-    "mobilenetv3_small_100": "MobileNetV3 Small 1.0x",
-    "tf_mobilenetv3_small_100": "MobileNetV3 Small 1.0x",
-    "torchvision.mobilenet_v3_small": "MobileNetV3 Small 1.0x",
-    "mobilenetv2_050": "MobileNetV2 0.5x",
-    "mobilenetv2_100": "MobileNetV2 1.0x",
-    "torchvision.mobilenet_v2": "MobileNetV2 1.0x",
-    "torchvision.shufflenet_v2_x1_0": "ShuffleNetV2 1.0x",
-    "ghostnet_130": "GhostNet 1.3x",
-    "mixnet_s": "MixNet-S",
-    "tf_mixnet_s": "MixNet-S",
-    "efficientnet_b0": "EfficientNet-B0",
-    "tf_efficientnet_b0": "EfficientNet-B0",
-    "torchvision.efficientnet_b0": "EfficientNet-B0",
-}
 
 
 def paper_figures(model_name: str) -> PaperFigures | None:
@@ -659,7 +571,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-throughput", dest="throughput", action="store_false", help="skip the throughput")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="time in contiguous memory format (default: channels-last, faster on CPU)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    from biasloss.train.train_cli import add_device_flag
+
+    add_device_flag(p, "the latency and throughput are measured there, and the output names it")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true",
                      help="print JSON: one object for one model, a list for several")

@@ -50,7 +50,7 @@ def _keep(kept: list, images: Tensor, labels: Tensor, v: Tensor, w: Tensor, coun
 @torch.no_grad()
 def sample_weights(
     checkpoint: str | Path, *, count: int = 8, limit: int | None = None, data_dir: str | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> SampleWeights:
     """Variance and Bias Loss weight of every training image of a checkpoint's dataset.
 
@@ -59,6 +59,7 @@ def sample_weights(
         count: how many of the lowest- and highest-weighted images to keep for drawing.
         limit: only the first ``limit`` training images.
         data_dir: where the dataset lives (default: where the run found it).
+        device: where the model runs (default: CUDA where there is one, else the CPU).
     """
     from biasloss.data import AugmentConfig, build_loaders
     from biasloss.features import forward_with_features

@@ -58,6 +58,7 @@ from biasloss.features import FeatureTap, forward_with_features
 from biasloss.losses import bias_weights, check_clamp, feature_variance
 from biasloss.losses.bias import DEFAULT_CLAMP
 from biasloss.models.utils import eval_mode, model_device
+from biasloss.paper import PAPER_TABLE5
 from biasloss.train.distributed import resolve_device
 
 __all__ = [
@@ -77,18 +78,6 @@ __all__ = [
 
 #: The paper's choice: the 5th, 20th and last convolutional layers.
 DEFAULT_LAYERS: tuple[int | str, ...] = (5, 20, "last")
-
-#: Table 5 of the paper: (model, loss, ((avg, max, min) at the 5th, 20th, last conv layer)).
-PAPER_TABLE5: tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...] = (
-    ("SkipblockNet-M", "CE", ((1.7, 2.4, 1.6), (0.6, 1.2, 0.1), (0.09, 0.2, 0.04))),
-    ("SkipblockNet-M", "bias", ((2.0, 2.5, 1.7), (1.0, 1.6, 0.2), (0.15, 0.2, 0.09))),
-    ("ShuffleNet", "CE", ((1.2, 1.6, 0.9), (0.3, 0.5, 0.02), (0.02, 0.07, 0.01))),
-    ("ShuffleNet", "bias", ((1.4, 1.7, 0.9), (0.4, 0.7, 0.03), (0.04, 0.1, 0.02))),
-    ("MobileNetV3 1.0x", "CE", ((1.7, 2.3, 1.6), (0.4, 1.0, 0.06), (0.05, 0.09, 0.01))),
-    ("MobileNetV3 1.0x", "bias", ((1.9, 2.4, 1.9), (0.7, 1.5, 0.1), (0.09, 0.1, 0.03))),
-    ("Inception V3", "CE", ((3.3, 5.9, 1.9), (5.2, 9.3, 2.4), (0.7, 3.6, 0.2))),
-    ("DenseNet", "CE", ((3.0, 6.1, 1.9), (4.1, 7.2, 1.4), (0.7, 2.4, 0.2))),
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -582,6 +571,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``biasloss variance`` to the CLI."""
+    from biasloss.train.settings import add_options
+
     p = subparsers.add_parser(
         "variance",
         description="Average, maximum and minimum over a dataset split of the per-sample variance of the "
@@ -606,6 +597,5 @@ def register(subparsers) -> None:
                    help='print one JSON object: layer name -> {"avg", "max", "min"}')
     p.add_argument("--hist", metavar="FILE.png",
                    help="write histograms of the last layer's variances and of the Bias Loss weights")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--workers", type=int, help="DataLoader workers for folder datasets (default 4)")
+    add_options(p, ("device", "workers"), grouped=False)
     p.set_defaults(func=_run)

@@ -69,10 +69,12 @@ __all__ = [
     "Loader",
     "build_loaders",
     "default_root",
+    "eval_transform",
     "find_fashion_mnist",
     "get_dataset_spec",
     "load_arrays",
     "read_idx",
+    "train_transform",
 ]
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from torch import nn
 
 from biasloss.errors import InputError
 
-from .bias import (BiasLoss, bias_loss, bias_weights, check_clamp, clamp_option, feature_variance, rank_scale,
+from .bias import (BiasLoss, Scaling, bias_loss, bias_weights, check_clamp, clamp_option, feature_variance, rank_scale,
                    scale_variance, weight_function, weight_stats)
 from .focal import CrossEntropyLoss, FocalLoss, focal_loss
 
@@ -45,17 +45,26 @@ __all__ = [
 class LossSpec:
     """A loss of :data:`LOSSES`: its module, and the options of ``biasloss train`` it takes (by
     their names there: ``--alpha`` is ``alpha``) with their defaults, in the command's form (the
-    clamp as ``[low, high]`` or ``"none"``, see :func:`clamp_option`)."""
+    clamp as ``[low, high]`` or ``"none"``, see :func:`clamp_option`), what each means (the
+    flag's help) and, where an option takes one of a few names, which."""
 
     cls: type[nn.Module]
     options: Mapping[str, Any] = field(default_factory=dict)
+    help: Mapping[str, str] = field(default_factory=dict)
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 #: The losses by name: :func:`create_loss`'s names and ``biasloss train --loss``'s choices.
 LOSSES: dict[str, LossSpec] = {
     "ce": LossSpec(CrossEntropyLoss),
-    "focal": LossSpec(FocalLoss, {"gamma": 2.0}),
-    "bias": LossSpec(BiasLoss, {"alpha": 0.3, "beta": 0.3, "scaling": "batch", "clamp": [0.5, 1.5]}),
+    "focal": LossSpec(FocalLoss, {"gamma": 2.0}, {"gamma": "focal loss gamma"}),
+    "bias": LossSpec(
+        BiasLoss, {"alpha": 0.3, "beta": 0.3, "scaling": "batch", "clamp": [0.5, 1.5]},
+        {"alpha": "Bias Loss alpha", "beta": "Bias Loss beta",
+         "scaling": "Bias Loss variance scaling (rank is ours, beyond the paper)",
+         "clamp": "Bias Loss weight clamp"},
+        {"scaling": get_args(Scaling)},
+    ),
 }
 
 

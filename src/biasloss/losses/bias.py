@@ -307,7 +307,7 @@ def bias_loss(
     clamp: Clamp = DEFAULT_CLAMP,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-    sync: bool = False,
+    sync: bool | Literal["auto"] = "auto",
     process_group=None,
 ) -> Tensor:
     """Bias Loss with per-batch min-max scaling (the paper's eqs. 1-5); stateless.
@@ -321,7 +321,8 @@ def bias_loss(
         clamp: ``(low, high)`` bounds on ``z`` (section 5); ``None`` is the authors' code.
         reduction: ``"mean"`` (eq. 4), ``"sum"`` or ``"none"``.
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
-        sync: scale over the global batch of all ranks (``torch.distributed``).
+        sync: scale over the global batch of all ranks (``torch.distributed``); ``"auto"`` (as
+            :class:`BiasLoss`): when a process group of more than one rank is initialised.
 
     Returns:
         float32 scalar, or ``(B,)`` with ``reduction="none"``.

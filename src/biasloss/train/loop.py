@@ -45,7 +45,7 @@ from biasloss.train.distributed import (
 from biasloss.train.ema import ModelEma
 from biasloss.train.engine import Objective, train_one_epoch
 
-__all__ = ["RUN_FILES", "Run", "RunLock", "Start", "StopFlag", "autocast_dtype", "check_out", "fit", "metric_problem",
+__all__ = ["RUN_FILES", "Run", "RunLock", "Start", "StopFlag", "autocast_dtype", "check_run_dir", "fit", "metric_problem",
            "next_free_dir", "open_run_dir", "read_metrics", "resume", "train_task"]
 
 #: The files of a run directory: their presence means the directory holds a run.
@@ -96,7 +96,7 @@ def autocast_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def check_out(out: Path, resume: str | None) -> None:
+def check_run_dir(out: Path, resume: str | None) -> None:
     """Refuse to mix two runs in one directory: a fresh run needs an ``--out`` without a run in
     it, and a resume writes into its own run directory or into one that holds no run yet."""
     held = [name for name in RUN_FILES if (out / name).exists()]
@@ -156,14 +156,14 @@ class RunLock:
 
 def open_run_dir(out: Path, resume: str | None, cleanup: contextlib.ExitStack) -> None:
     """Make ``out`` the run's directory for the rest of ``cleanup``'s life: checked
-    (:func:`check_out`), writable, locked (:class:`RunLock`), stale temporary files removed.
+    (:func:`check_run_dir`), writable, locked (:class:`RunLock`), stale temporary files removed.
 
     A run that ends (fails) without writing anything in ``out`` leaves no trace there: when
     ``cleanup`` closes and ``out`` holds the same entries as just after it was opened, the ``.lock``
     this run created is removed, then ``out`` and the parents this run created, if empty. Nothing a
     previous run wrote is removed, nor a ``.lock`` that was there before."""
     out = Path(out)
-    check_out(out, resume)
+    check_run_dir(out, resume)
     created = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
     lock = out / ".lock"
     had_lock = lock.exists()

@@ -26,7 +26,7 @@ from biasloss._checks import positive, positive_flags
 from biasloss.data import build_loaders, get_dataset_spec
 from biasloss.errors import InputError, InputFileNotFoundError, InputTypeError
 from biasloss.features import FeatureTap
-from biasloss.losses import LOSSES, BiasLoss, clamp_option, create_loss, needs_features
+from biasloss.losses import LOSSES, BiasLoss, needs_features
 from biasloss.models import load_pretrained
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
 from biasloss.train.distributed import DistInfo, cleanup_distributed, gather_columns, init_distributed
@@ -35,11 +35,11 @@ from biasloss.train.engine import ClassifierObjective, ModelWithFeatures, evalua
 from biasloss.train.loop import Run, autocast_dtype, next_free_dir, open_run_dir, train_task
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler, default_recipe, get_recipe
 from biasloss.train.saved_run import load_run
-from biasloss.train.settings import (DEFAULTS, IDENTITY_ARGS, RECIPE_ARGS, TrainConfig, build_model, resume_conflict,
-                                     trained_with)
+from biasloss.train.settings import (DEFAULTS, IDENTITY_ARGS, RECIPE_ARGS, TrainConfig, build_loss, build_model,
+                                     resume_conflict, trained_with)
 
-__all__ = ["DEFAULTS", "IDENTITY_ARGS", "TrainConfig", "build_model", "resume_conflict", "run_eval", "run_train",
-           "trained_with"]
+__all__ = ["DEFAULTS", "IDENTITY_ARGS", "TrainConfig", "build_model", "resolve_config", "resume_conflict", "run_eval",
+           "run_train", "trained_with"]
 
 
 def _log(info: DistInfo, message: str) -> None:
@@ -103,19 +103,6 @@ def _compiled(config: TrainConfig) -> bool:
     return bool(config.compile or config.compile_mode)
 
 
-def _build_loss(config: TrainConfig, recipe: Recipe, info: DistInfo) -> nn.Module:
-    """``config.loss`` with its own options (:data:`~biasloss.losses.LOSSES`) and the recipe's label smoothing."""
-    options = {key: getattr(config, key) for key in LOSSES[config.loss].options}
-    if "clamp" in options:
-        options["clamp"] = clamp_option(options["clamp"])
-    if config.loss == "bias":  # min-max scaling over the global batch under torchrun
-        options["sync"] = info.enabled and not config.no_loss_sync
-    criterion = create_loss(config.loss, label_smoothing=recipe.label_smoothing, **options)
-    if isinstance(criterion, BiasLoss):
-        criterion.record_weights = True  # logged per epoch (weight_stats)
-    return criterion
-
-
 def _features_net(model: nn.Module, criterion: nn.Module, spec, tap_layer: str | None = None) -> ModelWithFeatures:
     want = needs_features(criterion)
     tap = None
@@ -141,8 +128,9 @@ def _init_or_resume(init: str | None, resume: str | None) -> None:
                          "with the checkpoint's weights (drop --init), a new run starts from --init's (drop --resume)")
 
 
-def run_train(config: TrainConfig) -> dict[str, Any]:
-    """Train as ``config`` says; returns the last epoch's metrics."""
+def _checked_start(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """``config`` resolved (:func:`_resolve`) and the checkpoint it resumes, once the files it
+    names are checked."""
     if not isinstance(config, TrainConfig):
         raise InputTypeError(f"run_train takes a TrainConfig, got {type(config).__name__}")
     _init_or_resume(config.init, config.resume)
@@ -151,7 +139,22 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
     ckpt = load_checkpoint(config.resume) if config.resume else None
     if ckpt is not None:
         training_args(ckpt, config.resume)  # a checkpoint that does not say what it trained is not resumed
-    config = _resolve(config, ckpt)
+    return _resolve(config, ckpt), ckpt
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """What :func:`run_train` would train for ``config``: every option the defaults, the recipe or
+    the checkpoint resumed fill in, given (``train --print-config``); checks it as a run does."""
+    config, _ = _checked_start(config)
+    recipe = _recipe(config)
+    for key in RECIPE_ARGS:
+        setattr(config, key, getattr(recipe, key))
+    return config
+
+
+def run_train(config: TrainConfig) -> dict[str, Any]:
+    """Train as ``config`` says; returns the last epoch's metrics."""
+    config, ckpt = _checked_start(config)
     if ckpt is not None:
         planned = _recipe(config).epochs
         if ckpt["epoch"] >= planned:  # a finished run: nothing to train, no file of it touched
@@ -188,7 +191,7 @@ def _build_run(config: TrainConfig, info: DistInfo, device: torch.device, ckpt: 
         _log(info, f"initialised with {load_pretrained(model, config.init).summary()}")
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
-    criterion = _build_loss(config, recipe, info).to(device)
+    criterion = build_loss(config, recipe.label_smoothing, distributed=info.enabled).to(device)
     ema = None
     if recipe.ema_decay is not None:  # before any tap: hooks must not be deep-copied into it
         ema = ModelEma(model, recipe.ema_decay)
