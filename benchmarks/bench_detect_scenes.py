@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=1200.0, help="seconds to reach it in (default 1200)")
     p.add_argument("--nproc", type=int, default=1,
                    help="training processes (torchrun, one thread each; default 1: one process, all threads)")
-    p.add_argument("train_args", nargs="*", help="more 'detect train' flags after --, e.g. -- --size 160")
+    p.add_argument("train_args", nargs="*", help="more 'detect train' flags after --, e.g. -- --image-size 160")
     args = p.parse_args(argv)
 
     data, out = Path(args.data), Path(args.out)

@@ -125,7 +125,7 @@ def test_detect_trains_and_evaluates_on_the_scenes(tmp_path, capsys):
     data = make_scenes(tmp_path / "scenes", train=8, val=3, test=4, size=64)
     run = tmp_path / "run"
     assert main(["detect", "train", "--dataset", "scenes", "--data-dir", str(data), "--model", "skipblocknet_xs",
-                 "--head", "ssdlite", "--size", "96", "--batch-size", "4", "--workers", "1", "--epochs", "1",
+                 "--head", "ssdlite", "--image-size", "96", "--batch-size", "4", "--workers", "1", "--epochs", "1",
                  "--out", str(run)]) == 0
     (line,) = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     ckpt = load_checkpoint(run / "last.pt")
@@ -147,6 +147,9 @@ def test_detect_trains_and_evaluates_on_the_scenes(tmp_path, capsys):
     ([], "--data-dir is required"),
     (["--data-dir", "DATA", "--batch-size", "1"], "at least 2"),
     (["--data-dir", "DATA", "--test-set", "nope"], "no PASCAL VOC"),
+    (["--data-dir", "DATA", "--image-size", "16"], "--image-size/--size must be at least 32"),
+    pytest.param(["--data-dir", "DATA", "--device", "cuda"], "--device cuda asked for, but CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")),
 ])
 def test_detect_errors_are_one_line(tmp_path, capsys, extra, message):
     root = write_voc(tmp_path / "data")
@@ -155,3 +158,13 @@ def test_detect_errors_are_one_line(tmp_path, capsys, extra, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("biasloss: error:") and message in err and "\n" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+@pytest.mark.parametrize("action", ["eval", "show"])
+def test_detect_device_cuda_without_cuda_is_one_line(tmp_path, capsys, action):
+    """As 'train --device cuda' says it: one line, exit status 2, before the checkpoint is read."""
+    argv = ["detect", action, "--checkpoint", str(tmp_path / "missing.pt"), "--device", "cuda"]
+    assert main([*argv, *(["--out", str(tmp_path / "x.png")] if action == "show" else [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "biasloss: error: --device cuda asked for, but CUDA is not available here"

@@ -23,7 +23,7 @@ def scenes(tmp_path_factory):
 
 
 def _argv(scenes, out, *extra):
-    return ["detect", "train", "--dataset", "scenes", "--data-dir", str(scenes), "--size", "64", "--batch-size", "4",
+    return ["detect", "train", "--dataset", "scenes", "--data-dir", str(scenes), "--image-size", "64", "--batch-size", "4",
             "--workers", "0", "--no-progress", "--device", "cpu", "--out", str(out), *extra]
 
 
@@ -127,7 +127,7 @@ def test_the_detector_learns(tmp_path):
     untrained = build_detector("skipblocknet_xs", 112, num_classes=classes)
     before = {split: score(untrained, split) for split in ("train", "test")}
     run = tmp_path / "run"
-    assert main(["detect", "train", "--dataset", "scenes", "--data-dir", str(data), "--size", "112", "--batch-size",
+    assert main(["detect", "train", "--dataset", "scenes", "--data-dir", str(data), "--image-size", "112", "--batch-size",
                  "16", "--epochs", "8", "--lr", "0.004", "--head", "ssd", "--workers", "0", "--no-progress",
                  "--device", "cpu", "--out", str(run)]) == 0  # the untrained detector's heads: ssd
     trained, _ = detector_from_checkpoint(run / "last.pt")

@@ -19,7 +19,10 @@ from biasloss.detection.show import (
     PAD,
     PRED_COLOR,
     TRUE_COLOR,
+    TRUE_DASH_COLOR,
+    add_legend,
     draw_detections,
+    legend_entries,
     register_show,
     run_detect_show,
 )
@@ -131,7 +134,7 @@ def test_bad_arguments(test_set, indices, thresh, message):
 def test_show_from_a_checkpoint(scenes, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["detect", "train", "--dataset", "scenes", "--data-dir", str(scenes), "--model", "skipblocknet_xs",
-                 "--size", str(SIZE), "--batch-size", "2", "--workers", "1", "--epochs", "1", "--limit", "2",
+                 "--image-size", str(SIZE), "--batch-size", "2", "--workers", "1", "--epochs", "1", "--limit", "2",
                  "--out", str(run), "--device", "cpu"]) == 0
     capsys.readouterr()
     parser = argparse.ArgumentParser()
@@ -142,7 +145,9 @@ def test_show_from_a_checkpoint(scenes, tmp_path, capsys):
     assert args.func(args) == 0
     image = read_image(str(out))
     side = SIZE * SCALE
-    assert image.dtype == torch.uint8 and image.shape == (3, side + 2 * PAD, 2 * (side + PAD) + PAD)
+    legend = add_legend(torch.zeros(3, 0, 2 * (side + PAD) + PAD, dtype=torch.uint8), 0.0)  # the band alone
+    assert image.dtype == torch.uint8 and image.shape == (3, side + 2 * PAD + legend.shape[1], 2 * (side + PAD) + PAD)
+    assert torch.equal(image[:, -legend.shape[1]:], legend)  # the legend below the scenes
     line = capsys.readouterr().out
     assert line.count("\n") == 1 and str(out) in line and "5 true boxes" in line
     # defaults: the first 8 (here all 3) test scenes
@@ -152,3 +157,37 @@ def test_show_from_a_checkpoint(scenes, tmp_path, capsys):
     with pytest.raises(ValueError, match="--images"):
         run_detect_show(argparse.Namespace(checkpoint=str(run / "last.pt"), out=str(out), images=0, indices=None,
                                            score_thresh=None, data_dir=None, device="cpu"))
+
+
+def test_the_picture_has_a_legend(test_set):
+    model = FakeModel([8.0, 8.0, 40.0, 40.0], 0.9)
+    grid = draw_detections(model, test_set, [1, 2])
+    pictured = add_legend(grid, 0.5)
+    assert torch.equal(pictured[:, :grid.shape[1]], grid) and pictured.shape[-1] == grid.shape[-1]
+    band = pictured[:, grid.shape[1]:]
+    assert band.shape[1] >= 2 * 16  # a line for each kind of box
+    # a sample of each kind of box: the true box's two tones, the predicted box's red
+    for color in (TRUE_COLOR, TRUE_DASH_COLOR, PRED_COLOR):
+        assert _mask(band[:, :, :PAD + 32], color).any(), color
+    assert (band[:, :, PAD + 40:] < 128).any()  # text
+    (truth_kind, truth), (pred_kind, pred) = legend_entries(0.5)
+    assert (truth_kind, pred_kind) == ("truth", "prediction")
+    assert "true box" in truth and "score" in pred and "confidence" in pred and ">= 0.5" in pred
+
+
+def test_true_boxes_stand_out_from_every_scene_colour(test_set, scenes):
+    """The scenes' backgrounds, clutter and garments take their colours from the whole RGB cube
+    (green too, which the true boxes used to be): no one colour is safe. A true box is white with
+    black dashes: on any colour one of the two differs by at least half the range in a channel."""
+    colours = torch.cat([test_set[i][0].reshape(3, -1) for i in range(len(test_set))], dim=1).T * 255
+    tones = torch.tensor([TRUE_COLOR, TRUE_DASH_COLOR], dtype=torch.float32)
+    contrast = (colours[:, None, :] - tones[None]).abs().amax(-1).amax(-1)  # the better tone, per colour
+    assert contrast.min() >= 127.5
+    assert TRUE_COLOR != PRED_COLOR and TRUE_DASH_COLOR != PRED_COLOR and (0, 255, 0) not in (TRUE_COLOR,
+                                                                                                 TRUE_DASH_COLOR)
+    # both tones are drawn along every true box
+    grid = draw_detections(FakeModel([0, 0, 4, 4], 0.9), test_set, [0], score_thresh=1.0)
+    oy, ox = _origin(0, 1)
+    for x0, y0, x1, y1 in test_set[0][1]["boxes"].long().tolist():
+        edge = grid[:, oy + y0 * SCALE + 16: oy + y1 * SCALE - 4, ox + x0 * SCALE: ox + x0 * SCALE + 3]
+        assert _mask(edge, TRUE_COLOR).any() and _mask(edge, TRUE_DASH_COLOR).any()

@@ -167,3 +167,33 @@ def test_input_size_is_a_hidden_alias_of_image_size(run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     assert "--input-size" not in capsys.readouterr().out
+
+
+def _scripted_devices(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(str(path), map_location=None)
+    return {t.device.type for t in [*scripted.parameters(), *scripted.buffers()]}
+
+
+def test_device_cpu_exports_a_cpu_model(run, tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    assert main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(out), "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checked"]
+    assert _scripted_devices(out) == {"cpu"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_device_cuda_without_cuda_is_one_line(run, tmp_path, capsys):
+    """As 'train --device cuda' says it: one line, exit status 2, nothing written."""
+    out = tmp_path / "m.pt"
+    assert main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(out), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip() == "biasloss: error: --device cuda asked for, but CUDA is not available here"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_cuda_checks_on_the_gpu_and_exports_a_cpu_model(run, tmp_path):
+    result = export_checkpoint(run / "last.pt", tmp_path / "m.pt", device="cuda")
+    assert result["checked"] and result["max_abs_diff"] < 1e-3
+    assert _scripted_devices(tmp_path / "m.pt") == {"cpu"}

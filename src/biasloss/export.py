@@ -5,6 +5,9 @@ describes with the weights ``train`` evaluated (the EMA's when the recipe keeps 
 BatchNorm into its convolution (:func:`biasloss.models.fuse_bn`), exports it for the resolution it
 was trained at, and runs the exported file (ONNX Runtime, ExecuTorch or ``torch.jit.load``) on the
 same input as the PyTorch model to report the largest difference. The file is written atomically.
+``--device`` is where that PyTorch reference runs (default: CUDA where there is one, else the CPU);
+the file itself is always traced and exported from the model on the CPU, so a TorchScript file
+loads as a CPU model wherever it was made.
 The model expects images normalised with the dataset's mean and std, which the result lists (and
 the file carries as metadata: the ONNX model's ``metadata_props``, or ``model.pte.json`` beside an
 ExecuTorch program). The runtimes come from :mod:`biasloss.deploy`.
@@ -19,6 +22,7 @@ Both files record both top-1s and the calibration as metadata.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -135,10 +139,19 @@ def _run_torchscript(path: str, x: torch.Tensor) -> torch.Tensor:
         return torch.jit.load(path)(x)
 
 
+def _reference(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``model(x)`` run on ``device`` by a copy of ``model`` (``model`` stays where it is), on the
+    CPU; on CUDA without TensorFloat-32, so that it is a float32 reference."""
+    on_device = copy.deepcopy(model).to(device)
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        return on_device(x.to(device)).cpu()
+
+
 def _export_to(model: nn.Module, which: str, spec, tmp: Path, fmt: str, image_size: int | None,
-               dynamic_batch: bool, fuse: bool, check: bool) -> dict[str, Any]:
-    """Export ``model`` to ``tmp`` (the temporary file of an :func:`atomic_path`) and check it;
-    the result of :func:`export_checkpoint` less ``path`` and ``bytes``."""
+               dynamic_batch: bool, fuse: bool, check: bool, device: torch.device) -> dict[str, Any]:
+    """Export ``model`` (on the CPU) to ``tmp`` (the temporary file of an :func:`atomic_path`) and
+    check it against the model run on ``device``; the result of :func:`export_checkpoint` less
+    ``path`` and ``bytes``."""
     from biasloss.models import fuse_bn
 
     size = spec.image_size if image_size is None else image_size
@@ -153,7 +166,9 @@ def _export_to(model: nn.Module, which: str, spec, tmp: Path, fmt: str, image_si
             raise
         raise InputError(f"--image-size {size}: a {(2, spec.in_chans, size, size)} input does not fit in memory "
                          f"({one_line(e)})") from None
-    reference = try_input(model, x, f"--image-size {size}", spec.image_size)
+    reference = try_input(model, x, f"--image-size {size}", spec.image_size)  # on the CPU: a size check
+    if device.type != "cpu":
+        reference = _reference(model, x, device)
     metadata = {"biasloss_model": str(model.__class__.__name__), "dataset": spec.name,
                 "input": f"{spec.in_chans}x{size}x{size}", "mean": json.dumps(list(spec.mean)),
                 "std": json.dumps(list(spec.std)), "num_classes": str(reference.shape[-1])}
@@ -195,6 +210,7 @@ def export_checkpoint(
     dynamic_batch: bool = True,
     fuse: bool = True,
     check: bool = True,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` to ``out``; return what was written and how close it is to PyTorch.
 
@@ -204,20 +220,24 @@ def export_checkpoint(
         dynamic_batch: ONNX only: any batch size (else the export's batch of 2).
         fuse: fold BatchNorm into the convolutions first.
         check: run the exported file and compare with PyTorch (ONNX needs ``onnxruntime``).
+        device: where the checkpoint's model computes the PyTorch reference (default: CUDA where
+            there is one, else the CPU); the export itself is always made on the CPU.
 
     Raises:
         ValueError: unknown format, bad size, unreadable checkpoint (``CheckpointError``), or an
             exported model that disagrees with PyTorch.
     """
-    path = Path(out)
-    fmt = _format_for(path, fmt)
+    from biasloss.train.distributed import resolve_device
     from biasloss.train.saved_run import load_run
 
+    path = Path(out)
+    fmt = _format_for(path, fmt)
+    dev = resolve_device(device)
     writable_file(path)
     run = load_run(checkpoint)
     model, which, spec = run.model(), run.weights, run.spec
     with atomic_path(path) as tmp:
-        result = _export_to(model, which, spec, tmp, fmt, image_size, dynamic_batch, fuse, check)
+        result = _export_to(model, which, spec, tmp, fmt, image_size, dynamic_batch, fuse, check, dev)
     metadata = result.pop("metadata")
     if fmt == "executorch":
         _write_sidecar(path, metadata)
@@ -306,6 +326,7 @@ def export_int8(
     check: bool = True,
     workers: int | None = None,
     progress: Callable[[str], object] | None = None,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` to the fp32 ONNX or ExecuTorch ``out`` (as :func:`export_checkpoint`)
     and quantize it to ``<stem>.int8.onnx`` / ``<stem>.int8.pte`` beside it; return what :func:`export_checkpoint` does plus ``int8_path``,
@@ -329,7 +350,8 @@ def export_int8(
         calibration_dataset: must be the checkpoint's training dataset (its default).
         fmt, image_size, dynamic_batch: must leave the export ONNX at the training resolution with
             any batch size (the test split is evaluated in batches).
-        fuse, check, workers: as for :func:`export_checkpoint`; DataLoader workers for folder datasets.
+        fuse, check, device, workers: as for :func:`export_checkpoint`; DataLoader workers for folder
+            datasets. The int8 file is calibrated and both files are evaluated on the CPU, in their runtime.
         progress: called with a short line as each slow phase starts (exporting, evaluating fp32,
             calibrating and quantizing, evaluating int8); the command line prints them on stderr.
 
@@ -342,10 +364,12 @@ def export_int8(
         DatasetNotFoundError: the dataset is not where the checkpoint or ``data_dir`` says.
     """
     from biasloss.data import build_loaders
+    from biasloss.train.distributed import resolve_device
 
     say = progress if progress is not None else (lambda line: None)
     path = Path(out)
     fmt = _format_for(path, fmt)
+    dev = resolve_device(device)
     if fmt not in _QUANTIZATION:
         raise InputError(f"--int8 quantizes an ONNX or ExecuTorch export; name --out *.onnx or *.pte "
                          f"(got {path.name!r}, format {fmt})")
@@ -385,7 +409,7 @@ def export_int8(
         rejected: Int8AccuracyError | None = None
         with quiet(), atomic_path(path) as tmp32:
             say(f"exporting the fp32 model to {fmt}")
-            result = _export_to(model, which, spec, tmp32, fmt, None, True, fuse, check)
+            result = _export_to(model, which, spec, tmp32, fmt, None, True, fuse, check, dev)
             metadata = result.pop("metadata")
             say(f"evaluating fp32 on {saved.dataset} test")
             top1_fp32, n_test = _top1(tmp32, fmt, test_loader)

@@ -31,6 +31,11 @@ def register(subparsers) -> None:
     p.add_argument("--no-fuse-bn", dest="fuse", action="store_false", help="keep the BatchNorm layers")
     p.add_argument("--no-check", dest="check", action="store_false", help="do not run the exported file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from biasloss.train.train_cli import add_device_flag
+
+    add_device_flag(p, "where the checkpoint's model computes the PyTorch reference the exported file is "
+                       "compared with; the ONNX, ExecuTorch, TorchScript and int8 files are always traced and "
+                       "exported on the CPU, and run there")
     q = p.add_argument_group("int8", "static post-training quantization (pip install -e '.[deploy]'): "
                                      "ONNX Runtime QDQ for .onnx, XNNPACK's PT2E quantizer for .pte; "
                                      "<out stem>.int8.<suffix> beside the fp32 file, kept when its top-1 on the "
@@ -86,10 +91,12 @@ def _run_export(args) -> int:
     if args.int8:  # a minute or more: say which phase it is in
         result = export_int8(args.checkpoint, args.out, fmt=args.format, image_size=args.image_size,
                              dynamic_batch=not args.static_batch, fuse=args.fuse, check=args.check, **given,
+                             device=args.device,
                              progress=lambda line: print(f"biasloss export: {line}", file=sys.stderr, flush=True))
     else:
         result = export_checkpoint(args.checkpoint, args.out, fmt=args.format, image_size=args.image_size,
-                                   dynamic_batch=not args.static_batch, fuse=args.fuse, check=args.check)
+                                   dynamic_batch=not args.static_batch, fuse=args.fuse, check=args.check,
+                                   device=args.device)
     if args.json:
         print(json.dumps(result))
         return 0

@@ -7,13 +7,15 @@ A command module of :data:`biasloss.cli.COMMANDS`, imported only when ``biasloss
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 from biasloss.detection.scenes import make_scenes
 from biasloss.detection.show import register_show
 from biasloss.detection.train import DATASETS, run_detect_eval, run_detect_train
-from biasloss.models.detection import HEADS
+from biasloss.models.detection import HEADS, MIN_SIZE
+from biasloss.train.train_cli import add_device_flag
 
 __all__ = ["register"]
 
@@ -22,6 +24,7 @@ def register(subparsers) -> None:
     """Add ``biasloss detect train|eval|show|make-scenes`` to the command line's ``subparsers``."""
     p = subparsers.add_parser("detect")
     sub = p.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
+    sizes = {name: data["size"] for name, data in DATASETS.items()}
     t = sub.add_parser("train", help="train SSD; mAP on the test split every epoch")
     t.add_argument("--data-dir", help="the folder holding VOCdevkit/ (torchvision's VOCDetection layout)")
     t.add_argument("--dataset", choices=tuple(DATASETS),
@@ -39,9 +42,15 @@ def register(subparsers) -> None:
     t.add_argument("--train-set", help="default trainval (VOC), train (scenes)")
     t.add_argument("--test-year", help="default 2007 (11-point AP); other years use the exact area")
     t.add_argument("--test-set", help="default test")
-    for name, typ, text in (("epochs", int, "default: the recipe's"), ("batch-size", int, "per process"),
+    t.add_argument("--image-size", dest="size", type=int,
+                   help=f"input side in pixels, at least {MIN_SIZE} (default: the data set's, "
+                        f"{sizes['voc']} for VOC and {sizes['scenes']} for the scenes, whatever size make-scenes "
+                        "drew them at)")
+    t.add_argument("--size", dest="size", type=int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the old name, hidden: --image-size as in profile and export
+    for name, typ, text in (("epochs", int, "default: the recipe's"),
+                            ("batch-size", int, "per process (default: the recipe's)"),
                             ("lr", float, "default: the recipe's"), ("weight-decay", float, "default: the recipe's"),
-                            ("size", int, "input side in pixels, at least 32 (default: 300 VOC, 224 scenes)"),
                             ("seed", int, "default 0"),
                             ("workers", int, "data loading processes (default: 4, at most the CPU count; 0: none)"),
                             ("limit", int, "use the first N train and test images"),
@@ -56,17 +65,17 @@ def register(subparsers) -> None:
                    help="no progress bars (they are off anyway when stderr is not a terminal)")
     t.add_argument("--out", help="run directory (default runs/<dataset>-ssd-<model>-s<seed>)")
     t.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
-    t.add_argument("--device")
+    add_device_flag(t)
     t.set_defaults(func=_train)
     e = sub.add_parser("eval", help="mAP of a detect checkpoint on its test split")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data-dir")
+    e.add_argument("--checkpoint", required=True, help="a 'biasloss detect train' checkpoint (last.pt, best.pt)")
+    e.add_argument("--data-dir", help="the folder holding VOCdevkit/ (default: the checkpoint's)")
     e.add_argument("--test-set", help="the image set to score (default: the one the run was scored on, e.g. test; "
                                       "val for the scenes' val split)")
-    e.add_argument("--workers", type=int)
-    e.add_argument("--limit", type=int)
-    e.add_argument("--device")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--workers", type=int, help="data loading processes (default: the run's)")
+    e.add_argument("--limit", type=int, help="score the first N test images (default: the run's own --limit)")
+    add_device_flag(e)
+    e.add_argument("--json", action="store_true", help="print one JSON object: map, ap per class, images, epoch")
     e.set_defaults(func=_eval)
     register_show(sub)
     m = sub.add_parser("make-scenes", help="write the Fashion-MNIST scenes detection dataset in VOC's layout",
@@ -79,7 +88,9 @@ def register(subparsers) -> None:
     m.add_argument("--val", type=int, help="val scenes for choosing settings (default 1000, 0: none), garments from "
                                            "Fashion-MNIST's train split too; trainval lists train and val")
     m.add_argument("--test", type=int, help="test scenes (default 1000), garments from its test split")
-    m.add_argument("--size", type=int, help="image side in pixels, 48..512 (default 128)")
+    m.add_argument("--image-size", dest="size", type=int, help="image side in pixels, 48..512 (default 128)")
+    m.add_argument("--size", dest="size", type=int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the old name, hidden: --image-size everywhere
     m.add_argument("--seed", type=int, help="default 0")
     m.add_argument("--data-dir", help="where Fashion-MNIST is looked for (default: standard places)")
     m.set_defaults(func=_make_scenes)

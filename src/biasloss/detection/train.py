@@ -17,6 +17,7 @@ with learning rate 0.01 and cosine annealing, batch 42, 200 epochs; momentum 0.9
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -30,6 +31,7 @@ from biasloss._checks import positive, positive_flags, try_input
 from biasloss.data import DetectionLoader
 from biasloss.detection.metrics import voc_map
 from biasloss.detection.scenes import SCENE_CLASSES
+from biasloss.detection.settings import IDENTITY, OPTIONS, SIZE_FLAG, DetectConfig, flag, saved_options
 from biasloss.detection.voc import VOC_CLASSES, VOCBoxes
 from biasloss.errors import InputError
 from biasloss.models import create_model, load_pretrained
@@ -40,8 +42,8 @@ from biasloss.train.engine import DetectorObjective
 from biasloss.train.loop import Run, autocast_dtype, next_free_dir, open_run_dir, train_task
 from biasloss.train.recipes import Recipe, build_optimizer, build_scheduler
 
-__all__ = ["DATASETS", "build_detector", "detection_scores", "detector_from_checkpoint", "evaluate_map",
-           "run_detect_eval", "run_detect_train"]
+__all__ = ["DATASETS", "DetectConfig", "build_detector", "detection_scores", "detector_from_checkpoint",
+           "evaluate_map", "run_detect_eval", "run_detect_train"]
 
 #: The data sets in VOC's layout: classes, splits, input size, training augmentation and recipe.
 #: ``voc``: the paper's (train on VOC2012 trainval, test on VOC2007 test, SSD heads); ``scenes``:
@@ -62,15 +64,9 @@ DATASETS: dict[str, dict[str, Any]] = {
                                 schedule="cosine", warmup_epochs=0.2, warmup_lr=3e-5, model="skipblocknet_xs")},
 }
 
-#: What defines a detection run; a resume must not change it.
-IDENTITY = ("dataset", "model", "head", "init", "seed", "size", "batch_size", "lr", "weight_decay", "limit",
-            "year", "train_set", "test_year", "test_set")
 _SPLITS = ("year", "train_set", "test_year", "test_set", "size", "head")
-_OPTIONS = (*IDENTITY, "epochs", "workers", "data_dir", "amp", "channels_last", "compile", "progress", "stop_after")
-
-
+_RECIPE = ("model", "epochs", "batch_size", "lr", "weight_decay")  # the recipe's unless given
 _WORKERS = min(4, os.cpu_count() or 1)  # default DataLoader workers
-_OLDER_CHECKPOINTS = {"head": "ssd"}  # settings of checkpoints written before they were recorded
 
 
 def build_detector(model: str, size: int, init: str | None = None, num_classes: int = len(VOC_CLASSES),
@@ -113,106 +109,103 @@ def detection_scores(model: nn.Module, loader: Any, device: torch.device, use_07
     return voc_map(detections, truths, num_classes, use_07_metric=use_07_metric)
 
 
-def _resolve(args: Any, ckpt: dict[str, Any] | None) -> dict[str, Any]:
+def _resolve(args: Any, ckpt: dict[str, Any] | None) -> DetectConfig:
     """The run's settings: the command line over the resumed checkpoint's over the data set's."""
-    given = {k: v for k, v in vars(args).items() if k in _OPTIONS and v is not None}
-    saved = (_OLDER_CHECKPOINTS | ckpt["args"]) if ckpt is not None else {}
+    given = {k: v for k, v in vars(args).items() if k in OPTIONS and v is not None}
+    saved = saved_options(ckpt["args"]) if ckpt is not None else {}
     for key in IDENTITY:
         if key in given and key in saved and given[key] != saved[key]:
-            raise CheckpointError(f"cannot resume: the checkpoint was trained with --{key.replace('_', '-')} "
+            raise CheckpointError(f"cannot resume: the checkpoint was trained with {flag(key)} "
                                   f"{saved[key]}, not {given[key]}")
-    cfg = {"dataset": "voc", "seed": 0, "workers": _WORKERS, "amp": "auto", "channels_last": True,
-           "compile": False, "progress": None,
-           "stop_after": None, "init": None, "limit": None} | saved | given
-    if cfg["dataset"] not in DATASETS:
-        raise InputError(f"--dataset must be one of {', '.join(DATASETS)}, got {cfg['dataset']!r}")
-    data = DATASETS[cfg["dataset"]]
-    recipe: Recipe = data["recipe"]
-    for key in _SPLITS:  # the data set's own splits, size and head unless given
-        cfg.setdefault(key, data[key])
-    for key in ("model", "epochs", "batch_size", "lr", "weight_decay"):
-        cfg.setdefault(key, getattr(recipe, key))
-    positive_flags(cfg, ("epochs", "batch_size", "size", "limit", "stop_after"))
-    if cfg["workers"] < 0:
-        raise InputError(f"--workers must be >= 0, got {cfg['workers']}")
-    positive("--lr", cfg["lr"], kind=float)
-    if not (math.isfinite(cfg["weight_decay"]) and cfg["weight_decay"] >= 0):
-        raise InputError(f"--weight-decay must be a number >= 0, got {cfg['weight_decay']}")
-    if cfg["size"] < MIN_SIZE:
-        raise InputError(f"--size must be at least {MIN_SIZE} px (SkipblockNet's output stride; smaller, every "
-                         f"feature map is a pixel or two and the detector cannot place a box), got {cfg['size']}")
-    if cfg["batch_size"] < 2:
-        raise InputError("--batch-size must be at least 2 (the smallest extra map's BatchNorm needs two samples)")
-    if not cfg.get("data_dir"):
+    values = {"dataset": "voc", "seed": 0, "workers": _WORKERS, "init": None, "limit": None} | saved | given
+    if values["dataset"] not in DATASETS:
+        raise InputError(f"--dataset must be one of {', '.join(DATASETS)}, got {values['dataset']!r}")
+    if not values.get("data_dir"):
         raise InputError("--data-dir is required: the folder holding VOCdevkit/")
-    cfg["resume"] = args.resume
+    data = DATASETS[values["dataset"]]
+    recipe: Recipe = data["recipe"]
+    values = {key: data[key] for key in _SPLITS} | {key: getattr(recipe, key) for key in _RECIPE} | values
     out = args.out or (str(Path(args.resume).parent) if args.resume else None)
-    cfg["out"] = out or str(next_free_dir(Path("runs") / f"{cfg['dataset']}-ssd-{cfg['model']}-s{cfg['seed']}"))
+    cfg = DetectConfig.from_mapping(values | {"resume": args.resume, "device": args.device, "out": out})
+    positive_flags(vars(cfg), ("epochs", "batch_size", "limit", "stop_after"))
+    positive(SIZE_FLAG, cfg.size)
+    if cfg.workers < 0:
+        raise InputError(f"--workers must be >= 0, got {cfg.workers}")
+    positive("--lr", cfg.lr, kind=float)
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise InputError(f"--weight-decay must be a number >= 0, got {cfg.weight_decay}")
+    if cfg.size < MIN_SIZE:
+        raise InputError(f"{SIZE_FLAG} must be at least {MIN_SIZE} px (SkipblockNet's output stride; smaller, "
+                         f"every feature map is a pixel or two and the detector cannot place a box), got {cfg.size}")
+    if cfg.batch_size < 2:
+        raise InputError("--batch-size must be at least 2 (the smallest extra map's BatchNorm needs two samples)")
+    if cfg.out is None:
+        cfg.out = str(next_free_dir(Path("runs") / f"{cfg.dataset}-ssd-{cfg.model}-s{cfg.seed}"))
     return cfg
 
 
-def _recipe(cfg: dict[str, Any]) -> Recipe:
-    return DATASETS[cfg["dataset"]]["recipe"].override(
-        epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-        model=cfg["model"])
+def _recipe(cfg: DetectConfig) -> Recipe:
+    return DATASETS[cfg.dataset]["recipe"].override(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, model=cfg.model)
 
 
-def _datasets(cfg: dict[str, Any]) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
-    data = DATASETS[cfg["dataset"]]
-    train = VOCBoxes(cfg["data_dir"], cfg["year"], cfg["train_set"], train=True, classes=data["classes"],
+def _datasets(cfg: DetectConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    data = DATASETS[cfg.dataset]
+    train = VOCBoxes(cfg.data_dir, cfg.year, cfg.train_set, train=True, classes=data["classes"],
                      augment=data["augment"])
-    test = VOCBoxes(cfg["data_dir"], cfg["test_year"], cfg["test_set"], train=False, classes=data["classes"])
+    test = VOCBoxes(cfg.data_dir, cfg.test_year, cfg.test_set, train=False, classes=data["classes"])
     if len(test) == 0:  # a mAP over nothing would read 0.0
-        raise InputError(f"--data-dir {cfg['data_dir']}: the test split (VOC{cfg['test_year']} "
-                         f"ImageSets/Main/{cfg['test_set']}.txt) lists no images")
-    if cfg.get("limit"):
-        train = torch.utils.data.Subset(train, range(min(cfg["limit"], len(train))))
-        test = torch.utils.data.Subset(test, range(min(cfg["limit"], len(test))))
+        raise InputError(f"--data-dir {cfg.data_dir}: the test split (VOC{cfg.test_year} "
+                         f"ImageSets/Main/{cfg.test_set}.txt) lists no images")
+    if cfg.limit:
+        train = torch.utils.data.Subset(train, range(min(cfg.limit, len(train))))
+        test = torch.utils.data.Subset(test, range(min(cfg.limit, len(test))))
     return train, test
 
 
-def _test_loader(cfg: dict[str, Any], info: DistInfo, device: torch.device, batch_size: int) -> DetectionLoader:
+def _test_loader(cfg: DetectConfig, info: DistInfo, device: torch.device, batch_size: int) -> DetectionLoader:
     _, test = _datasets(cfg)
     return DetectionLoader(test, batch_size=batch_size, device=device, train=False, rank=info.rank,
-                           world_size=info.world_size, workers=cfg["workers"])
+                           world_size=info.world_size, workers=cfg.workers)
 
 
-def _build_run(cfg: dict[str, Any], info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None,
+def _build_run(cfg: DetectConfig, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None,
                cleanup: contextlib.ExitStack) -> Run:
-    out = Path(cfg["out"])
+    assert cfg.out is not None  # _resolve names the run directory
+    out = Path(cfg.out)
     if info.is_main:
-        open_run_dir(out, cfg["resume"], cleanup)
+        open_run_dir(out, cfg.resume, cleanup)
     recipe = _recipe(cfg)
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
     train, _ = _datasets(cfg)
     if len(train) < recipe.batch_size * info.world_size:
         raise InputError(f"{len(train)} training images are fewer than one batch of {recipe.batch_size}"
                          + (f" x {info.world_size} ranks" if info.enabled else ""))
-    train_loader = DetectionLoader(train, batch_size=recipe.batch_size, device=device, train=True, seed=cfg["seed"],
+    train_loader = DetectionLoader(train, batch_size=recipe.batch_size, device=device, train=True, seed=cfg.seed,
                                    rank=info.rank, world_size=info.world_size, drop_last=True,
-                                   workers=cfg["workers"])
+                                   workers=cfg.workers)
     test_loader = _test_loader(cfg, info, device, recipe.batch_size)
     cleanup.callback(train_loader.close)
     cleanup.callback(test_loader.close)
-    num_classes = len(DATASETS[cfg["dataset"]]["classes"])
-    memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
-    model = build_detector(cfg["model"], cfg["size"], None if ckpt else cfg["init"], num_classes, cfg["head"])
-    _check_size(model, cfg["size"], "--size")  # on the CPU, as profile's --input-size, before any work
+    num_classes = len(DATASETS[cfg.dataset]["classes"])
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = build_detector(cfg.model, cfg.size, None if ckpt else cfg.init, num_classes, cfg.head)
+    _check_size(model, cfg.size, SIZE_FLAG)  # on the CPU, as profile's --image-size, before any work
     model = model.to(device=device, memory_format=memory_format)
     train_net: nn.Module = model
     if info.enabled:
         train_net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg["compile"]:
+    if cfg.compile:
         train_net = torch.compile(train_net)
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, recipe, len(train_loader))
-    amp_dtype = autocast_dtype(cfg["amp"], device)
-    use_07 = cfg["test_year"] == "2007"
+    amp_dtype = autocast_dtype(cfg.amp, device)
+    use_07 = cfg.test_year == "2007"
     if info.is_main:
-        detector = "SSDLite" if cfg["head"] == "ssdlite" else "SSD"
-        print(f"biasloss detect: {detector} {cfg['size']} on {cfg['model']}, {cfg['dataset']} {cfg['year']} "
-              f"{cfg['train_set']} ({len(train)} images) -> {cfg['test_year']} {cfg['test_set']}, "
+        detector = "SSDLite" if cfg.head == "ssdlite" else "SSD"
+        print(f"biasloss detect: {detector} {cfg.size} on {cfg.model}, {cfg.dataset} {cfg.year} "
+              f"{cfg.train_set} ({len(train)} images) -> {cfg.test_year} {cfg.test_set}, "
               f"recipe {recipe.name}, {recipe.epochs} epochs, batch {recipe.batch_size}"
               f"{f' x {info.world_size} ranks' if info.enabled else ''}, device {device}, out {out}", flush=True)
 
@@ -223,9 +216,9 @@ def _build_run(cfg: dict[str, Any], info: DistInfo, device: torch.device, ckpt: 
         out=out, info=info, device=device, model=model, train_net=train_net, objective=DetectorObjective(),
         criterion=nn.Module(), optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
         validate=validate, describe=lambda m: f"mAP {m['map']:.2f} %", score="map", epochs=recipe.epochs,
-        seed=cfg["seed"], amp_dtype=amp_dtype,
+        seed=cfg.seed, amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None,
-        progress=cfg["progress"], extra={"args": {k: v for k, v in cfg.items() if k not in ("resume", "out")}},
+        progress=cfg.progress, extra={"args": cfg.to_checkpoint()},
     )
 
 
@@ -252,47 +245,49 @@ def run_detect_train(args: Any) -> dict[str, Any]:
         raise CheckpointError(f"{args.resume} is not a 'biasloss detect train' checkpoint")
     cfg = _resolve(args, ckpt)
     return train_task(lambda info, device, cleanup: _build_run(cfg, info, device, ckpt, cleanup),
-                      device=args.device, ckpt=ckpt, resume_from=args.resume, stop_after=cfg["stop_after"])
+                      device=cfg.device, ckpt=ckpt, resume_from=args.resume, stop_after=cfg.stop_after)
 
 
-def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The SSD a ``biasloss detect train`` checkpoint holds, in eval mode on ``device``, and the
-    run's settings (``dataset``, ``model``, ``size``, ``data_dir``, the splits, ...)."""
+def _load_detector(path: str, device: torch.device | str) -> tuple[nn.Module, DetectConfig, dict[str, Any]]:
+    """:func:`detector_from_checkpoint`, and the checkpoint."""
     ckpt = load_checkpoint(path)
     if "best_map" not in ckpt:
         raise CheckpointError(f"{path} is not a 'biasloss detect train' checkpoint (a classifier's? "
                               "evaluate those with 'biasloss eval')")
-    cfg = {"workers": _WORKERS, "amp": "auto", "channels_last": True, "limit": None} | _OLDER_CHECKPOINTS
-    cfg |= ckpt["args"] | {"epoch": ckpt["epoch"]}
-    model = build_detector(cfg["model"], cfg["size"], num_classes=len(DATASETS[cfg["dataset"]]["classes"]),
-                           head=cfg["head"])
+    cfg = DetectConfig.from_checkpoint(ckpt["args"], workers=_WORKERS, batch_size=8)
+    model = build_detector(cfg.model, cfg.size, num_classes=len(DATASETS[cfg.dataset]["classes"]), head=cfg.head)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit SSD on {cfg['model']}: "
+        raise CheckpointError(f"{path}: weights do not fit SSD on {cfg.model}: "
                               f"{str(e).splitlines()[0]}") from None
-    memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
-    return model.to(device=device, memory_format=memory_format).eval(), cfg
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return model.to(device=device, memory_format=memory_format).eval(), cfg, ckpt
+
+
+def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, DetectConfig]:
+    """The SSD a ``biasloss detect train`` checkpoint holds, in eval mode on ``device``, and the
+    run's settings (:class:`DetectConfig`: ``dataset``, ``model``, ``size``, ``data_dir``, the
+    splits, ...; a checkpoint of an older version gets the defaults of the settings it lacks)."""
+    model, cfg, _ = _load_detector(path, device)
+    return model, cfg
 
 
 def run_detect_eval(args: Any) -> dict[str, Any]:
     """The mAP of a checkpoint on its test split, computed as training logged it (same precision)."""
     device = resolve_device(args.device)
-    model, cfg = detector_from_checkpoint(args.checkpoint, device)
-    if args.data_dir:
-        cfg["data_dir"] = args.data_dir
-    if args.test_set:
-        cfg["test_set"] = args.test_set
-    if args.limit is not None:
-        cfg["limit"] = positive("--limit", args.limit)
-    cfg["workers"] = args.workers or cfg["workers"]
-    loader = _test_loader(cfg, DistInfo(), device, cfg.get("batch_size", 8))
-    classes = DATASETS[cfg["dataset"]]["classes"]
+    model, cfg, ckpt = _load_detector(args.checkpoint, device)
+    cfg = dataclasses.replace(
+        cfg, data_dir=args.data_dir or cfg.data_dir, test_set=args.test_set or cfg.test_set,
+        limit=cfg.limit if args.limit is None else positive("--limit", args.limit),
+        workers=args.workers or cfg.workers)
+    loader = _test_loader(cfg, DistInfo(), device, cfg.batch_size)
+    classes = DATASETS[cfg.dataset]["classes"]
     try:
-        scores = detection_scores(model, loader, device, cfg["test_year"] == "2007", len(classes),
-                                  autocast_dtype(cfg["amp"], device))
+        scores = detection_scores(model, loader, device, cfg.test_year == "2007", len(classes),
+                                  autocast_dtype(cfg.amp, device))
     finally:
         loader.close()
-    return {"map": round(scores["map"] * 100, 4), "images": loader.num_samples, "epoch": cfg["epoch"],
-            "model": cfg["model"], "test_set": cfg["test_set"],
+    return {"map": round(scores["map"] * 100, 4), "images": loader.num_samples, "epoch": ckpt["epoch"],
+            "model": cfg.model, "test_set": cfg.test_set,
             "ap": {classes[k]: round(v * 100, 2) for k, v in sorted(scores["ap"].items())}}
