@@ -28,7 +28,6 @@ from biasloss.data import (
     get_dataset_spec,
 )
 from biasloss.data import _sources
-from biasloss.data._augment import crop_flip, rotate
 
 FASHION_STEMS = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
@@ -524,32 +523,44 @@ def test_crop_statistics():
 
 
 def test_crop_flip_matches_reference_loop():
-    torch.manual_seed(0)
-    images = torch.randint(0, 256, (10, 9, 7, 3), dtype=torch.uint8)
-    padded = torch.nn.functional.pad(images, (0, 0, 2, 2, 2, 2))
-    index = torch.tensor([3, 1, 4, 1, 5, 9])
-    oy, ox = torch.randint(0, 5, (6,)), torch.randint(0, 5, (6,))
-    flip = torch.tensor([True, False, True, True, False, False])
-    out = crop_flip(padded, index, (9, 7), oy, ox, flip)
-    for k in range(6):
-        ref = padded[index[k], oy[k]:oy[k] + 9, ox[k]:ox[k] + 7]
-        assert torch.equal(out[k], ref.flip(1) if flip[k] else ref)
-    assert torch.equal(crop_flip(images, index, (9, 7), None, None, None), images[index])
-    assert torch.equal(crop_flip(padded, index, (9, 7), None, None, None), images[index])  # centre crop
+    # non-square, three channels: every sample is exactly one (offset, flip) of its padded original
+    images = torch.randint(0, 256, (40, 9, 7, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2), (2, 2, 2, 2))  # NCHW, as the batches come
+    x, y = collect(make_loader(images, augment=AugmentConfig(crop_padding=2, hflip=True), batch_size=16))
+    seen = set()
+    for out, i in zip(x, y.tolist()):
+        refs = {(oy, ox, flip): padded[i, :, oy:oy + 9, ox:ox + 7].flip(-1) if flip else padded[i, :, oy:oy + 9, ox:ox + 7]
+                for oy in range(5) for ox in range(5) for flip in (False, True)}
+        match = [key for key, ref in refs.items() if torch.equal(out, ref.float())]
+        assert len(match) == 1, (i, match)
+        seen.add(match[0])
+    assert {flip for *_, flip in seen} == {False, True} and len({(oy, ox) for oy, ox, _ in seen}) > 10
+    # the flip alone: each sample as it is or mirrored
+    x, y = collect(make_loader(images, augment=AugmentConfig(hflip=True), batch_size=16))
+    original = images.permute(0, 3, 1, 2)[y].float()
+    assert all(torch.equal(a, b) or torch.equal(a, b.flip(-1)) for a, b in zip(x, original))
 
 
-def test_rotate():
-    x = torch.rand(4, 3, 10, 10)
-    torch.testing.assert_close(rotate(x, torch.zeros(4)), x)
-    # +90 degrees: counter-clockwise on screen, as torch.rot90 from H towards W
-    torch.testing.assert_close(rotate(x, torch.full((4,), 90.0)), torch.rot90(x, 1, (2, 3)), atol=1e-5, rtol=0)
-    torch.testing.assert_close(rotate(x, torch.full((4,), -90.0)), torch.rot90(x, -1, (2, 3)), atol=1e-5, rtol=0)
-    # per-sample angles in one call
-    out = rotate(x, torch.tensor([0.0, 90.0, 180.0, -90.0]))
-    torch.testing.assert_close(out[2], torch.rot90(x[2], 2, (1, 2)), atol=1e-5, rtol=0)
-    # non-square: 180 degrees is still an exact flip of both axes
-    y = torch.rand(2, 1, 6, 10)
-    torch.testing.assert_close(rotate(y, torch.full((2,), 180.0)), y.flip(-1).flip(-2), atol=1e-5, rtol=0)
+def test_rotation_keeps_the_pixel_grid_and_turns_in_pixel_units():
+    # a rotation by next to nothing leaves the image as it was: the sampling grid sits on the pixel
+    # centres (half a pixel off would blur every edge), whatever the shape
+    images = torch.randint(0, 256, (8, 10, 14, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x, y = collect(make_loader(images, augment=AugmentConfig(rotation=1e-3), batch_size=8))
+    torch.testing.assert_close(x, images.permute(0, 3, 1, 2)[y].float(), atol=0.5, rtol=0)
+    # non-square: a dot 12 px right of the centre stays 12 px from it at every angle (rotated in
+    # pixels, not in the normalised coordinates that would squeeze it to an ellipse)
+    n, h, w = 100, 31, 45
+    img = torch.zeros(h, w, dtype=torch.uint8)
+    img[15, 22 + 12] = 255
+    loader = make_loader(img.view(1, h, w, 1).expand(n, h, w, 1).contiguous(), augment=AugmentConfig(rotation=90),
+                         batch_size=100)
+    x, _ = collect(loader)
+    mass = x[:, 0].sum((1, 2))
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    cy, cx = (x[:, 0] * ys).sum((1, 2)) / mass, (x[:, 0] * xs).sum((1, 2)) / mass
+    torch.testing.assert_close(torch.hypot(cy - 15, cx - 22), torch.full((n,), 12.0), atol=0.3, rtol=0)
+    angle = torch.rad2deg(torch.atan2(-(cy - 15), cx - 22))
+    assert angle.min() < -70 and angle.max() > 70  # vertical, where the two scales differ most
 
 
 def test_rotation_statistics():

@@ -8,13 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from biasloss.losses._validate import (
-    check_logits_target,
-    check_reduction,
-    cross_entropy,
-    reduce,
-)
-from biasloss.losses.focal import CrossEntropyLoss, FocalLoss, focal_loss
+from biasloss.losses import CrossEntropyLoss, FocalLoss, create_loss, focal_loss
 
 # Logits chosen so that the softmax is exact: row 0 -> p = (1/4, 1/4, 1/2), row 1 -> (3/5, 1/5, 1/5).
 LOGITS = torch.tensor([[0.0, 0.0, math.log(2.0)], [math.log(3.0), 0.0, 0.0]])
@@ -84,7 +78,7 @@ def test_gamma_0_is_cross_entropy(reduction, ls):
         general = focal_loss(logits, t, gamma=0.0, alpha=1.0, reduction=reduction, label_smoothing=ls)
         torch.testing.assert_close(general, expected)
         torch.testing.assert_close(
-            cross_entropy(logits, t, "none", ls),
+            create_loss("ce", reduction="none", label_smoothing=ls)(logits, t, None),
             F.cross_entropy(logits, t, reduction="none", label_smoothing=ls),
         )
 
@@ -135,7 +129,7 @@ def test_low_precision_logits_give_float32(dtype):
         loss = criterion(logits, target)
         assert loss.dtype == torch.float32
     torch.testing.assert_close(focal_loss(logits, target), focal_loss(logits.float(), target))
-    assert cross_entropy(logits, target).dtype == torch.float32
+    assert create_loss("ce", reduction="none")(logits, target, None).dtype == torch.float32
 
 
 def test_gradcheck_float64():
@@ -176,15 +170,17 @@ def test_minus_inf_logit_of_another_class_is_finite():
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
 
 
-def test_validation_helpers():
-    check_logits_target(LOGITS, TARGET)
-    check_logits_target(LOGITS, torch.rand(2, 3, dtype=torch.float64))
-    assert check_reduction("sum") == "sum"
-    per = torch.tensor([1.0, 3.0])
-    assert reduce(per, "mean").item() == 2.0 and reduce(per, "sum").item() == 4.0
-    assert reduce(per, "none") is per
-    with pytest.raises(ValueError, match="'mean', 'sum', 'none'"):
-        check_reduction("avg")
+def test_accepted_inputs_and_reductions():
+    # class indices and (float64) probabilities are both taken; mean and sum reduce the per-sample losses
+    for name in ("ce", "focal"):
+        per = create_loss(name, reduction="none")(LOGITS, TARGET, None)
+        assert per.shape == (2,)
+        torch.testing.assert_close(create_loss(name, reduction="mean")(LOGITS, TARGET, None), per.mean())
+        torch.testing.assert_close(create_loss(name, reduction="sum")(LOGITS, TARGET, None), per.sum())
+        soft = create_loss(name, reduction="none")(LOGITS, torch.rand(2, 3, dtype=torch.float64), None)
+        assert soft.shape == (2,) and torch.isfinite(soft).all()
+        with pytest.raises(ValueError, match="'mean', 'sum', 'none'"):
+            create_loss(name, reduction="avg")
 
 
 @pytest.mark.parametrize(

@@ -212,3 +212,31 @@ def test_tradeoff_refuses_what_it_cannot_place(tmp_path):
     with pytest.raises(InputError, match="paper's points are ImageNet's"):
         plot_tradeoff(tmp_path / "b.png", results=[small, evaluated])
     assert plot_tradeoff(tmp_path / "c.png", results=[small, evaluated], paper=False).exists()
+
+
+def test_tradeoff_labels_of_close_points_do_not_overlap(tmp_path, monkeypatch):
+    # eight models within 0.007 points of top-1 and 0.07M MACs, one far away: too close for any
+    # spot around their markers, so labels are nudged apart (with a line back to their point)
+    import itertools
+
+    from matplotlib.text import Text
+
+    from biasloss.analysis import plots
+
+    figures = []
+    save = plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, path, *a, **k: (figures.append(fig), save(fig, path, *a, **k))[1])
+    close = [{"label": f"model {i} (seed {i})", "name": f"m{i}", "top1": 70 + 0.001 * i, "macs": 100e6 + 1e4 * i,
+              "params": None, "dataset": None} for i in range(8)]
+    far = {"label": "far", "name": "far", "top1": 80.0, "macs": 400e6, "params": None, "dataset": None}
+    plot_tradeoff(tmp_path / "close.png", results=[*close, far], x="macs", paper=False)
+    (fig,) = figures
+    fig.canvas.draw()  # as saved
+    renderer = fig.canvas.get_renderer()
+    boxes = {}
+    for label in fig.axes[0].texts:
+        label.update_positions(renderer)
+        boxes[label.get_text()] = Text.get_window_extent(label, renderer)  # the text, not its leader line
+    assert sorted(boxes) == sorted(r["label"] for r in [*close, far])
+    overlapping = [(a, b) for (a, box_a), (b, box_b) in itertools.combinations(boxes.items(), 2) if box_a.overlaps(box_b)]
+    assert not overlapping

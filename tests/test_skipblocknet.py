@@ -24,7 +24,6 @@ from biasloss.models import (
     skipblocknet_s,
     skipblocknet_xs,
 )
-from biasloss.models._layers import pool_to
 
 VARIANTS = ["skipblocknet_xs", "skipblocknet_s", "skipblocknet_m", "skipblocknet_l"]
 
@@ -189,13 +188,26 @@ def test_any_resolution(size):
         assert model(torch.randn(1, 3, *size)).shape == (1, 4)
 
 
-@pytest.mark.parametrize("in_size,out_size", [(112, 28), (112, 14), (56, 14), (57, 29), (29, 15),
-                                              (16, 16), (15, 8)])
-def test_pool_to_is_adaptive_pooling(in_size, out_size):
-    x = torch.randn(2, 3, in_size, in_size + 1)
-    ref = torch.empty(1, 1, out_size, out_size + (1 if (in_size + 1) % out_size == 0 else 0))
-    expected = F.adaptive_avg_pool2d(x, ref.shape[-2:])
-    torch.testing.assert_close(pool_to(x, ref), expected, rtol=1e-6, atol=1e-6)
+def test_skip_blocks_pool_as_adaptive_average_pooling():
+    # a skip block pools the early map to the size of the one it joins, exactly as adaptive average
+    # pooling would (given that map already pooled, it pools no further), whether the sizes divide
+    model = randomise_bn(skipblocknet_xs(num_classes=4)).eval()
+    calls = []
+    handles = [m.register_forward_hook(lambda module, args, out: calls.append((module, *args, out)))
+               for name, m in model.named_modules() if name.endswith(".skip")]
+    with torch.no_grad():
+        for size in [(64, 64), (33, 45)]:
+            model(torch.randn(1, 3, *size))
+        for handle in handles:
+            handle.remove()
+        assert len(calls) == 2 * 2
+        divides = set()
+        for module, source, ref, out in calls:
+            (h, w), (in_h, in_w) = ref.shape[-2:], source.shape[-2:]
+            divides.add(in_h % h == 0 and in_w % w == 0)
+            expected = module(F.adaptive_avg_pool2d(source, (h, w)), ref)
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert divides == {True, False}  # both ways of pooling were taken
 
 
 def test_unpooled_head_applies_at_every_position():
@@ -307,13 +319,12 @@ def test_state_dict_keys_are_stable():
 
 
 def test_batchnorm_act_is_batchnorm_then_activation():
-    from biasloss.models._layers import BatchNormAct2d
-
     torch.manual_seed(0)
-    fused = BatchNormAct2d(6, nn.Hardswish, eps=1e-3, momentum=0.01)
-    plain = nn.BatchNorm2d(6, eps=1e-3, momentum=0.01)
+    fused = skipblocknet_xs(bn_eps=1e-3, bn_momentum=0.01).bn1  # the stem's BatchNorm and hard-swish, one module
+    assert isinstance(fused.act, nn.Hardswish)
+    plain = nn.BatchNorm2d(fused.num_features, eps=1e-3, momentum=0.01)
     assert list(fused.state_dict()) == list(plain.state_dict())
-    x = torch.randn(4, 6, 5, 5)
+    x = torch.randn(4, fused.num_features, 5, 5)
     for training in (True, True, False):  # two steps update the running statistics alike
         fused.train(training), plain.train(training)
         torch.testing.assert_close(fused(x.clone()), F.hardswish(plain(x.clone())), rtol=0, atol=0)
@@ -321,7 +332,7 @@ def test_batchnorm_act_is_batchnorm_then_activation():
         torch.testing.assert_close(fused.state_dict()[key], value, rtol=0, atol=0)
     assert fused.num_batches_tracked.item() == 2
     with pytest.raises(ValueError, match="momentum"):
-        BatchNormAct2d(6, nn.ReLU, momentum=None)
+        skipblocknet_xs(bn_momentum=None)
 
 
 def test_timm_transform_of_a_grey_model_takes_a_grey_image():

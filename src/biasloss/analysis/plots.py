@@ -47,6 +47,7 @@ from biasloss._checks import positive_flags
 from biasloss.analysis._figures import FORMATS, check_out, figure, save, style
 from biasloss.errors import InputError, InputFileNotFoundError, MissingDependencyError
 from biasloss.losses import check_clamp
+from biasloss.paper import PAPER_ALPHA_BETA as PAPER_CHOICE
 
 __all__ = [
     "FORMATS",
@@ -64,7 +65,6 @@ __all__ = [
     "style",
 ]
 
-PAPER_CHOICE = (0.3, 0.3)
 DEFAULT_CLAMP = (0.5, 1.5)
 _SKIPBLOCK_COLOR = "#d62728"
 _USER_COLOR = "#1f77b4"
@@ -351,7 +351,7 @@ _FAMILIES = {
 
 def _draw_tradeoff(ax, key: str, paper: bool, user: Sequence[Mapping[str, Any]], xlabel: str) -> list:
     """Draw one panel; returns the labels to place, ``(x, y, text, text kwargs, marker area)``."""
-    from biasloss.analysis.profile import PAPER_TABLE1
+    from biasloss.paper import PAPER_TABLE1
 
     labels = []
     if paper:
@@ -402,9 +402,56 @@ def _overlap(a, b) -> float:
     return w * h if w > 0 and h > 0 else 0.0
 
 
+def _annotate(ax, text: str, xy: tuple[float, float], offset: tuple[float, float], ha: str, va: str,
+              text_style: Mapping[str, Any], leader: bool):
+    """One label, ``offset`` points from its point; ``leader``: with a line back to the point."""
+    return ax.annotate(text, xy, xytext=offset, textcoords="offset points", ha=ha, va=va, zorder=7,
+                       arrowprops=dict(arrowstyle="-", color="0.55", linewidth=0.5, shrinkA=0, shrinkB=3)
+                       if leader else None, **text_style)
+
+
+def _text_box(ann, renderer):
+    """The display box of a label's text alone (an annotation's own extent includes its leader line)."""
+    from matplotlib.text import Text
+
+    ann.update_positions(renderer)
+    return Text.get_window_extent(ann, renderer)
+
+
+def _separate(anns: Sequence, renderer, dpi: float, gap: float = 2.0, rounds: int = 1000) -> None:
+    """Nudge labels apart until no two text boxes overlap: each overlapping pair moves apart, half
+    each, along the axis where the overlap is smaller, to ``gap`` pixels; repeated, as one move can
+    push a label into a third. The boxes move in pixels; the labels' offsets (points) follow once."""
+    import numpy as np
+
+    boxes = np.array([_text_box(a, renderer).extents for a in anns], dtype=float).reshape(-1, 4)  # x0 y0 x1 y1
+    start, n = boxes.copy(), len(boxes)
+    pairs = np.triu(np.ones((n, n), dtype=bool), 1)
+    for _ in range(rounds):
+        x0, y0, x1, y1 = boxes.T
+        w = np.minimum(x1[:, None], x1) - np.maximum(x0[:, None], x0) + gap
+        h = np.minimum(y1[:, None], y1) - np.maximum(y0[:, None], y0) + gap
+        i, j = np.nonzero(pairs & (w > 0) & (h > 0))
+        if not len(i):
+            break
+        vertical = h[i, j] <= w[i, j]
+        need = np.where(vertical, h[i, j], w[i, j]) / 2
+        centre = np.where(vertical[:, None], (y0 + y1)[None], (x0 + x1)[None])  # per pair, along its axis
+        sign = np.where(centre[np.arange(len(i)), i] >= centre[np.arange(len(i)), j], 1.0, -1.0)  # tie: i up/right
+        shift = np.zeros((n, 2))
+        np.add.at(shift, (i, vertical.astype(int)), sign * need)
+        np.add.at(shift, (j, vertical.astype(int)), -sign * need)
+        boxes += np.hstack([shift, shift])
+    for ann, (dx, dy) in zip(anns, (boxes[:, :2] - start[:, :2]) * 72.0 / dpi):
+        if dx or dy:
+            ox, oy = ann.xyann
+            ann.xyann = (ox + dx, oy + dy)
+
+
 def _place_labels(ax, labels: Sequence[tuple]) -> None:
     """Annotate points greedily: each label goes to the candidate spot that overlaps least with
-    the labels already placed, the markers, the lines and the axes' edge."""
+    the labels already placed, the markers, the lines and the axes' edge; then labels that still
+    overlap (points too close for any spot) are nudged apart, with a line back to their point."""
     import numpy as np
     from matplotlib.transforms import Bbox
 
@@ -426,14 +473,13 @@ def _place_labels(ax, labels: Sequence[tuple]) -> None:
     line_px = np.vstack(line_px) if line_px else np.zeros((0, 2))
     legend = ax.get_legend()
     placed = [legend.get_window_extent(renderer)] if legend is not None else []
+    chosen = []  # per label: its annotation, spot (offset, points), alignment and whether it has a leader line
     for i, (x, y, text, text_style, size) in enumerate(labels):
         best = None
         for distance, (dx, dy), ha, va in _SPOTS:
             far = distance > 3
             d = distance + math.sqrt(size) / 2  # from the marker's edge
-            ann = ax.annotate(text, (x, y), xytext=(dx * d, dy * d), textcoords="offset points", ha=ha, va=va,
-                              zorder=7, arrowprops=dict(arrowstyle="-", color="0.55", linewidth=0.5,
-                                                        shrinkA=0, shrinkB=3) if far else None, **text_style)
+            ann = _annotate(ax, text, (x, y), (dx * d, dy * d), ha, va, text_style, far)
             box = ann.get_window_extent(renderer)
             outside = box.width * box.height - _overlap(box, frame)
             cost = (sum(_overlap(box, o) for o in placed) * 10 + outside * 10
@@ -446,12 +492,19 @@ def _place_labels(ax, labels: Sequence[tuple]) -> None:
             if best is None or cost < best[0]:
                 if best is not None:
                     best[1].remove()
-                best = (cost, ann, box)
+                best = (cost, ann, box, (ann, (dx * d, dy * d), ha, va, far))
             else:
                 ann.remove()
             if cost == 0:
                 break
         placed.append(best[2])
+        chosen.append(best[3])
+    _separate([ann for ann, *_ in chosen], renderer, fig.dpi)
+    for (ann, spot, ha, va, leader), (x, y, text, text_style, _) in zip(chosen, labels):
+        if not leader and math.dist(ann.xyann, spot) > 4:  # moved off its spot: a line shows whose it is
+            offset = ann.xyann
+            ann.remove()
+            _annotate(ax, text, (x, y), offset, ha, va, text_style, True)
 
 
 def plot_tradeoff(
@@ -696,7 +749,7 @@ def _samples_cmd(args: argparse.Namespace) -> str:
     if args.hist:
         check_out(args.hist)
     result = sample_weights(args.checkpoint, count=args.count, limit=args.limit, data_dir=args.data_dir,
-                            device=args.device or "cpu")
+                            device=args.device)
     return " and ".join(map(str, plot_samples(result, args.out, args.hist)))
 
 
@@ -774,5 +827,7 @@ def register(subparsers) -> None:
     sm.add_argument("--count", type=int, default=8, help="images per row (default 8)")
     sm.add_argument("--limit", type=int, help="only the first N training images")
     sm.add_argument("--data-dir")
-    sm.add_argument("--device", help="cpu (default) or cuda")
+    from biasloss.train.train_cli import add_device_flag
+
+    add_device_flag(sm)
     sm.set_defaults(func=_samples_cmd)
