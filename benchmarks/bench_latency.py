@@ -218,7 +218,8 @@ def _ort_node_times(sess, runs: int) -> List[tuple]:
 def _ort_breakdown(args: argparse.Namespace, paths: Dict[str, str], xn, tmp: str) -> Dict[str, Dict[str, float]]:
     """Kernel time per model, split into nodes matched in the reference's graph and the rest."""
     runs = max(50, args.rounds // 2)
-    sessions = {n: onnx_session(p, args.threads, os.path.join(tmp, f"prof{i}")) for i, (n, p) in enumerate(paths.items())}
+    sessions = {n: onnx_session(p, args.threads, profile_prefix=os.path.join(tmp, f"prof{i}"))
+                for i, (n, p) in enumerate(paths.items())}
     feeds = {n: {s.get_inputs()[0].name: xn} for n, s in sessions.items()}
     for _ in range(runs):  # interleaved, like the timings
         for n, sess in sessions.items():

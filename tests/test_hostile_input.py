@@ -408,3 +408,9 @@ def test_a_file_that_is_not_utf8_is_named(trained, tmp_path, capsys):
         read_run(run, 1)
     refused(capsys, ["plot", "curves", str(run), "--out", str(tmp_path / "c.png")], str(run / "metrics.jsonl"),
             watch=(tmp_path,))
+
+
+def test_a_bad_hist_suffix_names_hist_not_out(tmp_path, capsys):
+    """plot samples --hist x.txt said "--out must end in ..." of the --hist file."""
+    refused(capsys, ["plot", "samples", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "s.png"),
+                     "--hist", str(tmp_path / "h.txt")], "--hist must end in", watch=(tmp_path,))

@@ -2,25 +2,13 @@
 
 The paper times SkipblockNet-M in PyTorch Mobile on phones (Table 2, single-threaded). Its
 successor is ExecuTorch, whose XNNPACK backend runs fp32 and int8 models on ARM and x86 CPUs;
-ONNX Runtime is the other runtime mobile users deploy with. This module holds what both need,
-for any PyTorch image classifier (ours, timm's, torchvision's), so that :mod:`biasloss.export`
-and ``benchmarks/bench_deploy.py`` take one path:
+ONNX Runtime is the other runtime mobile users deploy with. This module holds what both need
+(export, int8 quantization, running the file), for any PyTorch image classifier (ours, timm's,
+torchvision's), so that :mod:`biasloss.export` and ``benchmarks/bench_deploy.py`` take one path.
 
-* :func:`to_onnx`: ``torch.onnx.export`` (the dynamo exporter), spatial means as global pools,
-  metadata, one self-contained file;
-* :func:`onnx_session`: an ONNX Runtime CPU session with a given number of threads;
-* :func:`global_pool_spatial_means`: ``ReduceMean`` over H and W (what ``torch.onnx.export``
-  makes of ``mean((2, 3))`` and of ``adaptive_avg_pool2d(x, 1)``) rewritten as the equal
-  ``GlobalAveragePool``, which ONNX Runtime runs in int8 (``QLinearGlobalAveragePool``) where it
-  runs ``ReduceMean`` in float between a dequantize and a quantize;
-* :func:`quantize_onnx`: ONNX Runtime's static post-training quantization, QDQ format,
-  per-channel int8 weights, uint8 activations;
-* :func:`to_executorch` / :func:`executorch_method`: a ``.pte`` program lowered to XNNPACK, fp32
-  or int8 (PT2E static quantization with XNNPACK's symmetric per-channel config).
-
-Every runtime is an optional dependency (``pip install -e '.[deploy]'`` in the checkout); a missing one is a
-:class:`~biasloss.errors.MissingDependencyError` (an ``ImportError``; ``MissingRuntimeError`` is its
-old name here), which the command line reports in one line.
+Every runtime is an optional dependency (``pip install -e '.[deploy]'`` in the checkout); a missing
+one is a :class:`~biasloss.errors.MissingDependencyError` (an ``ImportError``; ``MissingRuntimeError``
+is its old name here), which the command line reports in one line.
 """
 
 from __future__ import annotations
@@ -55,9 +43,7 @@ __all__ = [
 ]
 
 DEPLOY_EXTRA = "pip install -e '.[deploy]' in the biasloss checkout"
-
-
-#: The old name of :class:`~biasloss.errors.MissingDependencyError` (a package of the ``deploy`` extra is not installed).
+#: The old name of :class:`~biasloss.errors.MissingDependencyError` (a package of the ``deploy`` extra is missing).
 MissingRuntimeError = MissingDependencyError
 
 
@@ -128,7 +114,9 @@ def global_pool_spatial_means(model: Any) -> int:
     """Rewrite, in place, every ``ReduceMean`` of a 4-D tensor over axes 2 and 3 with
     ``keepdims=1`` in the ONNX ``model`` (a ``ModelProto``) as ``GlobalAveragePool``, which
     computes the same; returns how many were rewritten. Tensors whose rank shape inference
-    cannot tell are left alone."""
+    cannot tell are left alone. (``torch.onnx.export`` makes ``ReduceMean`` of ``mean((2, 3))``
+    and of ``adaptive_avg_pool2d(x, 1)``; ONNX Runtime runs it in float between a dequantize and a
+    quantize, ``GlobalAveragePool`` in int8: ``QLinearGlobalAveragePool``.)"""
     onnx = require("onnx", "rewriting an ONNX graph")
     import numpy as np
     from onnx import helper, numpy_helper
@@ -163,26 +151,23 @@ def quantize_onnx(fp32: str | os.PathLike, int8: str | os.PathLike, batches: Ite
     q = require("onnxruntime.quantization", "int8 export")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    feeds = list(batches)
-
-    class Reader(q.CalibrationDataReader):
-        def __init__(self, name: str) -> None:
-            self.feeds = iter([{name: b.contiguous().numpy()} for b in feeds])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
     with tempfile.TemporaryDirectory(prefix="biasloss-int8-") as work, quiet():
         # shape inference and ONNX Runtime's basic graph optimisations (constant folding, Conv+Add
         # fusion), as ONNX Runtime's quantization guide recommends before quantizing
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))
         name = require("onnx", "int8 export").load(str(prepared), load_external_data=False).graph.input[0].name
+        feeds = iter([{name: b.contiguous().numpy()} for b in batches])
+
+        class Reader(q.CalibrationDataReader):
+            def get_next(self):
+                return next(feeds, None)
+
         # MinMax: on digits, Percentile and Entropy were no better (same top-1, or 0.3-0.8 points less) and 2-3x slower.
         # reduce_range: 7-bit weights. ONNX Runtime's uint8 x int8 kernels on x86 CPUs without VNNI (AVX2) can
         # saturate their 16-bit intermediate sums; a file must score the same wherever it is deployed (measured on
         # an AVX2 AMD EPYC, a digits ResNet: 1.11 points below fp32 with 8-bit weights, 0.00 with 7-bit).
-        q.quantize_static(str(prepared), str(int8), Reader(name), quant_format=q.QuantFormat.QDQ, per_channel=True,
+        q.quantize_static(str(prepared), str(int8), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
                           reduce_range=True, weight_type=q.QuantType.QInt8, activation_type=q.QuantType.QUInt8,
                           calibrate_method=q.CalibrationMethod.MinMax)
 
@@ -203,9 +188,7 @@ def to_executorch(model: nn.Module, example: torch.Tensor, path: str | os.PathLi
     activations)."""
     with quiet():  # importing them logs torch deprecation warnings
         require("executorch", "ExecuTorch export")
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-            XnnpackPartitioner,
-        )
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
     example = _dense(example)
@@ -216,10 +199,7 @@ def to_executorch(model: nn.Module, example: torch.Tensor, path: str | os.PathLi
                 XNNPACKQuantizer,
                 get_symmetric_quantization_config,
             )
-            from torchao.quantization.pt2e.quantize_pt2e import (
-                convert_pt2e,
-                prepare_pt2e,
-            )
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
             quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
             prepared = prepare_pt2e(program.module(), quantizer)

@@ -12,12 +12,9 @@ The model expects images normalised with the dataset's mean and std, which the r
 the file carries as metadata: the ONNX model's ``metadata_props``, or ``model.pte.json`` beside an
 ExecuTorch program). The runtimes come from :mod:`biasloss.deploy`.
 
-``--int8`` (:func:`export_int8`) adds ``model.int8.onnx`` (ONNX Runtime's static QDQ quantization:
-per-channel int8 weights, uint8 activations) or ``model.int8.pte`` (PT2E static quantization with
-XNNPACK's symmetric per-channel config) beside the fp32 file, calibrated on images of the
-checkpoint's own training split with the evaluation transform, and kept only when its top-1 on the
-test split, measured in the same runtime as the fp32 file's, is within ``--max-drop`` points of it.
-Both files record both top-1s and the calibration as metadata.
+``--int8`` (:func:`export_int8`) adds ``model.int8.onnx`` or ``model.int8.pte`` beside the fp32
+file, calibrated on the checkpoint's own training split and kept only when its top-1 on the test
+split, measured in the same runtime as the fp32 file's, is within ``--max-drop`` points of it.
 """
 
 from __future__ import annotations
@@ -74,15 +71,6 @@ def _format_for(path: Path, fmt: str | None) -> str:
     return fmt
 
 
-def _run_onnx(path: str, x: torch.Tensor) -> torch.Tensor | None:
-    try:
-        session = onnx_session(path)
-    except ImportError:
-        return None
-    (out,) = session.run(None, {ONNX_INPUT: x.numpy()})
-    return torch.from_numpy(out)
-
-
 def metadata_path(path: str | os.PathLike) -> Path:
     """Where the metadata of an ExecuTorch program lives (a ``.pte`` has no field for it): model.pte.json."""
     path = Path(path)
@@ -99,22 +87,16 @@ def _set_metadata(path: Path, values: dict[str, str]) -> None:
     onnx.save(model, str(path))
 
 
+_TYPES: dict[str, Callable[[str], Any]] = {
+    "mean": json.loads, "std": json.loads, "input": lambda v: [int(side) for side in v.split("x")],
+    "num_classes": int, "top1_fp32": float, "top1_int8": float}
+
+
 def _typed(values: dict[str, str]) -> dict[str, Any]:
     """The metadata ``values`` (strings, as ONNX's ``metadata_props`` must hold them) with their
     own JSON types: ``mean`` and ``std`` lists, ``input`` a list of ints (``"1x32x32"`` ->
     ``[1, 32, 32]``), ``num_classes`` an int, the top-1s numbers; the rest stay strings."""
-    typed: dict[str, Any] = dict(values)
-    for key in ("mean", "std"):
-        if key in typed:
-            typed[key] = json.loads(typed[key])
-    if "input" in typed:
-        typed["input"] = [int(side) for side in typed["input"].split("x")]
-    if "num_classes" in typed:
-        typed["num_classes"] = int(typed["num_classes"])
-    for key in ("top1_fp32", "top1_int8"):
-        if key in typed:
-            typed[key] = float(typed[key])
-    return typed
+    return {key: _TYPES.get(key, str)(value) for key, value in values.items()}
 
 
 def _write_sidecar(program: Path, values: dict[str, str]) -> None:
@@ -123,28 +105,17 @@ def _write_sidecar(program: Path, values: dict[str, str]) -> None:
     atomic_write_text(metadata_path(program), json.dumps(_typed(values), indent=1) + "\n")
 
 
-def _export_torchscript(model: nn.Module, x: torch.Tensor, path: str) -> str:
-    with quiet():  # torch.jit is deprecated upstream, still the format mobile runtimes read
-        try:
-            scripted, how = torch.jit.script(model), "script"
-        except Exception:  # models with Python TorchScript cannot compile: record one forward instead
-            with torch.no_grad():  # the inference graph (in-place ops where nothing needs gradients)
-                scripted, how = torch.jit.trace(model, x), "trace"
-        scripted.save(path)
-    return how
-
-
-def _run_torchscript(path: str, x: torch.Tensor) -> torch.Tensor:
-    with quiet():
-        return torch.jit.load(path)(x)
-
-
-def _reference(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``model(x)`` run on ``device`` by a copy of ``model`` (``model`` stays where it is), on the
-    CPU; on CUDA without TensorFloat-32, so that it is a float32 reference."""
-    on_device = copy.deepcopy(model).to(device)
-    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        return on_device(x.to(device)).cpu()
+def _runner(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exported model at ``path`` as a function of a batch, run in its runtime: ONNX Runtime,
+    ``torch.jit.load``, or ExecuTorch one image at a time (the batch it was exported for)."""
+    if fmt == "onnx":
+        session = onnx_session(path)
+        return lambda images: torch.from_numpy(session.run(None, {ONNX_INPUT: images.contiguous().numpy()})[0])
+    if fmt == "executorch":
+        forward = executorch_method(path)
+        return lambda images: torch.cat([forward(image[None]) for image in images])
+    with quiet():  # torch.jit is deprecated upstream
+        return torch.jit.load(str(path))
 
 
 def _export_to(model: nn.Module, which: str, spec, tmp: Path, fmt: str, image_size: int | None,
@@ -167,9 +138,10 @@ def _export_to(model: nn.Module, which: str, spec, tmp: Path, fmt: str, image_si
         raise InputError(f"--image-size {size}: a {(2, spec.in_chans, size, size)} input does not fit in memory "
                          f"({one_line(e)})") from None
     reference = try_input(model, x, f"--image-size {size}", spec.image_size)  # on the CPU: a size check
-    if device.type != "cpu":
-        reference = _reference(model, x, device)
-    metadata = {"biasloss_model": str(model.__class__.__name__), "dataset": spec.name,
+    if device.type != "cpu":  # by a copy (the export is the CPU model's); on CUDA without TensorFloat-32: float32
+        with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            reference = copy.deepcopy(model).to(device)(x.to(device)).cpu()
+    metadata = {"biasloss_model": type(model).__name__, "dataset": spec.name,
                 "input": f"{spec.in_chans}x{size}x{size}", "mean": json.dumps(list(spec.mean)),
                 "std": json.dumps(list(spec.std)), "num_classes": str(reference.shape[-1])}
     how = fmt
@@ -180,15 +152,25 @@ def _export_to(model: nn.Module, which: str, spec, tmp: Path, fmt: str, image_si
         to_executorch(model, x, tmp)
         how = "executorch (xnnpack)"
     else:
-        how = f"torchscript ({_export_torchscript(model, x, str(tmp))})"
+        with quiet():  # torch.jit is deprecated upstream, still the format mobile runtimes read
+            try:
+                scripted, how = torch.jit.script(model), "torchscript (script)"
+            except Exception:  # models with Python TorchScript cannot compile: record one forward instead
+                with torch.no_grad():  # the inference graph (in-place ops where nothing needs gradients)
+                    scripted, how = torch.jit.trace(model, x), "torchscript (trace)"
+            scripted.save(str(tmp))
     exported = None
     if check:  # ONNX with a dynamic batch: run another batch size than the export's
         inputs = x if fmt != "onnx" or not dynamic_batch else torch.cat([x, x[:1]])
         expected = reference if inputs is x else torch.cat([reference, reference[:1]])
-        with torch.no_grad():
-            run = {"onnx": _run_onnx, "torchscript": _run_torchscript,
-                   "executorch": lambda p, i: executorch_method(p)(i)}[fmt]
-            exported = run(str(tmp), inputs)
+        try:
+            run = _runner(tmp, fmt)
+        except ImportError:  # no onnxruntime: the ONNX file is not checked
+            if fmt != "onnx":
+                raise
+        else:
+            with torch.no_grad():
+                exported = run(inputs)
     diff = None if exported is None else float((exported - expected).abs().max())
     scale = float(reference.abs().max()) or 1.0
     if diff is not None and not diff <= _TOLERANCE * max(scale, 1.0):
@@ -215,7 +197,7 @@ def export_checkpoint(
     """Export ``checkpoint`` to ``out``; return what was written and how close it is to PyTorch.
 
     Args:
-        fmt: "onnx" or "torchscript" (default: from the suffix, .onnx or .pt).
+        fmt: one of :data:`FORMATS` (default: from the suffix: .onnx, .pte, .pt or .ts).
         image_size: input side in pixels (default: the dataset's training resolution).
         dynamic_batch: ONNX only: any batch size (else the export's batch of 2).
         fuse: fold BatchNorm into the convolutions first.
@@ -265,19 +247,6 @@ def int8_path(out: str | os.PathLike) -> Path:
     return out.with_name(f"{out.stem}.int8{out.suffix}")
 
 
-def _training_run(checkpoint: str | os.PathLike):
-    """The run ``checkpoint`` saved; a file that is not a ``biasloss train`` checkpoint (a bare
-    state dict, no arguments naming the dataset) is a one-line error saying why int8 needs one."""
-    from biasloss.train.checkpoint import CheckpointError, ForeignCheckpointError
-    from biasloss.train.saved_run import load_run
-
-    try:
-        return load_run(checkpoint)
-    except ForeignCheckpointError as e:
-        raise CheckpointError(f"int8 export needs a checkpoint written by 'biasloss train', which records the "
-                              f"training set to calibrate on: {e}") from None
-
-
 def _calibration_images(loader, n: int) -> list[torch.Tensor]:
     """The first ``n`` images of the (unaugmented, seeded) training loader's epoch 0, in batches."""
     loader.set_epoch(0)
@@ -291,19 +260,9 @@ def _calibration_images(loader, n: int) -> list[torch.Tensor]:
 
 
 def _top1(path: Path, fmt: str, loader) -> tuple[float, int]:
-    """Top-1 (%) over ``loader`` of the exported model at ``path``, run in its runtime (ONNX
-    Runtime in batches; ExecuTorch one image at a time, the batch it was exported for), and the
-    images seen."""
-    if fmt == "onnx":
-        session = onnx_session(path)
-
-        def logits(images: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {ONNX_INPUT: images.contiguous().numpy()})[0])
-    else:
-        forward = executorch_method(path)
-
-        def logits(images: torch.Tensor) -> torch.Tensor:
-            return torch.cat([forward(image[None]) for image in images])
+    """Top-1 (%) over ``loader`` of the exported model at ``path``, run in its runtime (:func:`_runner`),
+    and the images seen."""
+    logits = _runner(path, fmt)
     correct = total = 0
     for images, labels in loader:
         correct += int((logits(images).argmax(1) == labels).sum())
@@ -328,19 +287,18 @@ def export_int8(
     progress: Callable[[str], object] | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
-    """Export ``checkpoint`` to the fp32 ONNX or ExecuTorch ``out`` (as :func:`export_checkpoint`)
-    and quantize it to ``<stem>.int8.onnx`` / ``<stem>.int8.pte`` beside it; return what :func:`export_checkpoint` does plus ``int8_path``,
-    ``int8_bytes``, ``top1_fp32``, ``top1_int8``, ``top1_drop``, ``test_images``, ``calibration``
-    and ``quantization``.
+    """Export ``checkpoint`` to the fp32 ONNX or ExecuTorch ``out`` (as :func:`export_checkpoint`) and
+    quantize it to ``<stem>.int8.onnx`` / ``<stem>.int8.pte`` beside it; return what
+    :func:`export_checkpoint` does plus ``int8_path``, ``int8_bytes``, ``top1_fp32``, ``top1_int8``,
+    ``top1_drop``, ``test_images``, ``calibration`` and ``quantization``.
 
-    Quantization is ONNX Runtime's static post-training quantization in QDQ format (per-channel
-    int8 weights, uint8 activations, MinMax ranges), after its pre-processing (shape inference,
-    basic graph optimisations): :func:`biasloss.deploy.quantize_onnx`; or for ExecuTorch, PT2E
-    static quantization with XNNPACK's quantizer (:func:`biasloss.deploy.to_executorch`). It is calibrated on ``calibrate`` images of the checkpoint's
-    training split (the same ``limit`` train used), unaugmented as at test time, in a fixed seeded
-    order, so two exports write the same file. Both files are then evaluated in their runtime on the
-    whole test split; both top-1s, the calibration and the quantization are written into the
-    metadata of both files (beside the fp32 export's mean, std, input and number of classes).
+    Quantization is static and post-training (:func:`biasloss.deploy.quantize_onnx`, ONNX Runtime's
+    QDQ; :func:`biasloss.deploy.to_executorch`, PT2E with XNNPACK's quantizer), calibrated on
+    ``calibrate`` images of the checkpoint's training split (the same ``limit`` train used),
+    unaugmented as at test time, in a fixed seeded order, so two exports write the same file. Both
+    files are then evaluated in their runtime on the whole test split; both top-1s, the calibration
+    and the quantization are written into the metadata of both files (beside the fp32 export's mean,
+    std, input and number of classes).
 
     Args:
         calibrate: how many training images calibrate the activation ranges (all when fewer).
@@ -351,20 +309,22 @@ def export_int8(
         fmt, image_size, dynamic_batch: must leave the export ONNX at the training resolution with
             any batch size (the test split is evaluated in batches).
         fuse, check, device, workers: as for :func:`export_checkpoint`; DataLoader workers for folder
-            datasets. The int8 file is calibrated and both files are evaluated on the CPU, in their runtime.
+            datasets. The int8 file is calibrated and both files are evaluated on the CPU.
         progress: called with a short line as each slow phase starts (exporting, evaluating fp32,
             calibrating and quantizing, evaluating int8); the command line prints them on stderr.
 
     Raises:
-        ImportError: onnx, onnxruntime or onnxscript (ExecuTorch: executorch, torchao) is missing (``pip install -e '.[deploy]'``):
-            :class:`biasloss.errors.MissingDependencyError`.
+        ImportError: onnx, onnxruntime or onnxscript (ExecuTorch: executorch, torchao) is missing
+            (``pip install -e '.[deploy]'``): :class:`biasloss.errors.MissingDependencyError`.
         ValueError: bad arguments, a checkpoint that does not record its training set
             (``CheckpointError``), calibration data from another dataset, or an int8 model more than
             ``max_drop`` points worse (:class:`Int8AccuracyError`).
         DatasetNotFoundError: the dataset is not where the checkpoint or ``data_dir`` says.
     """
     from biasloss.data import build_loaders
+    from biasloss.train.checkpoint import CheckpointError, ForeignCheckpointError
     from biasloss.train.distributed import resolve_device
+    from biasloss.train.saved_run import load_run
 
     say = progress if progress is not None else (lambda line: None)
     path = Path(out)
@@ -384,7 +344,11 @@ def export_int8(
     with quiet():  # importing torchao logs a torch deprecation warning
         for module in needed:  # onnxscript: torch.onnx.export's; torchao: ExecuTorch's quantizer
             require(module, "int8 export")
-    run = _training_run(checkpoint)
+    try:
+        run = load_run(checkpoint)
+    except ForeignCheckpointError as e:  # a bare state dict does not name the training set
+        raise CheckpointError(f"int8 export needs a checkpoint written by 'biasloss train', which records the "
+                              f"training set to calibrate on: {e}") from None
     saved = run.settings
     if calibration_dataset is not None and calibration_dataset != saved.dataset:
         raise InputError(f"calibration must come from the checkpoint's training set ({saved.dataset}), "

@@ -15,6 +15,7 @@ __all__ = ["register"]
 def register(subparsers) -> None:
     """Add ``biasloss export`` to the command line's ``subparsers``."""
     from biasloss.export import FORMATS
+    from biasloss.train.train_cli import add_device_flag
 
     p = subparsers.add_parser("export", description="Export the weights a checkpoint was evaluated with (EMA when "
                                                     "kept) at its training resolution; the file is run and compared "
@@ -31,8 +32,6 @@ def register(subparsers) -> None:
     p.add_argument("--no-fuse-bn", dest="fuse", action="store_false", help="keep the BatchNorm layers")
     p.add_argument("--no-check", dest="check", action="store_false", help="do not run the exported file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    from biasloss.train.train_cli import add_device_flag
-
     add_device_flag(p, "where the checkpoint's model computes the PyTorch reference the exported file is "
                        "compared with; the ONNX, ExecuTorch, TorchScript and int8 files are always traced and "
                        "exported on the CPU, and run there")
@@ -88,15 +87,13 @@ def _run_export(args) -> int:
     given = {key: value for key, value in int8_options.items() if value is not None}
     if given and not args.int8:
         raise InputError(f"{', '.join('--' + key.replace('_', '-') for key in given)} only apply with --int8")
+    options = {"fmt": args.format, "image_size": args.image_size, "dynamic_batch": not args.static_batch,
+               "fuse": args.fuse, "check": args.check, "device": args.device}
     if args.int8:  # a minute or more: say which phase it is in
-        result = export_int8(args.checkpoint, args.out, fmt=args.format, image_size=args.image_size,
-                             dynamic_batch=not args.static_batch, fuse=args.fuse, check=args.check, **given,
-                             device=args.device,
+        result = export_int8(args.checkpoint, args.out, **options, **given,
                              progress=lambda line: print(f"biasloss export: {line}", file=sys.stderr, flush=True))
     else:
-        result = export_checkpoint(args.checkpoint, args.out, fmt=args.format, image_size=args.image_size,
-                                   dynamic_batch=not args.static_batch, fuse=args.fuse, check=args.check,
-                                   device=args.device)
+        result = export_checkpoint(args.checkpoint, args.out, **options)
     if args.json:
         print(json.dumps(result))
         return 0

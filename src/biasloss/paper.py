@@ -13,21 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = [
-    "PAPER_ALPHA_BETA",
-    "PAPER_MODELS",
-    "PAPER_TABLE1",
-    "PAPER_TABLE2",
-    "PAPER_TABLE5",
-    "PAPER_TOP1",
-    "PaperFigures",
-    "PaperRow",
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# Tables 1 and 2: size, accuracy and latency on ImageNet
-# ---------------------------------------------------------------------------------------------
+__all__ = ["PAPER_ALPHA_BETA", "PAPER_MODELS", "PAPER_TABLE1", "PAPER_TABLE2", "PAPER_TABLE5", "PAPER_TOP1",
+           "PaperFigures", "PaperRow", "bias_gain_range"]
 
 
 @dataclass(frozen=True)
@@ -44,13 +31,9 @@ class PaperFigures:
     pixel3_ms: float | None = None
 
 
-def _m(x: float) -> int:
-    return round(x * 1e6)
-
-
-#: Table 1 (ImageNet, 224 px): name, MACs, params, top-1, top-5, in the paper's order.
+#: Table 1 (ImageNet, 224 px): name, MACs and params (millions), top-1, top-5, in the paper's order.
 PAPER_TABLE1: tuple[PaperFigures, ...] = tuple(
-    PaperFigures(name, _m(macs), _m(params), top1, top5)
+    PaperFigures(name, round(macs * 1e6), round(params * 1e6), top1, top5)
     for name, macs, params, top1, top5 in (
         ("MobileNetV2 0.5x", 97, 2.0, 65.4, 86.4),
         ("MUXNet-xs", 66, 1.8, 66.7, 86.8),
@@ -114,13 +97,10 @@ PAPER_MODELS: dict[str, str] = {
 }
 
 
-# ---------------------------------------------------------------------------------------------
-# Tables 3 and 4: top-1 by loss
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class PaperRow:
+    """A row of Tables 3 and 4 (top-1 by loss): the paper's model name and where the numbers come from."""
+
     label: str
     source: str
     top1: Mapping[str, float]  # loss -> top-1 %
@@ -153,7 +133,6 @@ PAPER_TOP1: dict[str, dict[str, PaperRow]] = {
 }
 
 
-
 def bias_gain_range(source: str) -> tuple[float, float]:
     """The smallest and largest Bias Loss gain over cross-entropy (top-1 points) among the rows of
     :data:`PAPER_TOP1` from ``source`` (``"Table 3"``, ``"Table 4"``)."""
@@ -161,9 +140,6 @@ def bias_gain_range(source: str) -> tuple[float, float]:
              if row.source == source}
     return min(gains), max(gains)
 
-# ---------------------------------------------------------------------------------------------
-# Table 5 and Figure 2
-# ---------------------------------------------------------------------------------------------
 
 #: Table 5 of the paper: (model, loss, ((avg, max, min) at the 5th, 20th, last conv layer)).
 PAPER_TABLE5: tuple[tuple[str, str, tuple[tuple[float, float, float], ...]], ...] = (

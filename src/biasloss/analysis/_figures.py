@@ -24,18 +24,19 @@ def figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.4, 
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise MissingDependencyError("plots need matplotlib: pip install -e '.[plots]' in the biasloss checkout (or pip install matplotlib)") from None
+        raise MissingDependencyError("plots need matplotlib: pip install -e '.[plots]' in the biasloss checkout "
+                                     "(or pip install matplotlib)") from None
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, [ax for row in axes for ax in row]
 
 
-def check_out(out: str | Path) -> Path:
+def check_out(out: str | Path, flag: str = "--out") -> Path:
     path = Path(out)
     if path.suffix.lower() not in FORMATS:
-        raise InputError(f"--out must end in {', '.join(FORMATS)} (the format follows the suffix); got {str(out)!r}")
-    return writable_file(path)
+        raise InputError(f"{flag} must end in {', '.join(FORMATS)} (the format follows the suffix); got {str(out)!r}")
+    return writable_file(path, flag)
 
 
 def save(fig, path: Path, dpi: int = 150) -> Path:

@@ -5,12 +5,10 @@ Paper: "Bias Loss for Mobile Neural Networks", Abrahamyan et al., ICCV 2021.
 - ``weights`` (Figure 2): the weight ``z(v) = exp(alpha * v) - beta`` against the scaled variance
   ``v`` for several ``alpha``/``beta``, with the ``[0.5, 1.5]`` clamp of section 5 drawn as a band
   (solid: the weight used, dashed: the unclamped formula where the clamp cuts it).
-- ``loss`` (Figure 3): loss against the softmax probability, (a) for correct predictions (the
-  probability of the true class ``p``: cross-entropy ``-log p``) and (b) for incorrect ones (the
-  probability ``q`` of the wrongly predicted class; the true class then gets at most ``1 - q``, and
-  we draw that best case, ``-log(1 - q)``), cross-entropy beside ``z(v) * CE`` at several scaled
-  variances. With the clamp and ``alpha = beta = 0.3`` the weights lie in ``[0.70, 1.05]``: the Bias
-  Loss scales cross-entropy down by up to 30 % for low-variance samples and up by at most 5 %.
+- ``loss`` (Figure 3, :func:`plot_loss`): cross-entropy beside ``z(v) * CE`` at several scaled
+  variances, against the softmax probability of correct and of incorrect predictions. With the clamp
+  and ``alpha = beta = 0.3`` the weights lie in ``[0.70, 1.05]``: the Bias Loss scales cross-entropy
+  down by up to 30 % for low-variance samples and up by at most 5 %.
 - ``tradeoff`` (Figures 1, 5, 6): top-1 against MACs and against parameters, the paper's Table 1
   built in, the user's results beside it, SkipblockNet highlighted.
 - ``curves``: learning curves (``val_top1``, losses, ...) of several training runs overlaid.
@@ -44,16 +42,13 @@ from typing import Any
 import torch
 
 from biasloss._checks import positive_flags
-from biasloss.analysis._figures import FORMATS, check_out, figure, save, style
+from biasloss.analysis._figures import check_out, figure, save, style
 from biasloss.errors import InputError, InputFileNotFoundError, MissingDependencyError
-from biasloss.losses import check_clamp
+from biasloss.losses.bias import DEFAULT_CLAMP, check_clamp, weight_function
 from biasloss.paper import PAPER_ALPHA_BETA as PAPER_CHOICE
 
 __all__ = [
-    "FORMATS",
     "MissingDependencyError",
-    "check_out",
-    "figure",
     "load_metrics",
     "load_results",
     "plot_curves",
@@ -62,10 +57,8 @@ __all__ = [
     "plot_weights",
     "register",
     "save",
-    "style",
 ]
 
-DEFAULT_CLAMP = (0.5, 1.5)
 _SKIPBLOCK_COLOR = "#d62728"
 _USER_COLOR = "#1f77b4"
 
@@ -76,19 +69,8 @@ def _check_float(name: str, value: float) -> float:
     return float(value)
 
 
-def _weights(v: torch.Tensor, alpha: float, beta: float, clamp: tuple[float, float] | None) -> torch.Tensor:
-    from biasloss.losses.bias import weight_function  # the library's own z(v)
-
-    return weight_function(v, alpha, beta, clamp)
-
-
 def _greek(alpha: float, beta: float) -> str:
     return f"α = {alpha:g}, β = {beta:g}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Figure 2: the weight function
-# ---------------------------------------------------------------------------------------------
 
 
 def _pairs(alphas: Sequence[float] | None, betas: Sequence[float] | None) -> list[tuple[float, float]]:
@@ -111,8 +93,8 @@ def _draw_weights(ax, pairs: Sequence[tuple[float, float]], clamp, title: str) -
     cmap = matplotlib.colormaps["tab10"]
     highs = []
     for i, (a, b) in enumerate(pairs):
-        raw = _weights(v, a, b, None)
-        used = _weights(v, a, b, clamp)
+        raw = weight_function(v, a, b, None)
+        used = weight_function(v, a, b, clamp)
         paper = (a, b) == PAPER_CHOICE
         color = "black" if paper else cmap(i % 10)
         label = _greek(a, b) + ("  (paper)" if paper else "")
@@ -123,9 +105,9 @@ def _draw_weights(ax, pairs: Sequence[tuple[float, float]], clamp, title: str) -
             ax.plot(v, cut, color=color, linewidth=1.0, linestyle="--", alpha=0.8)
         highs.append(float(used.max()))
     lo = min(0.4, min(1 - b for _, b in pairs) - 0.05)
-    hi = max(1.6, max(highs) + 0.1) if clamp is not None else max(highs) + 0.1
+    hi = max(highs) + 0.1
     if clamp is not None:
-        hi = min(hi, clamp[1] + 0.6)
+        hi = min(max(1.6, hi), clamp[1] + 0.6)
         ax.axhspan(lo - 1, clamp[0], color="0.6", alpha=0.15, linewidth=0)
         ax.axhspan(clamp[1], hi + 1, color="0.6", alpha=0.15, linewidth=0,
                    label=f"clamped away (outside [{clamp[0]:g}, {clamp[1]:g}])")
@@ -167,11 +149,6 @@ def plot_weights(
     return save(fig, path)
 
 
-# ---------------------------------------------------------------------------------------------
-# Figure 3: loss against the predicted probability
-# ---------------------------------------------------------------------------------------------
-
-
 def plot_loss(
     out: str | Path,
     *,
@@ -197,7 +174,7 @@ def plot_loss(
     import matplotlib
 
     prob = torch.linspace(0.005, 0.995, 400, dtype=torch.float64)
-    z_all = _weights(torch.linspace(0, 1, 101, dtype=torch.float64), alpha, beta, clamp)
+    z_all = weight_function(torch.linspace(0, 1, 101, dtype=torch.float64), alpha, beta, clamp)
     z_min, z_max = float(z_all.min()), float(z_all.max())
     cmap = matplotlib.colormaps["viridis"]
     fig, axes = figure(1, 2)
@@ -211,7 +188,7 @@ def plot_loss(
                         label=f"L_bias for v ∈ [0, 1]  (z ∈ [{z_min:.2f}, {z_max:.2f}])")
         ax.plot(prob, ce, color="black", linewidth=2.4, label="L_ce = −log p")
         for i, v in enumerate(variances):
-            z = float(_weights(torch.tensor([v], dtype=torch.float64), alpha, beta, clamp)[0])
+            z = float(weight_function(torch.tensor([v], dtype=torch.float64), alpha, beta, clamp)[0])
             color = cmap(0.15 + 0.7 * i / max(1, len(variances) - 1))
             ax.plot(prob, z * ce, color=color, linewidth=1.8, linestyle=("--", "-.", ":", "-")[i % 4],
                     label=f"L_bias, v = {v:g}  (z = {z:.2f})")
@@ -225,18 +202,12 @@ def plot_loss(
     return save(fig, path)
 
 
-# ---------------------------------------------------------------------------------------------
-# Figures 1, 5, 6: accuracy against MACs and parameters
-# ---------------------------------------------------------------------------------------------
-
 _UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
 _QUANTITY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgb]?)\s*$", re.IGNORECASE)
 
 
 def _quantity(value: Any, what: str, where: str) -> float:
-    if isinstance(value, bool):
-        raise InputError(f"{where}: {what} must be a count or a string like '5.5M', got {value!r}")
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         number = float(value)
     elif isinstance(value, str) and (m := _QUANTITY.match(value)):
         number = float(m.group(1)) * _UNITS[m.group(2).lower()]
@@ -307,10 +278,11 @@ def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
                 raise InputError(f"{path} is the results of 'biasloss reproduce' (losses compared on one grid), "
                                  "not models with MACs: give 'biasloss profile MODEL --json' and "
                                  "'biasloss eval --json' outputs")
-            label = record.get("label") or record.get("name") or record.get("model")
+            name = record.get("name") or record.get("model")
+            label = record.get("label") or name
             if not isinstance(label, str) or not label:
                 raise InputError(f"{where}: needs a 'name' (or 'model' or 'label')")
-            entry = merged.setdefault(label, {"label": label, "name": record.get("name") or record.get("model"),
+            entry = merged.setdefault(label, {"label": label, "name": name,
                                               "top1": None, "macs": None, "params": None, "dataset": None,
                                               "setting": None, "where": where})
             setting = _setting(record)
@@ -332,8 +304,8 @@ def load_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
                     entry[key] = _quantity(record[key], key, where)
             if record.get("dataset"):
                 entry["dataset"] = str(record["dataset"])
-            if record.get("name") or record.get("model"):
-                entry["name"] = record.get("name") or record.get("model")
+            if name:
+                entry["name"] = name
     return list(merged.values())
 
 
@@ -561,10 +533,6 @@ def plot_tradeoff(
     return save(fig, path)
 
 
-# ---------------------------------------------------------------------------------------------
-# Learning curves
-# ---------------------------------------------------------------------------------------------
-
 _METRIC_NAMES = {
     "val_top1": "validation top-1 (%)",
     "val_top5": "validation top-5 (%)",
@@ -696,58 +664,33 @@ def plot_curves(
     return save(fig, path)
 
 
-# ---------------------------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------------------------
-
-
 def _no_kind(args: argparse.Namespace) -> int:
     raise InputError("choose what to plot: biasloss plot {weights,loss,tradeoff,curves,samples} --out FILE")
 
 
-def _cli(fn):
+def _wrote(draw):
+    """The ``func`` of a plot kind: ``draw(args)`` writes the figure(s); then say which."""
+
     def run(args: argparse.Namespace) -> int:
-        path = fn(args)
-        print(f"wrote {path}")
+        print(f"wrote {draw(args)}")
         return 0
 
     return run
 
 
-def _clamp_arg(args: argparse.Namespace):
-    return None if args.no_clamp else DEFAULT_CLAMP
-
-
-@_cli
-def _weights_cmd(args: argparse.Namespace) -> Path:
-    return plot_weights(args.out, alphas=args.alpha, betas=args.beta, clamp=_clamp_arg(args))
-
-
-@_cli
-def _loss_cmd(args: argparse.Namespace) -> Path:
-    return plot_loss(args.out, alpha=args.alpha, beta=args.beta, variances=args.variances, clamp=_clamp_arg(args))
-
-
-@_cli
 def _tradeoff_cmd(args: argparse.Namespace) -> Path:
     if not args.results and not args.paper:
         raise InputError("nothing to plot: --no-paper needs --results FILE")
     return plot_tradeoff(args.out, results=args.results or (), x=args.x, paper=args.paper, title=args.title)
 
 
-@_cli
-def _curves_cmd(args: argparse.Namespace) -> Path:
-    return plot_curves(args.out, args.runs, metrics=args.metric or ("val_top1",), title=args.title)
-
-
-@_cli
 def _samples_cmd(args: argparse.Namespace) -> str:
     from biasloss.analysis.samples import plot_samples, sample_weights
 
     positive_flags(vars(args), ("count", "limit"))
     check_out(args.out)
     if args.hist:
-        check_out(args.hist)
+        check_out(args.hist, "--hist")
     result = sample_weights(args.checkpoint, count=args.count, limit=args.limit, data_dir=args.data_dir,
                             device=args.device)
     return " and ".join(map(str, plot_samples(result, args.out, args.hist)))
@@ -773,8 +716,9 @@ def register(subparsers) -> None:
     out_arg(w)
     w.add_argument("--alpha", type=float, nargs="+", metavar="A")
     w.add_argument("--beta", type=float, nargs="+", metavar="B")
-    w.add_argument("--no-clamp", action="store_true", help="draw the formula without the clamp")
-    w.set_defaults(func=_weights_cmd)
+    w.add_argument("--no-clamp", dest="clamp", action="store_const", const=None, default=DEFAULT_CLAMP,
+                   help="draw the formula without the clamp")
+    w.set_defaults(func=_wrote(lambda a: plot_weights(a.out, alphas=a.alpha, betas=a.beta, clamp=a.clamp)))
 
     lo = kinds.add_parser("loss", help="cross-entropy vs Bias Loss against the probability (Figure 3)",
                           description="Loss against the softmax probability for (a) correct and (b) incorrect "
@@ -784,8 +728,9 @@ def register(subparsers) -> None:
     lo.add_argument("--beta", type=float, default=0.3)
     lo.add_argument("--variances", type=float, nargs="+", default=[0.0, 0.5, 1.0], metavar="V",
                     help="scaled variances to draw (default 0 0.5 1)")
-    lo.add_argument("--no-clamp", action="store_true")
-    lo.set_defaults(func=_loss_cmd)
+    lo.add_argument("--no-clamp", dest="clamp", action="store_const", const=None, default=DEFAULT_CLAMP)
+    lo.set_defaults(func=_wrote(lambda a: plot_loss(a.out, alpha=a.alpha, beta=a.beta, variances=a.variances,
+                                                    clamp=a.clamp)))
 
     t = kinds.add_parser("tradeoff", help="top-1 against MACs and parameters (Figures 1, 5, 6)",
                          description="Top-1 against MACs and parameters: the paper's Table 1 plus your results. "
@@ -798,7 +743,7 @@ def register(subparsers) -> None:
     t.add_argument("--x", choices=("macs", "params", "both"), default="both", help="x axis (default both panels)")
     t.add_argument("--no-paper", dest="paper", action="store_false", help="leave out the paper's Table 1")
     t.add_argument("--title")
-    t.set_defaults(func=_tradeoff_cmd)
+    t.set_defaults(func=_wrote(_tradeoff_cmd))
 
     c = kinds.add_parser("curves", help="learning curves of several runs overlaid",
                          description="Metrics against the epoch from metrics.jsonl files or run directories; "
@@ -813,7 +758,8 @@ def register(subparsers) -> None:
     out_arg(c)
     c.add_argument("--metric", nargs="+", metavar="M", help="default: val_top1")
     c.add_argument("--title")
-    c.set_defaults(func=_curves_cmd)
+    c.set_defaults(func=_wrote(lambda a: plot_curves(a.out, a.runs, metrics=a.metric or ("val_top1",),
+                                                     title=a.title)))
 
     sm = kinds.add_parser("samples", help="the training images the Bias Loss weighs least and most",
                           description="Run a biasloss train checkpoint over its training split once (training "
@@ -830,4 +776,4 @@ def register(subparsers) -> None:
     from biasloss.train.train_cli import add_device_flag
 
     add_device_flag(sm)
-    sm.set_defaults(func=_samples_cmd)
+    sm.set_defaults(func=_wrote(_samples_cmd))

@@ -8,16 +8,11 @@ How each figure is obtained:
 
 - parameters: every parameter tensor's size, counted once (:func:`count_params`);
 - MACs: PyTorch's own ``torch.utils.flop_counter.FlopCounterMode``, total FLOPs / 2
-  (:func:`count_macs`). It counts convolutions and matrix multiplies (linear layers, attention)
-  and nothing else: batch norm, pooling, activations, squeeze-excite scaling and residual
-  additions are free. Counters that charge for those (fvcore, the paper's) give more: for
-  SkipblockNet-M, fvcore gives 247.8M and the paper 246M where this counter gives 236.6M;
-- latency: batch 1 on one CPU thread (``torch.set_num_threads(1)``, restored afterwards), eval mode
-  under ``torch.inference_mode``, channels-last memory format unless ``--no-channels-last`` (the
-  faster one on CPU, as in training), after warm-up; with several models the repetitions are
-  interleaved (one forward of each model per round, the order rotating), so that a change in the
-  machine's load or clock touches every model alike. Reported: median, min, max, quartiles
-  (:func:`measure_latency`);
+  (:func:`count_macs`): convolutions and matrix multiplies only (batch norm, pooling, activations,
+  squeeze-excite scaling and residual additions are free), so fewer than counters that charge for
+  those (fvcore, the paper's);
+- latency: batch 1 on one CPU thread, channels-last memory format unless ``--no-channels-last`` (the
+  faster one on CPU, as in training), interleaved across models (:func:`measure_latency`);
 - throughput: images per second at a larger batch with all threads, from the median time of a
   batch (:func:`measure_throughput`).
 
@@ -33,7 +28,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import inspect
 import json
+import math
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,10 +48,6 @@ from biasloss.paper import PAPER_MODELS, PAPER_TABLE1, PAPER_TABLE2, PaperFigure
 
 __all__ = [
     "MAC_COUNTER",
-    "PAPER_MODELS",
-    "PAPER_TABLE1",
-    "PAPER_TABLE2",
-    "PaperFigures",
     "count_macs",
     "count_params",
     "format_compare_table",
@@ -84,11 +77,6 @@ def paper_figures(model_name: str) -> PaperFigures | None:
     return entry
 
 
-# ---------------------------------------------------------------------------------------------
-# Counting
-# ---------------------------------------------------------------------------------------------
-
-
 def count_params(model: nn.Module) -> int:
     """Number of parameters (shared tensors counted once; buffers such as BN statistics not)."""
     if not isinstance(model, nn.Module):
@@ -97,44 +85,29 @@ def count_params(model: nn.Module) -> int:
 
 
 def _input_shape(input_size: int | Sequence[int], in_chans: int = 3) -> tuple[int, ...]:
-    if isinstance(input_size, bool):
-        raise InputTypeError("input_size must be an int or a shape tuple, got bool")
-    if isinstance(input_size, int):
-        shape: tuple[int, ...] = (1, in_chans, input_size, input_size)
-    elif isinstance(input_size, Sequence) and all(isinstance(s, int) and not isinstance(s, bool)
-                                                  for s in input_size):
-        dims = tuple(input_size)
-        if len(dims) == 2:
-            shape = (1, in_chans, *dims)
-        elif len(dims) == 3:
-            shape = (1, *dims)
-        elif len(dims) == 4:
-            shape = dims
-        else:
-            raise InputError(f"input_size must be S, (H, W), (C, H, W) or (B, C, H, W); got {input_size!r}")
-    else:
+    dims = (input_size, input_size) if isinstance(input_size, int) and not isinstance(input_size, bool) else input_size
+    if not isinstance(dims, Sequence) or not all(isinstance(s, int) and not isinstance(s, bool) for s in dims):
         raise InputTypeError(f"input_size must be an int or a tuple of ints, got {input_size!r}")
+    shape = {2: (1, in_chans, *dims), 3: (1, *dims), 4: tuple(dims)}.get(len(dims))
+    if shape is None:
+        raise InputError(f"input_size must be S, (H, W), (C, H, W) or (B, C, H, W); got {input_size!r}")
     if any(s <= 0 for s in shape):
         raise InputError(f"input sizes must be positive, got {shape}")
     return shape
 
 
 def _fvcore_mapping() -> dict:
-    """Extra ``FlopCounterMode`` formulas for fvcore's convention (the paper's figures match it):
-    2 MACs per element for each BatchNorm, 1 per input element for each average pool / mean."""
-    import math
-
+    """Extra ``FlopCounterMode`` formulas for fvcore's convention (see :func:`count_macs`)."""
     aten = torch.ops.aten
 
-    def batch_norm(x_shape, *args, out_shape=None, **kwargs) -> int:
+    def batch_norm(x_shape, *args, **kwargs) -> int:
         return 2 * 2 * math.prod(x_shape)  # FLOPs = 2 x MACs
 
-    def pooling(x_shape, *args, out_shape=None, **kwargs) -> int:
+    def pooling(x_shape, *args, **kwargs) -> int:
         return 2 * math.prod(x_shape)
 
-    mapping = {aten.mean: pooling, aten.avg_pool2d: pooling, aten._adaptive_avg_pool2d: pooling,
-               aten._native_batch_norm_legit_no_training: batch_norm, aten.native_batch_norm: batch_norm}
-    return mapping
+    return {aten.mean: pooling, aten.avg_pool2d: pooling, aten._adaptive_avg_pool2d: pooling,
+            aten._native_batch_norm_legit_no_training: batch_norm, aten.native_batch_norm: batch_norm}
 
 
 def count_macs(
@@ -150,7 +123,6 @@ def count_macs(
         model: any module; run in eval mode under ``torch.no_grad`` (its modes are restored).
         input_size: ``S`` (square, ``in_chans`` channels, batch 1), ``(H, W)``, ``(C, H, W)``,
             ``(B, C, H, W)`` or an input tensor. The count is for the whole batch given.
-
         convention: ``"torch"`` (the counter as is) or ``"fvcore"`` (adds eval-mode BatchNorm at 2
             MACs per element and average pooling at 1 per input element, as fvcore does: 247.8M
             for SkipblockNet-M, against the paper's 246M and 236.6M with ``"torch"``).
@@ -163,21 +135,13 @@ def count_macs(
     if convention not in ("torch", "fvcore"):
         raise InputError(f"convention must be 'torch' or 'fvcore', got {convention!r}")
     mapping = _fvcore_mapping() if convention == "fvcore" else None
-
     if not isinstance(model, nn.Module):
         raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(input_size, Tensor):
-        x = input_size
-    else:
-        x = torch.zeros(_input_shape(input_size, in_chans), device=model_device(model))
+    x = input_size if isinstance(input_size, Tensor) else torch.zeros(_input_shape(input_size, in_chans),
+                                                                      device=model_device(model))
     with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         model(x)
     return int(counter.get_total_flops()) // 2
-
-
-# ---------------------------------------------------------------------------------------------
-# Timing
-# ---------------------------------------------------------------------------------------------
 
 
 def _summary_ms(samples_s: Sequence[float]) -> dict[str, float | int]:
@@ -263,9 +227,9 @@ def measure_latency(
     """Forward latency, in milliseconds, of each model on ``input`` (usually batch 1).
 
     Repetitions are interleaved across models (round ``r`` runs each model once, the order rotated
-    by ``r``) after ``warmup`` rounds, in eval mode under ``torch.inference_mode`` with ``threads``
-    intra-op threads (restored afterwards; ``None`` leaves the setting alone). On CUDA every
-    forward is synchronised.
+    by ``r``, so that a change in the machine's load or clock touches every model alike) after
+    ``warmup`` rounds, in eval mode under ``torch.inference_mode`` with ``threads`` intra-op threads
+    (restored afterwards; ``None`` leaves the setting alone). On CUDA every forward is synchronised.
 
     Args:
         models: name -> module.
@@ -302,17 +266,6 @@ def measure_throughput(
         out[name] = {"img_per_s": x.shape[0] / (batch_ms["median"] / 1e3), "batch": int(x.shape[0]),
                      "threads": used, "batch_ms": batch_ms}
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Models by name
-# ---------------------------------------------------------------------------------------------
-
-
-def _create_model(name: str, *, num_classes: int, in_chans: int, small_input: bool) -> nn.Module:
-    from biasloss.models import create_model
-
-    return create_model(name, num_classes=num_classes, in_chans=in_chans, small_input=small_input)
 
 
 def profile_models(
@@ -359,6 +312,7 @@ def profile_models(
                                   ("warmup", warmup, 0), ("throughput_reps", throughput_reps, 1),
                                   ("threads", threads, 1)):
         _check_count(label, value, minimum)
+    from biasloss.models import create_model
     from biasloss.train.distributed import resolve_device
 
     dev = resolve_device(device)
@@ -368,7 +322,7 @@ def profile_models(
     results: dict[str, dict[str, Any]] = {}
     shape = (1, in_chans, input_size, input_size)
     for name in names:
-        model = _create_model(name, num_classes=num_classes, in_chans=in_chans, small_input=small_input).eval()
+        model = create_model(name, num_classes=num_classes, in_chans=in_chans, small_input=small_input).eval()
         try_input(model, shape, f"--image-size/--input-size {input_size}", 32 if small_input else 224)
         paper = paper_figures(name)
         results[name] = {
@@ -412,11 +366,10 @@ def profile_models(
         "latency_threads": threads,
         "throughput_threads": torch.get_num_threads(),
         "throughput_batch": batch,
-        "device": str(dev) if dev.type != "cpu" else f"cpu ({cpu_name()})",
+        "device": (f"cpu ({cpu_name()})" if dev.type == "cpu" else
+                   f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else str(dev)),
         "torch": torch.__version__,
     }
-    if dev.type == "cuda":
-        setup["device"] = f"{dev} ({torch.cuda.get_device_name(dev)})"
     return [{**results[name], "setup": setup} for name in names]
 
 
@@ -425,20 +378,12 @@ def profile_model(name: str, **kwargs: Any) -> dict[str, Any]:
     return profile_models([name], **kwargs)[0]
 
 
-# ---------------------------------------------------------------------------------------------
-# Formatting
-# ---------------------------------------------------------------------------------------------
-
-
 def _count(n: int | None, digits: int = 2) -> str:
     if n is None:
         return "—"
-    if n >= 1e9:
-        return f"{n / 1e9:.{digits}f}G"
-    if n >= 1e6:
-        return f"{n / 1e6:.{digits}f}M"
-    if n >= 1e3:
-        return f"{n / 1e3:.{digits}f}K"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.{digits}f}{unit}"
     return str(n)
 
 
@@ -518,18 +463,9 @@ def format_line(result: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-# ---------------------------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------------------------
-
-
 def _run(args: argparse.Namespace) -> int:
-    results = profile_models(
-        args.models, input_size=args.input_size, num_classes=args.num_classes, in_chans=args.in_chans,
-        small_input=args.small_input, batch=args.batch, reps=args.reps, warmup=args.warmup,
-        throughput_reps=args.throughput_reps, latency=args.latency, throughput=args.throughput,
-        channels_last=args.channels_last, threads=args.threads, device=args.device,
-    )
+    options = inspect.signature(profile_models).parameters.keys() - {"names"}  # each a flag's dest
+    results = profile_models(args.models, **{name: getattr(args, name) for name in options})
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results))
     elif args.compare:

@@ -129,9 +129,9 @@ def _read(path: Path) -> dict[str, Any]:
         record = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not a run record (not JSON: {e})") from None
-    ok = (isinstance(record, dict) and isinstance(record.get("command"), str) and isinstance(record.get("metrics"), list)
-          and record["metrics"] and all(isinstance(m, dict) and isinstance(m.get("epoch"), int)
-                                        for m in record["metrics"]))
+    metrics = record.get("metrics") if isinstance(record, dict) else None
+    ok = (isinstance(metrics, list) and metrics and isinstance(record.get("command"), str)
+          and all(isinstance(m, dict) and isinstance(m.get("epoch"), int) for m in metrics))
     if not ok:
         raise InputError(f"{path}: not a run record (one has a 'command' and its 'metrics' lines, as "
                          "'biasloss reproduce' writes under <out>/records/)")

@@ -97,14 +97,11 @@ def sample_weights(
             lowest = _keep(lowest, shown, labels, v, w, count, lowest=True)
             highest = _keep(highest, shown, labels, v, w, count, lowest=False)
     finally:
-        close = getattr(train_loader, "close", None)
-        if close is not None:
-            close()
+        train_loader.close()
     if not variances:
         raise InputError("no training batch of two or more images to weigh")
-    return SampleWeights(torch.cat(variances), torch.cat(weights), lowest, highest,
-                         run.describe(),
-                         alpha, beta, clamp)
+    return SampleWeights(torch.cat(variances), torch.cat(weights), lowest, highest, run.describe(), alpha, beta,
+                         clamp)
 
 
 def plot_samples(result: SampleWeights, out: str | Path, hist: str | Path | None = None) -> list[Path]:
@@ -113,7 +110,7 @@ def plot_samples(result: SampleWeights, out: str | Path, hist: str | Path | None
     from biasloss.analysis._figures import check_out, figure, save
 
     out_path = check_out(out)
-    hist_path = check_out(hist) if hist is not None else None
+    hist_path = check_out(hist, "--hist") if hist is not None else None
     count = max(len(result.lowest), len(result.highest))
     fig, flat = figure(2, count, size=(1.6, 2.1))
     axes = [flat[:count], flat[count:]]

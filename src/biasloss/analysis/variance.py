@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import json
 import math
 import sys
@@ -55,8 +56,7 @@ from torch import Tensor, nn
 from biasloss._checks import positive_flags
 from biasloss.errors import InputError, InputTypeError
 from biasloss.features import FeatureTap, forward_with_features
-from biasloss.losses import bias_weights, check_clamp, feature_variance
-from biasloss.losses.bias import DEFAULT_CLAMP
+from biasloss.losses.bias import DEFAULT_CLAMP, bias_weights, check_clamp, feature_variance, weight_function
 from biasloss.models.utils import eval_mode, model_device
 from biasloss.paper import PAPER_TABLE5
 from biasloss.train.distributed import resolve_device
@@ -80,11 +80,6 @@ __all__ = [
 DEFAULT_LAYERS: tuple[int | str, ...] = (5, 20, "last")
 
 
-# ---------------------------------------------------------------------------------------------
-# Layers
-# ---------------------------------------------------------------------------------------------
-
-
 def _images(batch: Any) -> Tensor:
     """The images of a loader item: a tensor, or the first element of a (images, labels) pair."""
     if isinstance(batch, Tensor):
@@ -106,14 +101,11 @@ def conv_layers(model: nn.Module, example: Tensor) -> list[str]:
         raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example, Tensor):
         raise InputTypeError(f"example must be a tensor, got {type(example).__name__}")
-    order: list[str] = []
-    seen: set[str] = set()
+    order: dict[str, None] = {}  # in the order of first execution
 
     def hook(name: str):
         def record(module, inputs, output) -> None:
-            if name not in seen:
-                seen.add(name)
-                order.append(name)
+            order.setdefault(name)
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -123,20 +115,12 @@ def conv_layers(model: nn.Module, example: Tensor) -> list[str]:
     finally:
         for h in handles:
             h.remove()
-    return order
+    return list(order)
 
 
 def _ordinal(k: int) -> str:
     suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
     return f"{k}{suffix}"
-
-
-@dataclass(frozen=True)
-class _Layer:
-    name: str  # dotted module name
-    conv_index: int | None  # 1-based position among the executed conv layers, None for other modules
-    label: str  # "5th conv", "last conv (69th)", "stages.3"
-    description: str  # "Conv2d 16->64 1x1 s1"
 
 
 def _describe(module: nn.Module) -> str:
@@ -150,20 +134,19 @@ def _describe(module: nn.Module) -> str:
 
 
 def _parse_token(token: int | str) -> int | str:
-    if isinstance(token, bool):
+    if isinstance(token, bool) or not isinstance(token, (int, str)) or token == "":
         raise InputTypeError(f"layers must be conv indices (int), 'last' or module names, got {token!r}")
     if isinstance(token, int):
         return token
-    if not isinstance(token, str) or not token:
-        raise InputTypeError(f"layers must be conv indices (int), 'last' or module names, got {token!r}")
     text = token.strip()
     if text.lstrip("+-").isdigit():
         return int(text)
     return text
 
 
-def resolve_layers(model: nn.Module, layers: Sequence[int | str], conv_order: Sequence[str]) -> list[_Layer]:
-    """Turn ``layers`` (1-based conv indices, ``"last"``, module names) into modules to measure.
+def resolve_layers(model: nn.Module, layers: Sequence[int | str], conv_order: Sequence[str]) -> list[LayerStats]:
+    """Turn ``layers`` (1-based conv indices, ``"last"``, module names) into modules to measure,
+    as :class:`LayerStats` with nothing measured yet.
 
     ``conv_order``: :func:`conv_layers` of the model. Duplicates (``20`` and ``"last"`` naming
     one module) are measured once. ``ValueError`` for an index out of range or an unknown name.
@@ -174,7 +157,7 @@ def resolve_layers(model: nn.Module, layers: Sequence[int | str], conv_order: Se
         raise InputError("layers is empty: give conv indices (5 20), 'last' or module names")
     modules = dict(model.named_modules())
     n = len(conv_order)
-    resolved: list[_Layer] = []
+    resolved: list[LayerStats] = []
     for raw in layers:
         token = _parse_token(raw)
         if isinstance(token, int):
@@ -182,12 +165,12 @@ def resolve_layers(model: nn.Module, layers: Sequence[int | str], conv_order: Se
                 raise InputError(f"layer index {token} out of range: {type(model).__name__} runs {n} conv "
                                  f"layers (give 1..{n} or 'last')")
             name = conv_order[token - 1]
-            layer = _Layer(name, token, f"{_ordinal(token)} conv" + (" (last)" if token == n else ""),
-                           _describe(modules[name]))
+            layer = LayerStats(name, token, f"{_ordinal(token)} conv" + (" (last)" if token == n else ""),
+                                _describe(modules[name]))
         elif token == "last":
             if n == 0:
                 raise InputError(f"{type(model).__name__} runs no nn.Conv2d layer; name a module instead of 'last'")
-            layer = _Layer(conv_order[-1], n, f"last conv ({_ordinal(n)})", _describe(modules[conv_order[-1]]))
+            layer = LayerStats(conv_order[-1], n, f"last conv ({_ordinal(n)})", _describe(modules[conv_order[-1]]))
         else:
             if token not in modules or token == "":
                 close = difflib.get_close_matches(token, [k for k in modules if k], n=3)
@@ -195,26 +178,21 @@ def resolve_layers(model: nn.Module, layers: Sequence[int | str], conv_order: Se
                 raise InputError(f"unknown layer {token!r}: no module of that name in "
                                  f"{type(model).__name__}{hint}")
             index = conv_order.index(token) + 1 if token in conv_order else None
-            layer = _Layer(token, index, token if index is None else f"{token} ({_ordinal(index)} conv)",
-                           _describe(modules[token]))
+            layer = LayerStats(token, index, token if index is None else f"{token} ({_ordinal(index)} conv)",
+                                _describe(modules[token]))
         if all(r.name != layer.name for r in resolved):
             resolved.append(layer)
     return resolved
-
-
-# ---------------------------------------------------------------------------------------------
-# Measurement
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
 class LayerStats:
     """Running per-sample variance statistics of one layer's output."""
 
-    name: str
-    conv_index: int | None = None
-    label: str = ""
-    description: str = ""
+    name: str  # dotted module name
+    conv_index: int | None = None  # 1-based position among the executed conv layers, None for other modules
+    label: str = ""  # "5th conv", "last conv (69th)", "stages.3"
+    description: str = ""  # "Conv2d 16->64 1x1 s1"
     count: int = 0
     total: float = 0.0
     max: float = -math.inf
@@ -283,18 +261,16 @@ def collect_variance(
     device = model_device(model)
     it = iter(loader)
     try:
-        first = _images(next(it))
+        first = _images(next(it)).to(device)
     except StopIteration:
         raise InputError("the loader is empty: no samples to measure") from None
-    first = first.to(device)
     order = conv_layers(model, first)
-    resolved = resolve_layers(model, layers, order)
-    stats = [LayerStats(r.name, r.conv_index, r.label, r.description) for r in resolved]
+    stats = resolve_layers(model, layers, order)
     kept: str | None = None
     if keep is not None:
         kept = resolve_layers(model, [keep], order)[0].name
-        if kept not in {r.name for r in resolved}:
-            kept = resolved[-1].name
+        if kept not in {s.name for s in stats}:
+            kept = stats[-1].name
     modules = dict(model.named_modules())
     done: set[str] = set()  # layers already measured in the current forward pass
     kept_values: list[Tensor] = []
@@ -324,8 +300,7 @@ def collect_variance(
     samples = batches = 0
     try:
         with eval_mode(model), torch.no_grad():
-            x: Tensor | None = first
-            while x is not None:
+            for x in itertools.chain([first], (_images(batch).to(device) for batch in it)):
                 done.clear()
                 if weights:
                     _, features = forward_with_features(model, x, tap)
@@ -338,10 +313,6 @@ def collect_variance(
                     raise InputError(f"layer {missing[0]!r} did not run in the forward pass")
                 samples += x.shape[0]
                 batches += 1
-                try:
-                    x = _images(next(it)).to(device)
-                except StopIteration:
-                    x = None
     finally:
         for h in handles:
             h.remove()
@@ -367,11 +338,6 @@ def layer_variance_stats(
     return collect_variance(model, loader, layers, keep=None).stats()
 
 
-# ---------------------------------------------------------------------------------------------
-# Report: markdown table and histograms
-# ---------------------------------------------------------------------------------------------
-
-
 def _num(x: float) -> str:
     if not math.isfinite(x):
         return str(x)
@@ -381,12 +347,8 @@ def _num(x: float) -> str:
     return f"{x:.2e}"
 
 
-def _cell(avg: float, high: float, low: float) -> str:
-    return f"{_num(avg)} / {_num(high)} / {_num(low)}"
-
-
-def _paper_rows(columns: int) -> list[str]:
-    return [f"| paper: {model} ({loss}) | " + " | ".join(" / ".join(map(str, c)) for c in cells[:columns]) + " |"
+def _paper_rows() -> list[str]:
+    return [f"| paper: {model} ({loss}) | " + " | ".join(" / ".join(map(str, c)) for c in cells[:3]) + " |"
             for model, loss, cells in PAPER_TABLE5]
 
 
@@ -400,16 +362,15 @@ def format_table(result: VarianceResult, label: str = "ours", *, what: str | Non
     paper_columns = [s.conv_index for s in layers] == [5, 20, result.num_convs] and result.num_convs > 20
     header = "| model | " + " | ".join(s.label for s in layers) + " |"
     lines = [header, "|" + "---|" * (len(layers) + 1),
-             f"| {label} | " + " | ".join(_cell(s.avg, s.max, s.min) for s in layers) + " |"]
+             f"| {label} | " + " | ".join(f"{_num(s.avg)} / {_num(s.max)} / {_num(s.min)}" for s in layers) + " |"]
     if paper_columns:
-        lines += _paper_rows(3)
-    lines.append("")
-    lines.append("Cells: average / maximum / minimum over samples of the per-sample unbiased variance of the "
-                 "layer's output map" + (f"; {what}" if what else "") + ".")
-    lines.append("Layers: " + "; ".join(f"{s.label} = `{s.name}` ({s.description})" for s in layers) + ".")
+        lines += _paper_rows()
+    lines += ["", "Cells: average / maximum / minimum over samples of the per-sample unbiased variance of the "
+              "layer's output map" + (f"; {what}" if what else "") + ".",
+              "Layers: " + "; ".join(f"{s.label} = `{s.name}` ({s.description})" for s in layers) + "."]
     if not paper_columns:
         lines += ["", "Paper, Table 5 (5th, 20th, last conv layer):", "",
-                  "| model | 5th conv | 20th conv | last conv |", "|---|---|---|---|", *_paper_rows(3)]
+                  "| model | 5th conv | 20th conv | last conv |", "|---|---|---|---|", *_paper_rows()]
     lines.append("Paper rows: their models (ImageNet / CIFAR-100, full training recipes, their layer counting); "
                  "compare trends (Bias Loss vs cross-entropy, early vs late layers), not values.")
     return "\n".join(lines)
@@ -427,13 +388,9 @@ def plot_histograms(
     bins: int = 40,
 ) -> Path:
     """Two panels: the kept layer's per-sample variances; the Bias Loss weights per evaluation batch."""
-    from biasloss.analysis._figures import FORMATS, figure, save, style
+    from biasloss.analysis._figures import check_out, figure, save, style
 
-    path = Path(out)
-    if path.suffix.lower() not in FORMATS:
-        raise InputError(f"--hist must end in {', '.join(FORMATS)} (the format follows the suffix); got {str(out)!r}")
-    if path.is_dir():
-        raise InputError(f"--hist {str(out)!r} is a directory; give a file name")
+    path = check_out(out, "--hist")
     if result.per_sample.numel() == 0:
         raise InputError("no per-sample variances were kept: measure with keep='last'")
     from matplotlib.ticker import MaxNLocator
@@ -456,9 +413,7 @@ def plot_histograms(
         w = result.weights.double().numpy()
         ax.hist(w, bins=bins, color="#2ca02c", alpha=0.85)
         # the range batch scaling can reach: z(0) for the batch's lowest variance, z(1) for its highest
-        ends = [math.exp(alpha * v) - beta for v in (0.0, 1.0)]
-        if clamp is not None:
-            ends = [min(max(e, clamp[0]), clamp[1]) for e in ends]
+        ends = weight_function(torch.tensor([0.0, 1.0], dtype=torch.float64), alpha, beta, clamp).tolist()
         for e, name, dx, ha in zip(ends, ("z(0)", "z(1)"), (3, -3), ("left", "right")):
             ax.axvline(e, color="grey", linestyle="--", linewidth=0.8)
             ax.annotate(name, (e, 1.0), xycoords=("data", "axes fraction"), xytext=(dx, -12),
@@ -471,11 +426,6 @@ def plot_histograms(
     if title:
         fig.suptitle(title, fontsize=11)
     return save(fig, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------------------------
 
 
 def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -509,8 +459,7 @@ def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         model, settings = run.model().to(memory_format=run.memory_format()), run.settings
         ema = ", EMA" if run.weights == "ema" else ""
         label = f"ours: {settings.model} ({settings.loss}, epoch {run.epoch}{ema})"
-        bias = settings.loss == "bias"
-        alpha, beta = (settings.alpha, settings.beta) if bias else (None, None)
+        alpha, beta = (settings.alpha, settings.beta) if settings.loss == "bias" else (None, None)
         model_name = settings.model
     else:
         torch.manual_seed(args.seed)
@@ -547,10 +496,9 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError("give --checkpoint CKPT (or --model NAME for a randomly initialised model)")
     positive_flags(vars(args), ("limit", "batch_size", "workers"))
     if args.hist:
-        from biasloss.analysis._figures import FORMATS
+        from biasloss.analysis._figures import check_out
 
-        if Path(args.hist).suffix.lower() not in FORMATS:
-            raise InputError(f"--hist must end in {', '.join(FORMATS)}; got {args.hist!r}")
+        check_out(args.hist, "--hist")
     layers = args.layers or list(DEFAULT_LAYERS)
     setup = _setup(args, resolve_device(args.device))
     result = collect_variance(setup["model"], setup["loader"], layers, keep="last" if args.hist else None,

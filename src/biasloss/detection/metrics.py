@@ -36,16 +36,14 @@ def average_precision(recall: torch.Tensor, precision: torch.Tensor, use_07_metr
     non-decreasing); computed in float64."""
     if recall.numel() == 0:
         return 0.0
-    rec, prec = recall.double(), precision.double()
+    rec, prec, zero = recall.double(), precision.double(), torch.zeros(1, dtype=torch.float64)
     if use_07_metric:
         # the best precision at recall >= t is the envelope at the first point reaching t
-        envelope = torch.cat([torch.flip(torch.cummax(torch.flip(prec, [0]), 0).values, [0]),
-                              torch.zeros(1, dtype=torch.float64)])
+        envelope = torch.cat([prec.flip(0).cummax(0).values.flip(0), zero])
         first = torch.searchsorted(rec, _ELEVEN_POINTS, side="left")
         return float(envelope[first].sum()) / 11
-    rec = torch.cat([torch.zeros(1, dtype=torch.float64), rec, torch.ones(1, dtype=torch.float64)])
-    prec = torch.cat([torch.zeros(1, dtype=torch.float64), prec, torch.zeros(1, dtype=torch.float64)])
-    prec = torch.flip(torch.cummax(torch.flip(prec, [0]), 0).values, [0])  # monotone envelope
+    rec = torch.cat([zero, rec, zero + 1])
+    prec = torch.cat([zero, prec, zero]).flip(0).cummax(0).values.flip(0)  # monotone envelope
     steps = torch.nonzero(rec[1:] != rec[:-1]).flatten()
     return float(((rec[steps + 1] - rec[steps]) * prec[steps + 1]).sum())
 

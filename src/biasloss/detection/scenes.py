@@ -235,11 +235,8 @@ def _check_int(name: str, value: object, minimum: int, maximum: int | None = Non
 
 
 def _same_dataset(a: dict, b: dict) -> bool:
-    def params(info: dict) -> dict:  # datasets written before val scenes existed have none
-        return {"val": 0} | info.get("params", {})
-
-    return params(a) == params(b) and all(
-        a.get(k) == b.get(k) for k in ("dataset", "version", "fashion_mnist_sha256"))
+    params = [{"val": 0} | info.get("params", {}) for info in (a, b)]  # datasets before val scenes have none
+    return params[0] == params[1] and all(a.get(k) == b.get(k) for k in ("dataset", "version", "fashion_mnist_sha256"))
 
 
 def make_scenes(
@@ -322,8 +319,8 @@ def make_scenes(
                 (base / "Annotations" / f"{name}.xml").write_text(_annotation(name, split, scene))
                 ids[split].append(name)
                 boxes[split] += len(scene.labels)
-        for image_set, names in (("train", ids["train"]), ("val", ids["val"]), ("trainval", ids["train"] + ids["val"]),
-                                 ("test", ids["test"])):
+        ids["trainval"] = ids["train"] + ids["val"]
+        for image_set, names in ids.items():
             (base / "ImageSets" / "Main" / f"{image_set}.txt").write_text("".join(f"{n}\n" for n in names))
         info["objects"] = boxes
         (tmp / "scenes.json").write_text(json.dumps(info, indent=1) + "\n")  # last: the dataset is complete

@@ -1,18 +1,13 @@
 """``biasloss detect show``: a picture of a detector's predictions next to the true boxes.
 
 A mAP says how good a detector is on average; a picture says what it does. :func:`draw_detections`
-draws a few test scenes, each scaled up by a whole factor (nearest neighbour) to at least 256 px a
-side so the labels are readable, with the true boxes white with black dashes (``name``: visible on
-the scenes' backgrounds and clutter of any colour, which are drawn from the whole RGB cube) and the
-predicted boxes scoring at least ``score_thresh`` in red (``name 0.87``: the detector's confidence
-in that class, 0 to 1), in one grid image. :func:`run_detect_show` does it for a ``biasloss
-detect train`` checkpoint on its test split, adds a legend below the grid (:func:`add_legend`) and
-writes a PNG.
+draws a few test scenes, scaled up so the labels are readable, with their true and predicted boxes
+in one grid image; :func:`run_detect_show` does it for a ``biasloss detect train`` checkpoint on its
+test split, adds a legend below the grid (:func:`add_legend`) and writes the image.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,7 +27,8 @@ __all__ = ["COLUMNS", "FORMATS", "MIN_SIDE", "PAD", "PRED_COLOR", "TRUE_COLOR", 
            "draw_detections", "legend_entries", "register_show", "run_detect_show"]
 
 #: The true boxes' colour: white, 3 px wide, with black dashes (:data:`TRUE_DASH_COLOR`) along its
-#: middle, so that one of the two stands out from whatever lies below.
+#: middle, so that one of the two stands out from whatever lies below (the scenes' backgrounds and
+#: clutter take any colour of the RGB cube).
 TRUE_COLOR = (255, 255, 255)
 TRUE_DASH_COLOR = (0, 0, 0)  #: the dashes on the true boxes
 PRED_COLOR = (255, 0, 0)  #: the predicted boxes' colour
@@ -199,10 +195,8 @@ def run_detect_show(args: Any) -> Path:
                     train=False, classes=DATASETS[cfg.dataset]["classes"])
     indices = list(args.indices) if getattr(args, "indices", None) else list(range(min(images, len(test))))
     grid, n_true, n_pred = _draw_all(model, test, indices, score_thresh, None)
-    grid = add_legend(grid, score_thresh)
-    data = io.BytesIO()  # Pillow: torchvision.io's PNG encoder is deprecated since torchvision 0.29
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(data, format=FORMATS[suffix])
-    atomic_write(out, lambda f: f.write(data.getvalue()))
+    image = Image.fromarray(add_legend(grid, score_thresh).permute(1, 2, 0).numpy())
+    atomic_write(out, lambda f: image.save(f, format=FORMATS[suffix]))  # Pillow: torchvision.io's is deprecated
     print(f"wrote {out}: {len(indices)} test images of {cfg.dataset} ({cfg.test_year} {cfg.test_set}), "
           f"{n_true} true boxes (white, dashed) and {n_pred} predicted boxes with score >= {score_thresh} (red)")
     return out

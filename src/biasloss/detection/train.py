@@ -144,11 +144,6 @@ def _resolve(args: Any, ckpt: dict[str, Any] | None) -> DetectConfig:
     return cfg
 
 
-def _recipe(cfg: DetectConfig) -> Recipe:
-    return DATASETS[cfg.dataset]["recipe"].override(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, model=cfg.model)
-
-
 def _datasets(cfg: DetectConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     data = DATASETS[cfg.dataset]
     train = VOCBoxes(cfg.data_dir, cfg.year, cfg.train_set, train=True, classes=data["classes"],
@@ -163,35 +158,33 @@ def _datasets(cfg: DetectConfig) -> tuple[torch.utils.data.Dataset, torch.utils.
     return train, test
 
 
-def _test_loader(cfg: DetectConfig, info: DistInfo, device: torch.device, batch_size: int) -> DetectionLoader:
-    _, test = _datasets(cfg)
-    return DetectionLoader(test, batch_size=batch_size, device=device, train=False, rank=info.rank,
-                           world_size=info.world_size, workers=cfg.workers)
-
-
 def _build_run(cfg: DetectConfig, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None,
                cleanup: contextlib.ExitStack) -> Run:
     assert cfg.out is not None  # _resolve names the run directory
     out = Path(cfg.out)
     if info.is_main:
         open_run_dir(out, cfg.resume, cleanup)
-    recipe = _recipe(cfg)
+    recipe = DATASETS[cfg.dataset]["recipe"].override(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, model=cfg.model)
     torch.manual_seed(cfg.seed)
-    train, _ = _datasets(cfg)
+    train, test = _datasets(cfg)
     if len(train) < recipe.batch_size * info.world_size:
         raise InputError(f"{len(train)} training images are fewer than one batch of {recipe.batch_size}"
                          + (f" x {info.world_size} ranks" if info.enabled else ""))
     train_loader = DetectionLoader(train, batch_size=recipe.batch_size, device=device, train=True, seed=cfg.seed,
                                    rank=info.rank, world_size=info.world_size, drop_last=True,
                                    workers=cfg.workers)
-    test_loader = _test_loader(cfg, info, device, recipe.batch_size)
+    test_loader = DetectionLoader(test, batch_size=recipe.batch_size, device=device, train=False, rank=info.rank,
+                                  world_size=info.world_size, workers=cfg.workers)
     cleanup.callback(train_loader.close)
     cleanup.callback(test_loader.close)
     num_classes = len(DATASETS[cfg.dataset]["classes"])
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = build_detector(cfg.model, cfg.size, None if ckpt else cfg.init, num_classes, cfg.head)
-    _check_size(model, cfg.size, SIZE_FLAG)  # on the CPU, as profile's --image-size, before any work
-    model = model.to(device=device, memory_format=memory_format)
+    model = build_detector(cfg.model, cfg.size, None if ckpt else cfg.init, num_classes, cfg.head).eval()
+    # one image through the backbone, in eval mode (no BatchNorm statistics change) and on the CPU, as profile's
+    # --image-size: a size that does not fit in memory is an InputError before any work, not a failure mid-epoch
+    try_input(model.backbone, (1, 3, cfg.size, cfg.size), f"{SIZE_FLAG} {cfg.size}", working_size=MIN_SIZE)
+    model = model.train().to(device=device, memory_format=memory_format)
     train_net: nn.Module = model
     if info.enabled:
         train_net = nn.parallel.DistributedDataParallel(
@@ -220,18 +213,6 @@ def _build_run(cfg: DetectConfig, info: DistInfo, device: torch.device, ckpt: di
         scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None,
         progress=cfg.progress, extra={"args": cfg.to_checkpoint()},
     )
-
-
-def _check_size(model: nn.Module, size: int, flag: str) -> None:
-    """One image of ``size`` px through ``model``'s backbone (in eval mode: no BatchNorm statistics
-    change), so that a size that does not fit in memory is an :class:`InputError` naming ``flag``
-    before any work (:func:`~biasloss._checks.try_input`), not a failed allocation mid-epoch."""
-    training = model.training
-    model.eval()
-    try:
-        try_input(model.backbone, (1, 3, size, size), f"{flag} {size}", working_size=MIN_SIZE)
-    finally:
-        model.train(training)
 
 
 def run_detect_train(args: Any) -> dict[str, Any]:
@@ -269,8 +250,7 @@ def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> t
     """The SSD a ``biasloss detect train`` checkpoint holds, in eval mode on ``device``, and the
     run's settings (:class:`DetectConfig`: ``dataset``, ``model``, ``size``, ``data_dir``, the
     splits, ...; a checkpoint of an older version gets the defaults of the settings it lacks)."""
-    model, cfg, _ = _load_detector(path, device)
-    return model, cfg
+    return _load_detector(path, device)[:2]
 
 
 def run_detect_eval(args: Any) -> dict[str, Any]:
@@ -281,7 +261,8 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
         cfg, data_dir=args.data_dir or cfg.data_dir, test_set=args.test_set or cfg.test_set,
         limit=cfg.limit if args.limit is None else positive("--limit", args.limit),
         workers=args.workers or cfg.workers)
-    loader = _test_loader(cfg, DistInfo(), device, cfg.batch_size)
+    loader = DetectionLoader(_datasets(cfg)[1], batch_size=cfg.batch_size, device=device, train=False,
+                             workers=cfg.workers)
     classes = DATASETS[cfg.dataset]["classes"]
     try:
         scores = detection_scores(model, loader, device, cfg.test_year == "2007", len(classes),

@@ -1,10 +1,5 @@
-"""The ``biasloss reproduce`` command: its flags, their checks and defaults, and what it runs.
-
-:func:`register` adds the command to the ``biasloss`` parser; :func:`settings_from_args` checks the
-command line and fills in the named grid's defaults (:data:`~biasloss.analysis.reproduce.runs.GRIDS`)
-as a :class:`~biasloss.analysis.reproduce.runs.GridSettings`; the command then runs the grid or the
-ablation (:mod:`biasloss.analysis.reproduce.grid`, or with ``--dry-run`` only prints the plan) and
-prints its ``results.md``.
+"""The ``biasloss reproduce`` command: its flags, their checks and defaults (the named grid's,
+:data:`~biasloss.analysis.reproduce.runs.GRIDS`); it runs the grid or the ablation and prints its ``results.md``.
 """
 
 from __future__ import annotations
@@ -19,24 +14,20 @@ from biasloss._checks import positive_flags
 from biasloss._io import writable_dir
 from biasloss.analysis.reproduce.grid import run_ablation, run_grid
 from biasloss.analysis.reproduce.report import format_ablation, format_markdown
-from biasloss.analysis.reproduce.runs import (
-    ABLATIONS,
-    BEYOND_PAPER,
-    GRID_LOSSES,
-    GRID_TRAIN_OPTIONS,
-    GRIDS,
-    LOSS_OPTIONS,
-    GridSettings,
-)
+from biasloss.analysis.reproduce.runs import (ABLATIONS, BEYOND_PAPER, GRID_LOSSES, GRID_TRAIN_OPTIONS, GRIDS,
+                                              LOSS_OPTIONS, GridSettings)
+from biasloss.data import get_dataset_spec
 from biasloss.errors import InputError
+from biasloss.models import is_model, unknown_model_error
+from biasloss.train.recipes import default_recipe, get_recipe
 from biasloss.train.runner import DEFAULTS
+from biasloss.train.settings import add_options
+from biasloss.train.train_cli import add_runtime_flags
 
 __all__ = ["register", "settings_from_args"]
 
 
 def _model_name(name: str, command: str) -> str:
-    from biasloss.models import is_model, unknown_model_error
-
     if is_model(name):
         return name
     if command == "table4" and is_model(f"cifar_{name}"):
@@ -51,10 +42,7 @@ def _unique(values: Sequence[Any], what: str) -> list[Any]:
 
 
 def settings_from_args(args: argparse.Namespace) -> GridSettings:
-    """Validate the command line and fill in the grid's defaults."""
-    from biasloss.data import get_dataset_spec
-    from biasloss.train.recipes import default_recipe, get_recipe
-
+    """Validate the command line and fill in the grid's defaults, as a :class:`GridSettings`."""
     grid = GRIDS[args.grid]
     positive_flags(vars(args), ("epochs", "batch_size", "limit", "num_seeds", "workers"))
     if args.seeds is not None and args.num_seeds is not None:
@@ -65,8 +53,7 @@ def settings_from_args(args: argparse.Namespace) -> GridSettings:
     seeds = _unique(seeds, "--seeds")
     dataset = args.dataset or grid.dataset or DEFAULTS["dataset"]
     get_dataset_spec(dataset)
-    recipe = get_recipe(args.recipe) if args.recipe else (
-        get_recipe(grid.recipe) if grid.recipe else default_recipe(dataset))
+    recipe = get_recipe(name) if (name := args.recipe or grid.recipe) else default_recipe(dataset)
     losses = _unique(args.losses or list(grid.losses), "--losses")
     models = _unique([_model_name(m, args.grid) for m in (args.models or grid.models)], "--models")
     return GridSettings(
@@ -93,25 +80,20 @@ def _run(args: argparse.Namespace) -> int:
             raise InputError(f"reproduce ablation sets the losses and loss options itself; leave out {' '.join(given)}")
         baseline = Path(args.baseline) if args.baseline else None
         variants = _unique(args.variants, "--variants") if args.variants else None
-        ablation = run_ablation(settings, out, baseline=baseline, dry_run=args.dry_run, variants=variants)
-        if ablation is not None:
-            print(format_ablation(ablation), end="")
-            print(f"wrote {out / 'results.md'} and {out / 'results.json'}", file=sys.stderr)
-        return 0
-    if args.baseline or args.variants:
+        results = run_ablation(settings, out, baseline=baseline, dry_run=args.dry_run, variants=variants)
+        markdown = format_ablation
+    elif args.baseline or args.variants:
         raise InputError("--baseline and --variants are for reproduce ablation")
-    results = run_grid(settings, out, dry_run=args.dry_run)
+    else:
+        results, markdown = run_grid(settings, out, dry_run=args.dry_run), format_markdown
     if results is not None:
-        print(format_markdown(results), end="")
+        print(markdown(results), end="")
         print(f"wrote {out / 'results.md'} and {out / 'results.json'}", file=sys.stderr)
     return 0
 
 
 def register(subparsers) -> None:
     """Add ``biasloss reproduce`` to the CLI."""
-    from biasloss.train.settings import add_options
-    from biasloss.train.train_cli import add_runtime_flags
-
     p = subparsers.add_parser(
         "reproduce",
         description="Train every model with every loss and seed (sequentially, resumable: run the same "

@@ -1,50 +1,27 @@
-"""Running a ``biasloss reproduce`` grid: training its runs one after another, and the ablations.
-
-:func:`run_grid` trains every unfinished run of a grid through the trainer (``biasloss train``'s
-:func:`~biasloss.train.runner.run_train`, given a :class:`~biasloss.train.runner.TrainConfig`, in
-this process) and rewrites ``<out>/results.md`` and ``<out>/results.json`` after every run; with
-``--variance`` it adds Table 5's measurement (:func:`~biasloss.analysis.variance.checkpoint_variance`: the 5th,
-20th and last conv layer on the test split) of every CE and Bias Loss run's final model to the run's record and
-tabulates it (:func:`variance_table`). :func:`run_ablation` runs each Bias Loss ablation as its own
-grid against the paper's default Bias Loss and cross-entropy runs, and gathers per variant its
-paired differences, last two epochs, per-class top-1 and the Bias Loss weights it trained with.
+"""Running a ``biasloss reproduce`` grid: training its runs one after another in this process (through
+``biasloss train``'s :func:`~biasloss.train.runner.run_train`), Table 5's feature variance of its runs, and
+the Bias Loss ablations, each its own grid against the paper's default Bias Loss and cross-entropy runs.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from biasloss._io import atomic_write_text
-from biasloss.analysis.reproduce.report import (
-    METRIC,
-    WEIGHT_STATS,
-    aggregate,
-    format_ablation,
-    format_markdown,
-)
-from biasloss.analysis.reproduce.runs import (
-    ABLATIONS,
-    BEYOND_PAPER,
-    VARIANCE_LOSSES,
-    GridRun,
-    GridSettings,
-    inspect_run,
-    plan_grid,
-    read_record,
-    record_path,
-)
+from biasloss.analysis.reproduce.report import METRIC, WEIGHT_STATS, aggregate, format_ablation, format_markdown
+from biasloss.analysis.reproduce.runs import (ABLATIONS, BEYOND_PAPER, VARIANCE_LOSSES, GridRun, GridSettings,
+                                              inspect_run, plan_grid, read_record, record_path)
 from biasloss.analysis.reproduce.stats import mean_std, paired_difference, paired_ratio
 from biasloss.errors import InputError
 from biasloss.train import runner
+from biasloss.train.checkpoint import CheckpointError
 
 __all__ = ["mean_weight", "measure_variance", "run_ablation", "run_grid", "variance_table"]
-
-VARIANCE_STATS = ("avg", "max", "min")
 
 
 def measure_variance(runs: Sequence[GridRun], settings: GridSettings, out: Path) -> None:
@@ -88,7 +65,7 @@ def variance_table(runs: Sequence[GridRun], settings: GridSettings, out: Path) -
             continue
         first = next(layers for values in by_loss.values() for layers in values.values())
         for k, layer in enumerate(first):
-            for stat in VARIANCE_STATS:
+            for stat in ("avg", "max", "min"):
                 values = {loss: {seed: layers[k][stat] for seed, layers in seeds.items()}
                           for loss, seeds in by_loss.items()}
                 cells = {loss: dict(zip(("mean", "std"), mean_std(list(v.values()))), n=len(v))
@@ -99,27 +76,26 @@ def variance_table(runs: Sequence[GridRun], settings: GridSettings, out: Path) -
     return rows
 
 
-def _write_results(runs: Sequence[GridRun], settings: GridSettings, out: Path) -> dict[str, Any]:
-    results = {
-        "settings": settings.recorded("device", "workers", "progress", "variance"),
-        "metric": METRIC,
-        "runs": [r.record(out) for r in runs],
-        **aggregate(runs, settings),
-    }
-    variance = variance_table(runs, settings, out)
+def _write(results: dict[str, Any], variance: list[dict[str, Any]], out: Path,
+           markdown: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """``<out>/results.json`` and ``results.md`` of ``results``, with the ``variance`` table if there is one."""
     if variance:
         results["variance"] = variance
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out / "results.md", format_markdown(results))
+    atomic_write_text(out / "results.md", markdown(results))
     return results
 
 
-def run_grid(settings: GridSettings, out: Path, *, dry_run: bool = False) -> dict[str, Any] | None:
-    """Train every unfinished run, then write ``results.md``/``results.json``; returns the results
-    (``None`` for a dry run, which only prints the plan)."""
-    from biasloss.train.checkpoint import CheckpointError
+def _write_results(runs: Sequence[GridRun], settings: GridSettings, out: Path) -> dict[str, Any]:
+    results = {"settings": settings.recorded("device", "workers", "progress", "variance"), "metric": METRIC,
+               "runs": [r.record(out) for r in runs], **aggregate(runs, settings)}
+    return _write(results, variance_table(runs, settings, out), out, format_markdown)
 
+
+def run_grid(settings: GridSettings, out: Path, *, dry_run: bool = False) -> dict[str, Any] | None:
+    """Train every unfinished run, rewriting ``results.md``/``results.json`` after each (and with ``variance``,
+    :func:`measure_variance`); returns the results (``None`` for a dry run, which only prints the plan)."""
     runs = plan_grid(settings, out)
     todo = [r for r in runs if r.status != "finished"]
     print(f"biasloss reproduce {settings.command}: {len(runs)} runs ({len(settings.models)} models x "
@@ -128,9 +104,8 @@ def run_grid(settings: GridSettings, out: Path, *, dry_run: bool = False) -> dic
           flush=True)
     if dry_run:
         for i, run in enumerate(runs, 1):
-            what = {"new": "to train", "resume": f"to resume at epoch {run.epochs_done}",
-                    "finished": f"finished, top-1 {run.final_top1:.2f}" if run.final_top1 is not None else ""}
-            print(f"[{i}/{len(runs)}] {run.name}: {what[run.status]}")
+            what = {"new": "to train", "resume": f"to resume at epoch {run.epochs_done}"}.get(run.status)
+            print(f"[{i}/{len(runs)}] {run.name}: {what or f'finished, top-1 {run.final_top1:.2f}'}")
         return None
     for i, run in enumerate(runs, 1):
         if run.status == "finished":
@@ -148,8 +123,7 @@ def run_grid(settings: GridSettings, out: Path, *, dry_run: bool = False) -> dic
         _write_results(runs, settings, out)
     if settings.variance:
         measure_variance(runs, settings, out)
-    results = _write_results(runs, settings, out)
-    return results
+    return _write_results(runs, settings, out)
 
 
 def run_ablation(settings: GridSettings, out: Path, *, baseline: Path | None = None,
@@ -165,18 +139,15 @@ def run_ablation(settings: GridSettings, out: Path, *, baseline: Path | None = N
     against cross-entropy, per-class top-1 and the Bias Loss weights the runs trained with."""
     settings = replace(settings, command="grid")  # each part is an ordinary grid
     base = replace(settings, losses=["ce", "bias"], variance=settings.variance and baseline is None)
-    if baseline is not None:
-        runs = plan_grid(base, baseline)
-        missing = [r.name for r in runs if r.status != "finished"]
-        if missing:
-            raise InputError(f"--baseline {str(baseline)!r} lacks finished runs {', '.join(missing)}: finish them "
-                             "with 'biasloss reproduce grid ... --losses ce bias', or leave out --baseline to "
-                             "train them here")
-        base_runs: list[GridRun] | None = runs
-    else:
-        run_grid(base, out / "default", dry_run=dry_run)
-        base_runs = None if dry_run else plan_grid(base, out / "default")
     where = baseline if baseline is not None else out / "default"
+    if baseline is None:
+        run_grid(base, where, dry_run=dry_run)
+    base_runs = None if dry_run and baseline is None else plan_grid(base, where)
+    missing = [r.name for r in base_runs or [] if r.status != "finished"]
+    if missing:  # only a --baseline can lack some: run_grid finished those it trained
+        raise InputError(f"--baseline {str(baseline)!r} lacks finished runs {', '.join(missing)}: finish them "
+                         "with 'biasloss reproduce grid ... --losses ce bias', or leave out --baseline to "
+                         "train them here")
     trained: dict[str, list[GridRun]] = {}
     for name in variants or [n for n in ABLATIONS if n not in BEYOND_PAPER]:
         options = dict(ABLATIONS[name])
@@ -188,18 +159,13 @@ def run_ablation(settings: GridSettings, out: Path, *, baseline: Path | None = N
             options["loss_scale"] = {r.seed: mean_weight(record_path(r, where))
                                      for r in base_runs if r.loss == "bias"}
         variant = replace(settings, losses=[loss], variance=False, **options)
-        if dry_run:
-            run_grid(variant, out / name, dry_run=True)
-            continue
-        run_grid(variant, out / name)
-        trained[name] = plan_grid(variant, out / name)
-    if dry_run or base_runs is None:
+        run_grid(variant, out / name, dry_run=dry_run)
+        if not dry_run:
+            trained[name] = plan_grid(variant, out / name)
+    if dry_run:
         return None
-    results = _ablation_results(settings, base_runs, trained, out, baseline)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out / "results.md", format_ablation(results))
-    return results
+    variance = variance_table(base_runs, base, where)
+    return _write(_ablation_results(settings, base_runs, trained, out, where), variance, out, format_ablation)
 
 
 def mean_weight(record_path: Path) -> float:
@@ -215,22 +181,19 @@ def mean_weight(record_path: Path) -> float:
 
 
 def _ablation_results(settings: GridSettings, base_runs: Sequence[GridRun], variants: Mapping[str, Sequence[GridRun]],
-                      out: Path, baseline: Path | None) -> dict[str, Any]:
+                      out: Path, where: Path) -> dict[str, Any]:
     def top1(runs: Sequence[GridRun], loss: str = "bias") -> dict[int, float]:
         return {r.seed: r.final_top1 for r in runs if r.loss == loss and r.final_top1 is not None}
 
     def records(runs: Sequence[GridRun], where: Path, loss: str) -> dict[int, dict[str, Any]]:
-        found = {r.seed: read_record(record_path(r, where)) for r in runs if r.loss == loss}
-        return {seed: record for seed, record in found.items() if record}
+        return {r.seed: record for r in runs if r.loss == loss and (record := read_record(record_path(r, where)))}
 
-    where = baseline if baseline is not None else out / "default"
     ce, default = top1(base_runs, "ce"), top1(base_runs)
     ce_classes = _class_top1(records(base_runs, where, "ce"))
     rows = []
-    for name, loss, options, runs, root in [("ce (cross-entropy)", "ce", {}, base_runs, where),
-                                            ("default Bias Loss", "bias", {}, base_runs, where),
-                                            *((n, ABLATIONS[n].get("loss", "bias"), ABLATIONS[n], v, out / n)
-                                              for n, v in variants.items())]:
+    arms = [("ce (cross-entropy)", "ce", {}, base_runs, where), ("default Bias Loss", "bias", {}, base_runs, where),
+            *((n, ABLATIONS[n].get("loss", "bias"), ABLATIONS[n], v, out / n) for n, v in variants.items())]
+    for i, (name, loss, options, runs, root) in enumerate(arms):  # i = 0: cross-entropy, 1: the default Bias Loss
         values = top1(runs, loss)
         mean, std = mean_std(list(values.values()))
         found = records(runs, root, loss)
@@ -241,20 +204,15 @@ def _ablation_results(settings: GridSettings, base_runs: Sequence[GridRun], vari
             options["loss_scale"] = {seed: r["identity"].get("loss_scale") for seed, r in sorted(found.items())}
         rows.append({"name": name, "loss": loss, "options": options, "n": len(values), "seeds": sorted(values),
                      "mean": mean, "std": std, "train_time_s": mean_std(times)[0],
-                     "vs_default": None if name == "default Bias Loss" or name.startswith("ce (")
-                     else paired_difference(values, default),
-                     "vs_ce": None if name.startswith("ce (") else paired_difference(values, ce),
+                     "vs_default": None if i < 2 else paired_difference(values, default),
+                     "vs_ce": None if i == 0 else paired_difference(values, ce),
                      "last_two": _last_two(found),
                      "weights": _weight_summary(found),
                      "class_top1": {str(k): mean_std(list(v.values()))[0] for k, v in classes.items()},
-                     "class_vs_ce": None if name.startswith("ce (") else
+                     "class_vs_ce": None if i == 0 else
                      {str(k): paired_difference(v, ce_classes.get(k, {})) for k, v in classes.items()}})
-    results = {"settings": settings.recorded("device", "workers", "progress", "variance", "losses"),
-               "metric": METRIC, "baseline": str(where), "rows": rows}
-    variance = variance_table(base_runs, replace(settings, losses=["ce", "bias"]), where)
-    if variance:
-        results["variance"] = variance
-    return results
+    return {"settings": settings.recorded("device", "workers", "progress", "variance", "losses"),
+            "metric": METRIC, "baseline": str(where), "rows": rows}
 
 
 def _class_top1(records: Mapping[int, Mapping[str, Any]]) -> dict[int, dict[int, float]]:

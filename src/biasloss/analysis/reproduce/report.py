@@ -7,25 +7,16 @@ mean and sample standard deviation (``n - 1``) over seeds, and ``n``; per model:
 difference ``bias - ce`` (and ``focal - ce``) seed by seed, its mean and a 95 % Student-t interval
 ``mean +- t(0.975, n - 1) * sd / sqrt(n)`` (``n >= 2``; only seeds where both runs finished), since
 pairing by seed removes the seed-to-seed spread the two losses share (same initialisation and data
-order). The paper's numbers (:data:`biasloss.paper.PAPER_TOP1`: Table 4 and the authors' README for
-CIFAR-100, Table 3 for ImageNet; single runs of 200 or ~350 epochs, without intervals) stand beside
-ours where the dataset is the paper's and the model maps to a row; with ``--variance``, Table 5's
-question per model and layer (CE and Bias Loss avg / max / min, their paired difference and ratio);
-for ``reproduce ablation``, a row per variant against the default Bias Loss and cross-entropy.
+order). The paper's numbers (:data:`biasloss.paper.PAPER_TOP1`; single runs of 200 or ~350 epochs,
+without intervals) stand beside ours where the dataset is the paper's and the model maps to a row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from biasloss.analysis.reproduce.runs import (
-    GRID_LOSSES,
-    LOSS_OPTIONS,
-    VARIANCE_LOSSES,
-    GridRun,
-    GridSettings,
-)
+from biasloss.analysis.reproduce.runs import GRID_LOSSES, LOSS_OPTIONS, VARIANCE_LOSSES, GridRun, GridSettings
 from biasloss.analysis.reproduce.stats import mean_std, paired_difference
 from biasloss.paper import PAPER_TOP1, PaperRow, bias_gain_range
 
@@ -35,8 +26,6 @@ __all__ = ["LOSS_NAMES", "METRIC", "WEIGHT_STATS", "aggregate", "format_ablation
 LOSS_NAMES = {loss: "CE" if loss == "ce" else loss for loss in GRID_LOSSES}
 METRIC = ("val_top1 (top-1 % on the test split, the trainer's evaluation weights) of the last epoch in each "
           "run's metrics.jsonl")
-
-
 #: The weight statistics an ablation reports, per run the mean over its epochs (z_mean ... of metrics.jsonl).
 WEIGHT_STATS = ("z_mean", "z_std", "z_p01", "z_p10", "z_p50", "z_p90", "z_p99", "z_near_min", "z_at_low", "z_at_high")
 
@@ -45,60 +34,57 @@ def _paper_row(dataset: str, model: str) -> PaperRow | None:
     return PAPER_TOP1.get(dataset, {}).get(model)
 
 
+def _diff_losses(losses: Sequence[str]) -> list[str]:
+    """The losses compared with cross-entropy (none without it)."""
+    return [loss for loss in losses if loss != "ce" and "ce" in losses]
+
+
 def aggregate(runs: Sequence[GridRun], settings: GridSettings) -> dict[str, Any]:
     """Cells (mean, std, n per model and loss) and paired differences against ``ce``."""
     cells, differences = [], []
     for model in settings.models:
         paper = _paper_row(settings.dataset, model)
         by_loss: dict[str, dict[int, float]] = {}
-        best_by_loss: dict[str, list[float]] = {}
         for loss in settings.losses:
             done = [r for r in runs if r.model == model and r.loss == loss and r.final_top1 is not None]
             by_loss[loss] = {r.seed: r.final_top1 for r in done}
-            best_by_loss[loss] = [r.best_top1 for r in done if r.best_top1 is not None]
             mean, std = mean_std(list(by_loss[loss].values()))
             cells.append({"model": model, "loss": loss, "n": len(done), "seeds": sorted(by_loss[loss]),
-                          "mean": mean, "std": std, "best_mean": mean_std(best_by_loss[loss])[0],
+                          "mean": mean, "std": std,
+                          "best_mean": mean_std([r.best_top1 for r in done if r.best_top1 is not None])[0],
                           "paper": paper.top1.get(loss) if paper else None})
-        if "ce" in by_loss:
-            for loss in settings.losses:
-                if loss == "ce":
-                    continue
-                diff = paired_difference(by_loss[loss], by_loss["ce"])
-                paper_diff = None
-                if paper and loss in paper.top1 and "ce" in paper.top1:
-                    paper_diff = round(paper.top1[loss] - paper.top1["ce"], 4)
-                differences.append({"model": model, "loss": loss, "baseline": "ce", **diff, "paper": paper_diff})
+        for loss in _diff_losses(settings.losses):
+            diff = paired_difference(by_loss[loss], by_loss["ce"])
+            both = paper and loss in paper.top1 and "ce" in paper.top1
+            paper_diff = round(paper.top1[loss] - paper.top1["ce"], 4) if both else None
+            differences.append({"model": model, "loss": loss, "baseline": "ce", **diff, "paper": paper_diff})
     return {"cells": cells, "differences": differences}
 
 
-def _fmt(x: float | None, signed: bool = False) -> str:
-    if x is None:
-        return "–"
-    return f"{x:+.2f}" if signed else f"{x:.2f}"
+def _fmt(x: float | None, signed: bool = False, spec: str = ".2f") -> str:
+    """``x`` in the format ``spec`` (with its sign if ``signed``), "–" for ``None``."""
+    return "–" if x is None else format(x, ("+" if signed else "") + spec)
 
 
-def _fmt_cell(cell: Mapping[str, Any], num: Callable[..., str] = _fmt) -> str:
+def _fmt_cell(cell: Mapping[str, Any], spec: str = ".2f") -> str:
     if not cell["n"]:
         return "–"
-    if cell["std"] is None:
-        return f"{num(cell['mean'])} (n=1)"
-    return f"{num(cell['mean'])} ± {num(cell['std'])} (n={cell['n']})"
+    spread = "" if cell["std"] is None else f" ± {_fmt(cell['std'], spec=spec)}"  # no std for n = 1
+    return f"{_fmt(cell['mean'], spec=spec)}{spread} (n={cell['n']})"
 
 
-def _fmt_diff(diff: Mapping[str, Any], num: Callable[..., str] = _fmt) -> str:
-    if not diff["n"]:
+def _fmt_diff(diff: Mapping[str, Any] | None, spec: str = ".2f", *, short: bool = False) -> str:
+    """A paired difference: mean [95 % interval] (n=...); ``short`` (a narrow cell): without n, bold
+    when the interval excludes 0."""
+    if not diff or not diff["n"]:
         return "–"
-    if diff["ci95"] is None:
-        return f"{num(diff['mean'], True)} (n=1)"
-    low, high = diff["ci95"]
-    return f"{num(diff['mean'], True)} [{num(low, True)}, {num(high, True)}] (n={diff['n']})"
-
-
-def _paper_value(x: float | None, signed: bool = False) -> str:
-    if x is None:
-        return "–"
-    return f"{x:+.2f}".rstrip("0").rstrip(".") if signed else f"{x:g}"
+    text = _fmt(diff["mean"], True, spec)
+    if diff["ci95"] is not None:
+        low, high = diff["ci95"]
+        text += f" [{_fmt(low, True, spec)}, {_fmt(high, True, spec)}]"
+    if short:
+        return f"**{text}**" if diff["ci95"] is not None and (low > 0 or high < 0) else text
+    return f"{text} (n={diff['n']})"
 
 
 def _training_line(s: Mapping[str, Any]) -> str:
@@ -114,7 +100,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     losses, models = s["losses"], s["models"]
     cells = {(c["model"], c["loss"]): c for c in results["cells"]}
     diffs = {(d["model"], d["loss"]): d for d in results["differences"]}
-    diff_losses = [loss for loss in losses if loss != "ce" and "ce" in losses]
+    diff_losses = _diff_losses(losses)
     rows = {m: _paper_row(s["dataset"], m) for m in models}
     with_paper = any(rows.values())
     title = {"table4": "Table 4 (CIFAR-100, loss comparison)", "table3": "Table 3 (ImageNet ablation)",
@@ -124,7 +110,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         f"# biasloss reproduce: {title}",
         "",
         _training_line(s)
-        + "".join(f", {k.replace('_', ' ')} {'none' if v == 'none' else (' '.join(map(str, v)) if isinstance(v, list) else v)}"
+        + "".join(f", {k.replace('_', ' ')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                   for k, v in ((k, s.get(k)) for k in LOSS_OPTIONS) if v is not None)
         + f"; seeds {', '.join(map(str, s['seeds']))}; {finished} of {len(results['runs'])} runs finished.",
         "",
@@ -133,7 +119,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         "order), mean [95 % Student-t interval] over the seeds where both runs finished.",
         "",
     ]
-    header = ["model"] + [f"{LOSS_NAMES[loss]}" for loss in losses] + \
+    header = ["model"] + [LOSS_NAMES[loss] for loss in losses] + \
         [f"{LOSS_NAMES[loss]} − CE [95 % CI]" for loss in diff_losses]
     if with_paper:
         header += ["paper model"] + [f"paper {LOSS_NAMES[loss]}" for loss in losses] + \
@@ -145,8 +131,8 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         if with_paper:
             paper = rows[m]
             row += [paper.label if paper else "–"]
-            row += [_paper_value(paper.top1.get(loss)) if paper else "–" for loss in losses]
-            row += [_paper_value(diffs[(m, loss)]["paper"], True) if paper else "–" for loss in diff_losses]
+            row += [_fmt(paper.top1.get(loss), spec="g") if paper else "–" for loss in losses]
+            row += [_fmt(diffs[(m, loss)]["paper"], True, "g") if paper else "–" for loss in diff_losses]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     if with_paper:
@@ -163,17 +149,8 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         lines += ["", *format_variance(results["variance"])]
     missing = [r["dir"] for r in results["runs"] if r["status"] != "finished"]
     if missing:
-        lines.append("")
-        lines.append(f"Not finished ({len(missing)}; run the same command again to continue): "
-                     + ", ".join(missing) + ".")
+        lines += ["", f"Not finished ({len(missing)}; run the same command again to continue): {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
-
-
-def _num(x: float | None, signed: bool = False) -> str:
-    """Variances span orders of magnitude: three significant digits."""
-    if x is None:
-        return "–"
-    return f"{x:+.3g}" if signed else f"{x:.3g}"
 
 
 def format_variance(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -186,9 +163,9 @@ def format_variance(rows: Sequence[Mapping[str, Any]]) -> list[str]:
              "seed), each with its 95 % t interval.", "",
              "| model | layer | stat | CE | bias | bias − CE [95 % CI] | bias / CE [95 % CI] |",
              "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        text = {loss: _fmt_cell(row["cells"][loss], _num) for loss in VARIANCE_LOSSES}
-        d = _fmt_diff(row["difference"], _num)
+    for row in rows:  # variances span orders of magnitude: three significant digits
+        text = {loss: _fmt_cell(row["cells"][loss], ".3g") for loss in VARIANCE_LOSSES}
+        d = _fmt_diff(row["difference"], ".3g")
         r = row.get("ratio")
         ratio = "–" if r is None else f"{r['geomean']:.2f}" + (
             "" if r["ci95"] is None else f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]")
@@ -211,14 +188,13 @@ def format_ablation(results: Mapping[str, Any]) -> str:
         f"Top-1 % = {METRIC}; mean ± sample standard deviation over seeds. Differences paired by seed, "
         "mean [95 % Student-t interval].",
         "",
-        "| variant | options | top-1 | − default bias [95 % CI] | − CE [95 % CI] | last two epochs | train time a run |",
+        "| variant | options | top-1 | − default bias [95 % CI] | − CE [95 % CI] | last two epochs "
+        "| train time a run |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         options = ", ".join(f"{k.replace('_', ' ')} {_option_text(v)}" for k, v in row["options"].items()) or "–"
-        cell = _fmt_cell(row)
-        vs_default = "–" if row["vs_default"] is None else _fmt_diff(row["vs_default"])
-        vs_ce = "–" if row["vs_ce"] is None else _fmt_diff(row["vs_ce"])
+        cell, vs_default, vs_ce = _fmt_cell(row), _fmt_diff(row["vs_default"]), _fmt_diff(row["vs_ce"])
         seconds = "–" if row["train_time_s"] is None else f"{row['train_time_s']:.0f} s"
         two = row.get("last_two")
         levelled = "–" if not two else f"{two['before']:.2f} → {two['last']:.2f} ({two['change']:+.2f})"
@@ -247,22 +223,11 @@ def format_ablation(results: Mapping[str, Any]) -> str:
         for row in with_classes:
             lines.append(f"| {row['name']} | " + " | ".join(_fmt(row["class_top1"].get(k)) for k in classes) + " |")
             if row.get("class_vs_ce"):
-                lines.append("| − CE [95 % CI] | " + " | ".join(_short_diff(row["class_vs_ce"].get(k)) for k in classes)
-                             + " |")
+                diffs = (_fmt_diff(row["class_vs_ce"].get(k), ".1f", short=True) for k in classes)
+                lines.append("| − CE [95 % CI] | " + " | ".join(diffs) + " |")
     if results.get("variance"):
         lines += ["", *format_variance(results["variance"])]
     return "\n".join(lines) + "\n"
-
-
-def _short_diff(diff: Mapping[str, Any] | None) -> str:
-    """A paired difference in a narrow cell: mean and interval, one decimal, bold when it excludes 0."""
-    if not diff or not diff["n"]:
-        return "–"
-    if diff["ci95"] is None:
-        return f"{diff['mean']:+.1f}"
-    low, high = diff["ci95"]
-    text = f"{diff['mean']:+.1f} [{low:+.1f}, {high:+.1f}]"
-    return f"**{text}**" if low > 0 or high < 0 else text
 
 
 def _option_text(value: Any) -> str:

@@ -20,44 +20,31 @@ import copy
 import json
 import math
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from biasloss._io import atomic_write_text
+from biasloss._provenance import environment
 from biasloss.errors import InputError
 from biasloss.losses import LOSSES
+from biasloss.train.checkpoint import load_checkpoint
+from biasloss.train.loop import metric_problem, read_metrics
+from biasloss.train.recipes import get_recipe
 from biasloss.train.runner import DEFAULTS, TrainConfig, resume_conflict, trained_with
 from biasloss.train.settings import to_argv
 
-__all__ = [
-    "ABLATIONS",
-    "BEYOND_PAPER",
-    "GRIDS",
-    "GRID_LOSSES",
-    "GRID_TRAIN_OPTIONS",
-    "LOSS_OPTIONS",
-    "RECORDED_SETTINGS",
-    "PAPER_LOSSES",
-    "VARIANCE_LOSSES",
-    "GridRun",
-    "GridSettings",
-    "GridSpec",
-    "inspect_run",
-    "plan_grid",
-    "read_record",
-    "read_run",
-    "record_path",
-]
+__all__ = ["ABLATIONS", "BEYOND_PAPER", "GRIDS", "GRID_LOSSES", "GRID_TRAIN_OPTIONS", "LOSS_OPTIONS", "VARIANCE_LOSSES",
+           "GridRun", "GridSettings", "GridSpec", "inspect_run", "plan_grid", "read_record", "read_run", "record_path"]
 
-#: every loss of the registry (:data:`biasloss.losses.LOSSES`); Table 4 compares the paper's three
+#: every loss of the registry (:data:`biasloss.losses.LOSSES`)
 GRID_LOSSES = tuple(LOSSES)
-PAPER_LOSSES = ("ce", "focal", "bias")
 #: loss options a grid can set: the losses' own (in the command's order) with the trainer's
 #: defaults, and the label smoothing (default: the recipe's)
 LOSS_OPTIONS: dict[str, Any] = {
-    **{f.name: DEFAULTS[f.name] for f in fields(TrainConfig) if any(f.name in spec.options for spec in LOSSES.values())},
+    **{f.name: DEFAULTS[f.name] for f in fields(TrainConfig) if any(f.name in s.options for s in LOSSES.values())},
     "loss_scale": DEFAULTS["loss_scale"],  # one value, or one per seed ({seed: c}: the CE x c arm)
     "label_smoothing": None,
 }
@@ -76,7 +63,7 @@ class GridSpec:
 
 GRIDS: dict[str, GridSpec] = {
     "table4": GridSpec("cifar100", ("cifar_shufflenetv2", "cifar_mobilenetv2_075", "cifar_nasnet_a",
-                                    "cifar_squeezenet", "cifar_densenet_k12"), PAPER_LOSSES, "cifar100"),
+                                    "cifar_squeezenet", "cifar_densenet_k12"), ("ce", "focal", "bias"), "cifar100"),
     "table3": GridSpec("imagenet", ("mobilenetv3_large_100", "skipblocknet_m"), ("ce", "bias"), "imagenet"),
     "grid": GridSpec(None, ("skipblocknet_xs",), GRID_LOSSES, None),
     "ablation": GridSpec(None, ("skipblocknet_xs",), ("ce", "bias"), None),
@@ -121,12 +108,7 @@ class GridRun:
         return f"{self.model}-{self.loss}-s{self.seed}"
 
     def record(self, root: Path) -> dict[str, Any]:
-        out = asdict(self)
-        try:
-            out["dir"] = str(self.dir.relative_to(root))
-        except ValueError:
-            out["dir"] = str(self.dir)
-        return out
+        return {**asdict(self), "dir": str(self.dir.relative_to(root) if self.dir.is_relative_to(root) else self.dir)}
 
 
 #: The options of ``biasloss train`` a grid sets for all its runs (``reproduce``'s flags); model,
@@ -176,8 +158,6 @@ class GridSettings(TrainConfig):
 
 def _command(config: TrainConfig) -> str:
     """``biasloss train ...``: the command that trains ``config``, its options in a grid's order."""
-    import shlex
-
     return "biasloss " + " ".join(shlex.quote(a) for a in ["train", *to_argv(config, _COMMAND_ORDER)])
 
 
@@ -185,8 +165,6 @@ def read_run(run_dir: Path, planned_epochs: int) -> dict[str, Any] | None:
     """The final numbers of a finished run from its ``metrics.jsonl``: the line of the planned
     last epoch (``final_top1``/``final_top5``) and the best ``val_top1`` up to it; ``None`` if the
     file lacks that epoch."""
-    from biasloss.train.loop import read_metrics
-
     lines = read_metrics(Path(run_dir) / "metrics.jsonl", planned_epochs)
     last = [line for line in lines if line["epoch"] == planned_epochs and "val_top1" in line]
     if not last:
@@ -197,17 +175,13 @@ def read_run(run_dir: Path, planned_epochs: int) -> dict[str, Any] | None:
 
 def _identity(run: GridRun, settings: GridSettings) -> dict[str, Any]:
     """What a run must have been trained with to count as this grid's run (effective values)."""
-    from biasloss.train.recipes import get_recipe
-
     planned = get_recipe(settings.recipe)
     wanted = {"dataset": settings.dataset, "model": run.model, "loss": run.loss, "seed": run.seed,
               "recipe": settings.recipe, "limit": settings.limit,
               "batch_size": settings.batch_size or planned.batch_size, "epochs": settings.epochs}
-    given = settings.loss_options(run.seed)
-    for key, default in LOSS_OPTIONS.items():
-        value = given.get(key)
-        wanted[key] = value if value is not None else (planned.label_smoothing if key == "label_smoothing" else default)
-    return wanted
+    given = settings.loss_options(run.seed)  # else the trainer's default; label smoothing: the recipe's
+    defaults = {**LOSS_OPTIONS, "label_smoothing": planned.label_smoothing}
+    return wanted | {key: given.get(key, default) for key, default in defaults.items()}
 
 
 def _check_identity(where: Path, have: Mapping[str, Any], run: GridRun, settings: GridSettings) -> None:
@@ -220,45 +194,36 @@ def _check_identity(where: Path, have: Mapping[str, Any], run: GridRun, settings
 
 
 def inspect_run(run: GridRun, settings: GridSettings, out: Path) -> None:
-    """Set ``run.status`` (new / resume / finished) and, when finished, its numbers: from the run
-    directory when it is there, else from the run's record (``<out>/records/<run>.json``, what a
-    published grid keeps once its run directories are gone)."""
-    from biasloss.train.checkpoint import load_checkpoint
-
-    last = run.dir / "last.pt"
+    """Set ``run.status`` (new / resume / finished) and, when finished, its numbers: from the run directory
+    when it is there, else from the run's record (what a published grid keeps once its run directories are gone)."""
+    last, record_file = run.dir / "last.pt", record_path(run, out)
     if not last.exists():
-        record = read_record(record_path(run, out))
-        if record is None:
+        numbers = read_record(record_file)
+        if numbers is None:
             run.status = "new"
             return
-        _check_identity(record_path(run, out), record["identity"], run, settings)
-        run.status, run.epochs_done = "finished", settings.epochs
-        run.final_top1, run.final_top5, run.best_top1 = (record["final_top1"], record["final_top5"],
-                                                         record["best_top1"])
-        return
-    ckpt = load_checkpoint(last)
-    _check_identity(run.dir, trained_with(ckpt), run, settings)
-    epoch, step = int(ckpt["epoch"]), int(ckpt.get("step") or 0)
-    run.epochs_done = epoch
-    if epoch < settings.epochs or step:
-        run.status = "resume"
-        return
-    numbers = read_run(run.dir, settings.epochs)
-    if numbers is None:  # metrics.jsonl lost: last.pt holds the last epoch's metrics too
-        metrics = ckpt.get("metrics") or {}
-        if "val_top1" not in metrics:
-            raise InputError(f"{run.dir}: no metrics for epoch {epoch} in metrics.jsonl or last.pt")
-        from biasloss.train.loop import metric_problem
-
-        problem = metric_problem(metrics) if isinstance(metrics, dict) else "not a dict"
-        if problem:
-            raise InputError(f"{last}: the last epoch's metrics: {problem}")
-        numbers = {"final_top1": float(metrics["val_top1"]), "final_top5": metrics.get("val_top5"),
-                   "best_top1": float(ckpt.get("best_top1", metrics["val_top1"]))}
+        _check_identity(record_file, numbers["identity"], run, settings)
+        run.epochs_done = settings.epochs
+    else:
+        ckpt = load_checkpoint(last)
+        _check_identity(run.dir, trained_with(ckpt), run, settings)
+        epoch = run.epochs_done = int(ckpt["epoch"])
+        if int(ckpt.get("step") or 0) or epoch < settings.epochs:
+            run.status = "resume"
+            return
+        numbers = read_run(run.dir, settings.epochs)
+        if numbers is None:  # metrics.jsonl lost: last.pt holds the last epoch's metrics too
+            metrics = ckpt.get("metrics") or {}
+            if "val_top1" not in metrics:
+                raise InputError(f"{run.dir}: no metrics for epoch {epoch} in metrics.jsonl or last.pt")
+            problem = metric_problem(metrics) if isinstance(metrics, dict) else "not a dict"
+            if problem:
+                raise InputError(f"{last}: the last epoch's metrics: {problem}")
+            numbers = {"final_top1": float(metrics["val_top1"]), "final_top5": metrics.get("val_top5"),
+                       "best_top1": float(ckpt.get("best_top1", metrics["val_top1"]))}
     run.status = "finished"
-    run.final_top1, run.final_top5, run.best_top1 = (numbers["final_top1"], numbers["final_top5"],
-                                                     numbers["best_top1"])
-    if not record_path(run, out).exists():
+    run.final_top1, run.final_top5, run.best_top1 = (numbers[k] for k in ("final_top1", "final_top5", "best_top1"))
+    if not record_file.exists():
         _write_record(run, settings, out)
 
 
@@ -282,8 +247,6 @@ def read_record(path: Path) -> dict[str, Any] | None:
     naming the file): ``final_top1``/``best_top1`` not finite numbers, ``final_top5`` neither that
     nor ``null``, or a ``metrics`` line that :func:`biasloss.train.loop.metric_problem` refuses, as
     ``metrics.jsonl`` is read. A file that is not UTF-8 JSON is named too."""
-    from biasloss.train.loop import metric_problem
-
     if not path.is_file():
         return None
     try:
@@ -294,9 +257,8 @@ def read_record(path: Path) -> dict[str, Any] | None:
         raise InputError(f"{path}: not a run record ({e})") from None
     for key in ("final_top1", "final_top5", "best_top1"):
         value = record[key]
-        if value is None and key == "final_top5":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        if bad and not (value is None and key == "final_top5"):
             raise InputError(f"{path}: {key!r} is {value!r}, not a finite number")
     lines = record.get("metrics", [])
     if not isinstance(lines, list):
@@ -309,12 +271,9 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 
 def _write_record(run: GridRun, settings: GridSettings, out: Path) -> None:
-    """``<out>/records/<run>.json``: the command that trains the run, the versions, the seed,
-    final and best top-1, and every ``metrics.jsonl`` line up to the planned last epoch; the
-    versions, machine and git state (commit, dirty tree) of :func:`biasloss._provenance.environment`."""
-    from biasloss._provenance import environment
-    from biasloss.train.loop import read_metrics
-
+    """``<out>/records/<run>.json``: the command that trains the run, the seed, final and best top-1, every
+    ``metrics.jsonl`` line up to the planned last epoch, and :func:`biasloss._provenance.environment`
+    (versions, machine, git state)."""
     # as training reads it: a resumed epoch's line replaces the earlier one, a line with a NaN is refused
     lines = {line["epoch"]: line for line in read_metrics(run.dir / "metrics.jsonl", settings.epochs)}
     # the command without --resume, with the run directory relative to where the grid ran when

@@ -1,8 +1,5 @@
-"""Statistics of a grid's runs, without scipy: mean and sample standard deviation over seeds, and
-the paired difference of two losses seed by seed with its 95 % Student-t interval (exact quantiles
-for up to 30 degrees of freedom, a Cornish-Fisher expansion above), or their paired ratio as a
-geometric mean (for quantities that span orders of magnitude from seed to seed).
-"""
+"""Statistics of a grid's runs, without scipy: mean and sample standard deviation over seeds, and the
+paired difference (or ratio) of two losses seed by seed with its 95 % Student-t interval."""
 
 from __future__ import annotations
 
