@@ -17,35 +17,13 @@ below are imported on first use. What a user can get wrong raises a :class:`Bias
 
 from typing import TYPE_CHECKING
 
-from biasloss import _timm_hook
-from biasloss.errors import (
-    BiaslossError,
-    CheckpointError,
-    DatasetCorruptError,
-    DatasetError,
-    DatasetNotFoundError,
-    InputError,
-    InputFileNotFoundError,
-    InputTypeError,
-    MissingDependencyError,
-    NonFiniteLossError,
-    OutputError,
-    TrainingInterrupted,
-)
+from biasloss import _timm_hook, errors
+from biasloss.errors import *  # noqa: F403 - every error class of errors.__all__
 
 if TYPE_CHECKING:
     from biasloss.features import FeatureTap, forward_with_features
-    from biasloss.losses import (
-        LOSSES,
-        BiasLoss,
-        CrossEntropyLoss,
-        FocalLoss,
-        bias_loss,
-        bias_weights,
-        create_loss,
-        feature_variance,
-        focal_loss,
-    )
+    from biasloss.losses import (LOSSES, BiasLoss, CrossEntropyLoss, FocalLoss, bias_loss, bias_weights, create_loss,
+                                 feature_variance, focal_loss)
 
 __version__ = "0.1.0"
 
@@ -78,28 +56,4 @@ def __dir__() -> list[str]:
 
 _timm_hook.install()
 
-__all__ = [
-    "LOSSES",
-    "BiasLoss",
-    "BiaslossError",
-    "CheckpointError",
-    "CrossEntropyLoss",
-    "DatasetCorruptError",
-    "DatasetError",
-    "DatasetNotFoundError",
-    "FeatureTap",
-    "FocalLoss",
-    "InputError",
-    "InputFileNotFoundError",
-    "InputTypeError",
-    "MissingDependencyError",
-    "NonFiniteLossError",
-    "OutputError",
-    "TrainingInterrupted",
-    "bias_loss",
-    "bias_weights",
-    "create_loss",
-    "feature_variance",
-    "focal_loss",
-    "forward_with_features",
-]
+__all__ = sorted([*_LAZY, *errors.__all__])

@@ -17,10 +17,10 @@ N = TypeVar("N", bound=float | None)
 
 
 def positive(name: str, value: N, *, kind: type[int] | type[float] | None = None) -> N:
-    """``value`` when it is ``None`` or above zero, else :class:`~biasloss.errors.InputError`: ``"<name> must be positive,
-    got <value>"`` (``name`` as given: ``"--epochs"`` for a flag, ``"count"`` for an argument).
-    ``kind=int`` also refuses what is not an int ("must be a positive int"), ``kind=float`` what
-    is not finite ("must be a positive number")."""
+    """``value`` when it is ``None`` or above zero, else :class:`~biasloss.errors.InputError`:
+    ``"<name> must be positive, got <value>"`` (``name`` as given: ``"--epochs"`` for a flag, ``"count"`` for an
+    argument). ``kind=int`` also refuses what is not an int ("must be a positive int"), ``kind=float`` what is not
+    finite ("must be a positive number")."""
     if value is None:
         return value
     if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

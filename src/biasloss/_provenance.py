@@ -19,6 +19,7 @@ runs is reported dirty, and a commit made meanwhile is the commit the record nam
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -74,13 +75,10 @@ def git_state(path: str | os.PathLike | None = None) -> dict[str, Any]:
 def cpu_name() -> str:
     """The CPU's model name from ``/proc/cpuinfo``, else :func:`platform.processor` or the
     machine type (``x86_64``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown"
 
 

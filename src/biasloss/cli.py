@@ -72,10 +72,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ``command``'s flags built by its module (imported now; no other command module is)."""
     from biasloss import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="biasloss",
-        description="Bias Loss and SkipblockNet (ICCV 2021): train, evaluate and analyse compact classifiers.",
-    )
+    parser = argparse.ArgumentParser(prog="biasloss", description="Bias Loss and SkipblockNet (ICCV 2021): train, "
+                                     "evaluate and analyse compact classifiers.")
     parser.add_argument("--version", action="version", version=f"biasloss {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, text) in COMMANDS.items():
@@ -104,7 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     non-finite loss; 130 / 143: training stopped by Ctrl-C / SIGTERM, ``last.pt`` written).
     Anything else is a bug and propagates with its traceback. ``BIASLOSS_DEBUG=1`` re-raises
     errors too (an interrupted training still exits 130 / 143)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.command is None:
         build_parser().print_help()

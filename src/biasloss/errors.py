@@ -37,20 +37,9 @@ import errno
 import os
 import signal
 
-__all__ = [
-    "BiaslossError",
-    "CheckpointError",
-    "DatasetCorruptError",
-    "DatasetError",
-    "DatasetNotFoundError",
-    "InputError",
-    "InputFileNotFoundError",
-    "InputTypeError",
-    "MissingDependencyError",
-    "NonFiniteLossError",
-    "OutputError",
-    "TrainingInterrupted",
-]
+__all__ = ["BiaslossError", "CheckpointError", "DatasetCorruptError", "DatasetError", "DatasetNotFoundError",
+           "InputError", "InputFileNotFoundError", "InputTypeError", "MissingDependencyError", "NonFiniteLossError",
+           "OutputError", "TrainingInterrupted"]
 
 
 class BiaslossError(Exception):

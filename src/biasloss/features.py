@@ -39,6 +39,7 @@ SqueezeNet              ``features``        the classifier is Dropout, 1x1 conv 
 from __future__ import annotations
 
 import difflib
+import itertools
 from typing import Optional, Sequence, Union
 
 import torch
@@ -98,11 +99,7 @@ def _head_prefixes(model: nn.Module) -> list[str]:
 
 
 def _default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    in_chans = 3
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            in_chans = module.in_channels
-            break
+    in_chans = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
     return (in_chans, _PROBE_SIZE, _PROBE_SIZE)
 
 
@@ -113,9 +110,7 @@ def _probe(model: nn.Module, input_size: Sequence[int]) -> list[tuple[str, Optio
     Zeros, not random numbers, so that the global RNG is left alone; eval mode, so that batch norm
     statistics are left alone; every module's own training flag is restored afterwards.
     """
-    first = next(iter(model.parameters()), None)
-    if first is None:
-        first = next(iter(model.buffers()), None)
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     x = torch.zeros((1, *input_size), device=device, dtype=dtype)
@@ -133,11 +128,9 @@ def _probe(model: nn.Module, input_size: Sequence[int]) -> list[tuple[str, Optio
         with eval_mode(model), torch.no_grad():
             model(x)
     except Exception as e:
-        raise ValueError(
-            f"FeatureTap could not run a probe forward pass with input {tuple(x.shape)} to find the "
-            f"feature layer ({type(e).__name__}: {e}); pass input_size=(C, H, W) that the model "
-            f"accepts, or layer= with one of: {_candidate_names(model)}"
-        ) from e
+        raise ValueError(f"FeatureTap could not run a probe forward pass with input {tuple(x.shape)} to find the "
+                         f"feature layer ({type(e).__name__}: {e}); pass input_size=(C, H, W) that the model "
+                         f"accepts, or layer= with one of: {_candidate_names(model)}") from e
     finally:
         for handle in handles:
             handle.remove()
@@ -147,9 +140,7 @@ def _probe(model: nn.Module, input_size: Sequence[int]) -> list[tuple[str, Optio
 def _find_layer(model: nn.Module, input_size: Optional[Sequence[int]]) -> str:
     """Name of the module whose output is the last 4-D map with more than one spatial position,
     skipping adaptive pooling modules and the classifier head (see the module docstring)."""
-    if input_size is None:
-        input_size = _default_input_size(model)
-    input_size = tuple(int(s) for s in input_size)
+    input_size = tuple(int(s) for s in (_default_input_size(model) if input_size is None else input_size))
     if len(input_size) != 3:
         raise InputError(f"input_size must be (C, H, W), got {input_size}")
     events = _probe(model, input_size)
@@ -163,35 +154,26 @@ def _find_layer(model: nn.Module, input_size: Optional[Sequence[int]]) -> str:
             continue
         if last_call[name] != i:  # a module called again later: its hook would see the later call
             continue
-        if _is_adaptive_pool(modules[name]):
-            continue
-        if any(name == h or name.startswith(h + ".") for h in heads):
+        if _is_adaptive_pool(modules[name]) or any(name == h or name.startswith(h + ".") for h in heads):
             continue
         chosen = name
     if chosen is not None:
-        tokens = [
-            (n, s)
-            for n, s in events[last_call[chosen] + 1 :]
-            if s is not None and len(s) == 3 and not any(n == h or n.startswith(h + ".") for h in heads)
-        ]
+        tokens = [(n, s) for n, s in events[last_call[chosen] + 1:]
+                  if s is not None and len(s) == 3 and not any(n == h or n.startswith(h + ".") for h in heads)]
         if tokens:
-            raise InputError(
-                f"FeatureTap: after the last 4-D map ({chosen!r}) the model computes 3-D outputs "
-                f"(e.g. {tokens[0][0]!r}: {tokens[0][1]}), as a transformer on tokens does, so "
-                f"there is no convolutional feature map before pooling to find automatically; "
-                f"pass layer= (candidates: {_candidate_names(model)})"
-            )
+            raise InputError(f"FeatureTap: after the last 4-D map ({chosen!r}) the model computes 3-D outputs "
+                             f"(e.g. {tokens[0][0]!r}: {tokens[0][1]}), as a transformer on tokens does, so "
+                             f"there is no convolutional feature map before pooling to find automatically; "
+                             f"pass layer= (candidates: {_candidate_names(model)})")
     if chosen is None:
         ran = [f"{n}: {s if s is not None else 'not a tensor'}" for n, s in events]
         if len(ran) > 40:
             ran = ran[:20] + ["..."] + ran[-20:]
-        raise InputError(
-            f"FeatureTap found no module whose output is a 4-D (B, C, H, W) feature map with "
-            f"H * W > 1 (outside adaptive pooling and the classifier head {heads}) in a probe "
-            f"forward pass with input {(1, *input_size)}. If the last map is 1 x 1 at this "
-            f"size, pass a larger input_size; otherwise pass layer=. Modules run, with output "
-            f"shapes: {ran}"
-        )
+        raise InputError(f"FeatureTap found no module whose output is a 4-D (B, C, H, W) feature map with "
+                         f"H * W > 1 (outside adaptive pooling and the classifier head {heads}) in a probe "
+                         f"forward pass with input {(1, *input_size)}. If the last map is 1 x 1 at this "
+                         f"size, pass a larger input_size; otherwise pass layer=. Modules run, with output "
+                         f"shapes: {ran}")
     return chosen
 
 
@@ -230,13 +212,8 @@ class FeatureTap:
             automatic search finds no feature map; the message lists candidate names.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        layer: Union[str, nn.Module, None] = None,
-        *,
-        input_size: Optional[Sequence[int]] = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, layer: Union[str, nn.Module, None] = None, *,
+                 input_size: Optional[Sequence[int]] = None) -> None:
         root = _unwrap(model)
         if layer is None:
             name = _find_layer(root, input_size)
@@ -250,38 +227,27 @@ class FeatureTap:
                 all_names = [n for n, _ in root.named_modules() if n]
                 close = difflib.get_close_matches(name, all_names, n=3)
                 hint = f" Did you mean {close}?" if close else ""
-                raise InputError(
-                    f"FeatureTap: {type(root).__name__} has no submodule named {name!r}.{hint} "
-                    f"Candidates: {_candidate_names(root)}"
-                ) from None
+                raise InputError(f"FeatureTap: {type(root).__name__} has no submodule named {name!r}.{hint} "
+                                 f"Candidates: {_candidate_names(root)}") from None
         elif isinstance(layer, nn.Module):
             found = [n for n, m in root.named_modules() if m is layer and n]
             if not found:
-                raise InputError(
-                    f"FeatureTap: the given {type(layer).__name__} is not a submodule of "
-                    f"{type(root).__name__}; pass one of its submodules or a name from: "
-                    f"{_candidate_names(root)}"
-                )
+                raise InputError(f"FeatureTap: the given {type(layer).__name__} is not a submodule of "
+                                 f"{type(root).__name__}; pass one of its submodules or a name from: "
+                                 f"{_candidate_names(root)}")
             name = found[0]
         else:
-            raise InputTypeError(
-                f"layer must be a module name, a submodule or None, got {type(layer).__name__}"
-            )
+            raise InputTypeError(f"layer must be a module name, a submodule or None, got {type(layer).__name__}")
         self.model: nn.Module = root
         self.layer_name: str = name
         self.module: nn.Module = root.get_submodule(name)
         self.features: Optional[Tensor] = None
-        self._handles = [
-            self.module.register_forward_hook(self._capture),
-            root.register_forward_pre_hook(self._reset),
-        ]
+        self._handles = [self.module.register_forward_hook(self._capture), root.register_forward_pre_hook(self._reset)]
 
     def _capture(self, module: nn.Module, inputs, output) -> None:
         if not isinstance(output, Tensor):
-            raise InputTypeError(
-                f"FeatureTap: module {self.layer_name!r} returned {type(output).__name__}, "
-                f"expected a Tensor; tap another layer"
-            )
+            raise InputTypeError(f"FeatureTap: module {self.layer_name!r} returned {type(output).__name__}, "
+                                 "expected a Tensor; tap another layer")
         self.features = output
 
     def _reset(self, module: nn.Module, inputs) -> None:
@@ -314,9 +280,7 @@ class FeatureTap:
         return f"FeatureTap({type(self.model).__name__}, layer={self.layer_name!r}, {state})"
 
 
-def forward_with_features(
-    model: nn.Module, x: Tensor, tap: Optional[FeatureTap] = None
-) -> tuple[Tensor, Tensor]:
+def forward_with_features(model: nn.Module, x: Tensor, tap: Optional[FeatureTap] = None) -> tuple[Tensor, Tensor]:
     """Run ``model`` on ``x`` and return ``(logits, features)``, the pre-pooling feature map.
 
     - With a ``tap``: ``logits = model(x)`` and ``features`` is what the tap captured. The tap
@@ -339,28 +303,18 @@ def forward_with_features(
         if not tap.active:
             raise InputError("the FeatureTap was removed; make a new one")
         if tap.model is not _unwrap(model):
-            raise InputError(
-                f"the FeatureTap was made for another model ({type(tap.model).__name__}); "
-                f"make one with FeatureTap(model)"
-            )
+            raise InputError(f"the FeatureTap was made for another model ({type(tap.model).__name__}); "
+                             "make one with FeatureTap(model)")
         logits = model(x)
-        features = tap.features
-        if features is None:
-            raise RuntimeError(
-                f"FeatureTap: module {tap.layer_name!r} did not run during the forward pass"
-            )
-        return logits, features
+        if tap.features is None:
+            raise RuntimeError(f"FeatureTap: module {tap.layer_name!r} did not run during the forward pass")
+        return logits, tap.features
     if callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None)):
         features = model.forward_features(x)
         return model.forward_head(features), features
     inner = _unwrap(model)
     if inner is not model and callable(getattr(inner, "forward_features", None)):
-        raise InputError(
-            f"{type(model).__name__} wraps a model with forward_features/forward_head, but calling "
-            f"those on the wrapped module would bypass the wrapper's forward; pass "
-            f"tap=FeatureTap(model)"
-        )
-    raise InputError(
-        f"{type(inner).__name__} has no forward_features/forward_head (timm's contract); pass "
-        f"tap=FeatureTap(model) to capture the feature map with a hook"
-    )
+        raise InputError(f"{type(model).__name__} wraps a model with forward_features/forward_head, but calling "
+                         "those on the wrapped module would bypass the wrapper's forward; pass tap=FeatureTap(model)")
+    raise InputError(f"{type(inner).__name__} has no forward_features/forward_head (timm's contract); pass "
+                     "tap=FeatureTap(model) to capture the feature map with a hook")

@@ -3,10 +3,8 @@
 Small datasets (Fashion-MNIST, scikit-learn digits, CIFAR-10/100) are held as one uint8 tensor on
 the training device and augmented per batch there with batched tensor ops (no worker processes),
 as in airbench. Large ones (ImageNet, Food-101) use torchvision's datasets and PIL transforms in
-DataLoader workers. Both loaders yield float32 normalised channels-last ``(B, C, H, W)`` images
-and int64 labels on the device, and both make every epoch's order and augmentation a pure
-function of ``(seed, epoch)``, selected with ``loader.set_epoch(epoch)``, so that a resumed run
-continues exactly.
+DataLoader workers. Both follow :func:`build_loaders`' contract: every epoch's order and
+augmentation are a pure function of ``(seed, epoch)``, so that a resumed run continues exactly.
 
 Where each dataset is looked for (``data_dir`` is ``--data-dir``; the download root is
 ``$BIASLOSS_DATA`` or ``~/.cache/biasloss``):

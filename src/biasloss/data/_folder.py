@@ -128,15 +128,9 @@ class FolderLoader(EpochBatches):
         drop_last: bool = False,
         workers: int = 4,
     ) -> None:
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.train = train
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.dataset_size = len(dataset)  # type: ignore[arg-type]
         shard = self._plan_batches(train=train, batch_size=batch_size, drop_last=drop_last, rank=rank,
-                                   world_size=world_size, mean=mean, std=std, device=self.device)
+                                   world_size=world_size, seed=seed, mean=mean, std=std, device=torch.device(device))
         if shard is not None:
             self._shard = shard.tolist()
         self._pin = self.device.type == "cuda"

@@ -48,23 +48,18 @@ class InMemoryLoader(EpochBatches):
             raise InputError(f"images must be uint8 (N, H, W, C), got {images.dtype} {tuple(images.shape)}")
         if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
             raise InputError(f"labels must be (N,) with N = {images.shape[0]}, got {tuple(labels.shape)}")
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.train = train
+        device = torch.device(device)
         self.augment = augment if train else AugmentConfig()
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.image_size = (int(images.shape[1]), int(images.shape[2]))
         self.dataset_size = int(images.shape[0])
         channels = images.shape[3]
         if len(mean) != channels or len(std) != channels:
             raise InputError(f"mean/std have {len(mean)}/{len(std)} entries for {channels} channels")
         # Moved to the device once; padded once for random crops.
-        self._images = pad_images(images.to(self.device), self.augment.crop_padding).contiguous()
-        self._labels = labels.to(device=self.device, dtype=torch.int64)
+        self._images = pad_images(images.to(device), self.augment.crop_padding).contiguous()
+        self._labels = labels.to(device=device, dtype=torch.int64)
         shard = self._plan_batches(train=train, batch_size=batch_size, drop_last=drop_last, rank=rank,
-                                   world_size=world_size, mean=mean, std=std, device=self.device)
+                                   world_size=world_size, seed=seed, mean=mean, std=std, device=device)
         if shard is not None:
             self._shard = shard.to(self.device)
 
@@ -81,14 +76,11 @@ class InMemoryLoader(EpochBatches):
         order, p = self._epoch_plan()
         for start, stop in self._slices:
             idx = order[start:stop]
-            sl = slice(start, stop)
-            x = crop_flip(
-                self._images, idx, self.image_size,
-                None if p.oy is None else p.oy[sl], None if p.ox is None else p.ox[sl],
-                None if p.flip is None else p.flip[sl],
-            ).permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels-last
-            if p.angle is not None:
-                x = rotate(x, p.angle[sl])
+            q = p.map(lambda t: t[start:stop])  # noqa: B023 - applied at once
+            # NCHW view of NHWC memory: channels-last
+            x = crop_flip(self._images, idx, self.image_size, q.oy, q.ox, q.flip).permute(0, 3, 1, 2)
+            if q.angle is not None:
+                x = rotate(x, q.angle)
             yield normalize(x, self._shift, self._scale), self._labels[idx]
 
     def __repr__(self) -> str:

@@ -103,9 +103,11 @@ class EpochBatches:
 
     _slices: list[tuple[int, int]]
 
-    def _plan_batches(self, *, train: bool, batch_size: int, drop_last: bool, rank: int, world_size: int,
+    def _plan_batches(self, *, train: bool, batch_size: int, drop_last: bool, rank: int, world_size: int, seed: int,
                       mean, std, device: torch.device) -> torch.Tensor | None:
-        """Set ``num_samples`` and the slices; returns the eval shard (None when training)."""
+        """Keep the arguments, set ``num_samples`` and the slices; returns the eval shard (None when training)."""
+        self.device, self.batch_size, self.train, self.seed = device, batch_size, train, seed
+        self.rank, self.world_size = rank, world_size
         self._epoch = 0
         self._shift = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
         self._scale = 1.0 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0)
@@ -130,7 +132,3 @@ class EpochBatches:
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise InputError(f"epoch must be an int >= 0, got {epoch!r}")
         self._epoch = epoch
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch

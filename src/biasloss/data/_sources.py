@@ -68,9 +68,30 @@ def _tried(paths: list[Path]) -> str:
     return ", ".join(str(p) for p in paths) if paths else "(nowhere)"
 
 
-# --------------------------------------------------------------------------------------------
-# IDX (Fashion-MNIST): torchvision's readers; here only the places, gzip, and one-line errors
-# --------------------------------------------------------------------------------------------
+def _download_failed(name: str, candidates: list[Path], root: Path, e: Exception,
+                     hint: str = "") -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"{name}: not found in {_tried(candidates)} and the download to {root} failed "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}){hint}")
+
+
+def _locate(name: str, data_dir: str | os.PathLike | None, folder_name: str, complete: Callable[[Path], bool],
+            download: bool, tv_name: str, **tv_kwargs: Any) -> tuple[Path | None, list[Path]]:
+    """``(folder, places tried)``: the first complete ``folder_name`` among ``data_dir/folder_name`` and
+    ``data_dir`` itself when it is that folder (without ``data_dir``: in the download root); when none is
+    and ``download``, torchvision's dataset class ``tv_name`` fetches it there; ``None`` when not found."""
+    root = Path(data_dir).expanduser() if data_dir is not None else default_root()
+    candidates = [root, root / folder_name] if root.name == folder_name else [root / folder_name]
+    folder = next((c for c in candidates if complete(c)), None)
+    if folder is None and download:
+        try:
+            import torchvision.datasets
+
+            getattr(torchvision.datasets, tv_name)(str(root), download=True, **tv_kwargs)
+        except Exception as e:  # noqa: BLE001 - any network or disk failure becomes one line
+            raise _download_failed(name, candidates, root, e) from None
+        folder = root / folder_name
+    return folder, candidates
 
 
 def _read_with(reader: Callable[[str], torch.Tensor], path: Path, what: str) -> torch.Tensor:
@@ -115,14 +136,10 @@ def _fashion_files(folder: Path) -> dict[str, Path] | None:
 
 
 def _fashion_candidates(data_dir: str | os.PathLike | None) -> list[Path]:
-    out: list[Path] = []
-    if data_dir is not None:
-        d = Path(data_dir).expanduser()
-        out += [d, d / "FashionMNIST" / "raw", d / "fashion-mnist"]
-    else:
-        out += [default_root() / "FashionMNIST" / "raw"]
-    out.append(DEBIAN_FASHION_MNIST)
-    return out
+    if data_dir is None:
+        return [default_root() / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
+    d = Path(data_dir).expanduser()
+    return [d, d / "FashionMNIST" / "raw", d / "fashion-mnist", DEBIAN_FASHION_MNIST]
 
 
 def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> dict[str, Path] | None:
@@ -149,10 +166,8 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, download: b
 
             FashionMNIST(str(root), train=True, download=True)
         except Exception as e:  # noqa: BLE001 - any network or disk failure becomes one line
-            raise DatasetNotFoundError(
-                f"fashion-mnist: not found in {_tried(candidates)} and the download to {root} failed "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                "install it with `apt-get install dataset-fashion-mnist`") from None
+            raise _download_failed("fashion-mnist", candidates, root, e,
+                                   "; install it with `apt-get install dataset-fashion-mnist`") from None
         files = _fashion_files(root / "FashionMNIST" / "raw")
     if files is None:
         raise DatasetNotFoundError(
@@ -176,10 +191,6 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, download: b
         out += [images[..., None], labels]
     return ArrayData(*out)
 
-
-# --------------------------------------------------------------------------------------------
-# scikit-learn digits
-# --------------------------------------------------------------------------------------------
 
 DIGITS_SIZE = 32  # 8x8 digits are resized once to this size (bilinear), see DatasetSpec
 
@@ -210,10 +221,6 @@ def load_digits(size: int = DIGITS_SIZE) -> ArrayData:
     return ArrayData(images[train_idx].contiguous(), labels[train_idx],
                      images[test_idx].contiguous(), labels[test_idx])
 
-
-# --------------------------------------------------------------------------------------------
-# CIFAR-10 / CIFAR-100 (the "python version" pickles that torchvision reads)
-# --------------------------------------------------------------------------------------------
 
 _CIFAR = {
     # folder, train files, test file, label key, torchvision class name
@@ -294,25 +301,9 @@ def load_cifar(num_classes: int, data_dir: str | os.PathLike | None = None, *, d
     without torchvision's MD5 checks), as uint8 images.
     """
     folder_name, train_files, test_files, label_key, tv_name = _CIFAR[num_classes]
-    root = Path(data_dir).expanduser() if data_dir is not None else default_root()
-    candidates = [root / folder_name]
-    if root.name == folder_name:
-        candidates.insert(0, root)
-
-    def complete(folder: Path) -> bool:
-        return all((folder / f).is_file() for f in train_files + test_files)
-
-    folder = next((c for c in candidates if complete(c)), None)
-    if folder is None and download:
-        try:
-            import torchvision.datasets
-
-            getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
-        except Exception as e:  # noqa: BLE001
-            raise DatasetNotFoundError(
-                f"cifar{num_classes}: not found in {_tried(candidates)} and the download to {root} failed "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-        folder = root / folder_name
+    folder, candidates = _locate(f"cifar{num_classes}", data_dir, folder_name,
+                                 lambda f: all((f / name).is_file() for name in train_files + test_files),
+                                 download, tv_name, train=True)
     if folder is None:
         raise DatasetNotFoundError(
             f"cifar{num_classes}: no {folder_name}/{{{','.join(train_files + test_files)}}} in "
@@ -333,11 +324,6 @@ def load_cifar(num_classes: int, data_dir: str | os.PathLike | None = None, *, d
     return ArrayData(train_x, train_y, test_x, test_y)
 
 
-# --------------------------------------------------------------------------------------------
-# Folder datasets: only locate them here; torchvision reads them (see _folder.py)
-# --------------------------------------------------------------------------------------------
-
-
 def find_imagenet_root(data_dir: str | os.PathLike | None) -> Path:
     """The ImageNet root: a folder with ``train/`` and ``val/`` in ImageFolder layout (``<split>/<class>/<image>``)."""
     if data_dir is None:
@@ -355,25 +341,10 @@ def find_imagenet_root(data_dir: str | os.PathLike | None) -> Path:
 
 def find_food101_root(data_dir: str | os.PathLike | None, *, download: bool = False) -> Path:
     """The folder that holds ``food-101/`` (torchvision's ``Food101`` root). ``data_dir`` may also be ``food-101`` itself."""
-    root = Path(data_dir).expanduser() if data_dir is not None else default_root()
-    candidates = [root / "food-101"]
-    if root.name == "food-101":
-        candidates.insert(0, root)
-
     def complete(folder: Path) -> bool:
         return (folder / "images").is_dir() and all((folder / "meta" / f).is_file() for f in ("train.json", "test.json"))
 
-    folder = next((c for c in candidates if complete(c)), None)
-    if folder is None and download:
-        try:
-            from torchvision.datasets import Food101
-
-            Food101(str(root), split="train", download=True)
-        except Exception as e:  # noqa: BLE001
-            raise DatasetNotFoundError(
-                f"food101: not found in {_tried(candidates)} and the download to {root} failed "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-        folder = root / "food-101"
+    folder, candidates = _locate("food101", data_dir, "food-101", complete, download, "Food101", split="train")
     if folder is None:
         raise DatasetNotFoundError(
             f"food101: no images/ and meta/{{train,test}}.json in {_tried(candidates)}; pass --data-dir to the "

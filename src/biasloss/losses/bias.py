@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.distributed as dist
@@ -39,7 +39,7 @@ __all__ = ["BiasLoss", "bias_loss", "bias_weights", "check_clamp", "clamp_option
 Clamp = tuple[float, float] | None
 DEFAULT_CLAMP = (0.5, 1.5)  # the weights' clamp in the authors' code
 Scaling = Literal["batch", "running_min", "rank"]
-_SCALINGS = ("batch", "running_min", "rank")
+_SCALINGS = get_args(Scaling)
 #: The authors' initial value of the running minimum ("global" scaling).
 RUNNING_MIN_INIT = 1e5
 
@@ -171,9 +171,7 @@ def _min_max_scale(variance: Tensor, low: Tensor, high: Tensor, minimum: Tensor)
     return torch.where(span > 0, (variance - minimum) / safe_span, torch.zeros_like(variance))
 
 
-def scale_variance(
-    variance: Tensor, *, sync: bool | Literal["auto"] = False, process_group=None
-) -> Tensor:
+def scale_variance(variance: Tensor, *, sync: bool | Literal["auto"] = False, process_group=None) -> Tensor:
     """Min-max scale per-sample variances to [0, 1] over the batch (the paper's eq. 3).
 
     Args:
@@ -190,9 +188,7 @@ def scale_variance(
     return _min_max_scale(variance, low, high, low)
 
 
-def rank_scale(
-    variance: Tensor, *, sync: bool | Literal["auto"] = False, process_group=None
-) -> Tensor:
+def rank_scale(variance: Tensor, *, sync: bool | Literal["auto"] = False, process_group=None) -> Tensor:
     """Each variance's rank within the batch, mapped to [0, 1] (``scaling="rank"``; ours, beyond
     the paper).
 
@@ -290,9 +286,7 @@ def weight_stats(weights: Tensor, near_min: Tensor | None = None, clamp: Clamp =
     return {key: round(value, 6) for key, value in stats.items()}
 
 
-def _weighted_loss(
-    logits: Tensor, target: Tensor, weights: Tensor, reduction: str, label_smoothing: float
-) -> Tensor:
+def _weighted_loss(logits: Tensor, target: Tensor, weights: Tensor, reduction: str, label_smoothing: float) -> Tensor:
     ce = cross_entropy(logits, target, "none", label_smoothing)
     return reduce(weights * ce, reduction)  # eq. 4
 

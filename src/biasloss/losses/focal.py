@@ -159,13 +159,8 @@ class FocalLoss(nn.Module):
 
     alpha_weight: Optional[Tensor]
 
-    def __init__(
-        self,
-        gamma: float = 2.0,
-        alpha: Union[float, Tensor, None] = None,
-        reduction: str = "mean",
-        label_smoothing: float = 0.0,
-    ) -> None:
+    def __init__(self, gamma: float = 2.0, alpha: Union[float, Tensor, None] = None, reduction: str = "mean",
+                 label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.gamma = _check_gamma(gamma)
         alpha = _check_alpha(alpha)
@@ -183,22 +178,14 @@ class FocalLoss(nn.Module):
         return self.alpha_weight if self.alpha_weight is not None else self.alpha_scalar
 
     def forward(self, logits: Tensor, target: Tensor, features: Optional[Tensor] = None) -> Tensor:
-        return focal_loss(
-            logits,
-            target,
-            gamma=self.gamma,
-            alpha=self.alpha,
-            reduction=self.reduction,
-            label_smoothing=self.label_smoothing,
-        )
+        return focal_loss(logits, target, gamma=self.gamma, alpha=self.alpha, reduction=self.reduction,
+                          label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
         alpha = self.alpha
         alpha = f"tensor of {alpha.numel()}" if isinstance(alpha, Tensor) else alpha
-        return (
-            f"gamma={self.gamma}, alpha={alpha}, reduction={self.reduction!r}, "
-            f"label_smoothing={self.label_smoothing}"
-        )
+        return (f"gamma={self.gamma}, alpha={alpha}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing}")
 
 
 class CrossEntropyLoss(nn.Module):

@@ -81,8 +81,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
 
 def norm_act_from(norm_layer: Optional[LayerFn] = None, **bn_kwargs: Any) -> NormActFn:
-    """The blocks' ``norm_act`` factory: :class:`BatchNormAct2d` with ``bn_kwargs`` (eps,
-    momentum), a plain
+    """The blocks' ``norm_act`` factory: :class:`BatchNormAct2d` with ``bn_kwargs`` (eps, momentum), a plain
     ``nn.BatchNorm2d`` where no activation follows, or for another ``norm_layer(num_features)``
     that layer followed by the activation (``nn.Sequential``, keys ``bn1.0.*``)."""
     def norm_act(num_features: int, act_layer: Optional[LayerFn] = None) -> nn.Module:
@@ -140,9 +139,7 @@ class InvertedResidual(nn.Module):
         self.has_skip = stride == 1 and in_chs == out_chs
         self.conv_pw = nn.Conv2d(in_chs, mid_chs, 1, bias=False)
         self.bn1 = norm_act(mid_chs, act_layer)
-        self.conv_dw = nn.Conv2d(
-            mid_chs, mid_chs, kernel_size, stride, kernel_size // 2, groups=mid_chs, bias=False
-        )
+        self.conv_dw = nn.Conv2d(mid_chs, mid_chs, kernel_size, stride, kernel_size // 2, groups=mid_chs, bias=False)
         self.bn2 = norm_act(mid_chs, act_layer)
         self.se = SqueezeExcite(mid_chs, se_chs) if se_chs > 0 else nn.Identity()
         self.conv_pwl = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
@@ -233,10 +230,6 @@ def init_weights(module: nn.Module, linear_like: Iterable[nn.Module] = ()) -> No
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-
-# ---------------------------------------------------------------------------------------------
-# Conv + BatchNorm fusion for inference
-# ---------------------------------------------------------------------------------------------
 
 _BN_TYPES = (nn.BatchNorm2d, BatchNormAct2d)
 

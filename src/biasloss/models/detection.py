@@ -74,11 +74,8 @@ class SkipblockNetSSDFeatures(nn.Module):
         c16_chs = trunk.get_submodule(block_name).conv_pw.out_channels
         self.c16_name = f"{block_name}.bn1"  # the stride-16 expansion (BatchNorm + act) in the trunk
         self.trunk = create_feature_extractor(trunk, {self.c16_name: "c16", "bn2": "c32"})
-        self.extras = nn.ModuleList()
-        in_chs = trunk.num_features
-        for out_chs in extra_chs:
-            self.extras.append(_extra_block(in_chs, out_chs))
-            in_chs = out_chs
+        in_chs = [trunk.num_features, *extra_chs]
+        self.extras = nn.ModuleList(_extra_block(i, o) for i, o in zip(in_chs, extra_chs))
         self.out_channels: List[int] = [c16_chs, trunk.num_features, *extra_chs]
         for m in self.extras.modules():
             if isinstance(m, nn.Conv2d):

@@ -42,6 +42,7 @@ _THEIR_SE = (
 )
 _THEIR_GROUPS = tuple(len(group) for group in _THEIR_SE)
 _OUR_STAGES = (2, 3, 4, 2, 3)  # stages 1..5; stage 0 is the base block
+_OUR_BLOCKS = [f"stages.{stage}.blocks.{i}" for stage, n in enumerate(_OUR_STAGES, start=1) for i in range(n)]
 
 _IR_LAYERS = {"0": "conv_pw", "1": "bn1", "3": "conv_dw", "4": "bn2", "7": "conv_pwl", "8": "bn3"}
 _SKIP_LAYERS = {"0": "conv_pw", "1": "bn1", "3": "conv_dw", "4": "bn2", "6": "conv_pwl", "7": "bn3"}
@@ -56,12 +57,7 @@ _SKIP_RE = re.compile(r"^(skip[12])\.core_block\.(\d+)\.(.+)$")
 def _our_block(group: int, idx: int) -> str:
     if not (0 <= group < len(_THEIR_GROUPS) and 0 <= idx < _THEIR_GROUPS[group]):
         raise KeyError
-    flat = sum(_THEIR_GROUPS[:group]) + idx
-    for stage, n in enumerate(_OUR_STAGES, start=1):
-        if flat < n:
-            return f"stages.{stage}.blocks.{flat}"
-        flat -= n
-    raise KeyError
+    return _OUR_BLOCKS[sum(_THEIR_GROUPS[:group]) + idx]
 
 
 def _rename(key: str) -> str:

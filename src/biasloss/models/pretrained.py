@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Tuple, Union
 
 import torch
 from torch import nn
@@ -95,18 +95,8 @@ def _classifier_prefixes(model: nn.Module) -> Tuple[str, ...]:
     names = cfg.get("classifier") if isinstance(cfg, Mapping) else None
     if names:
         return (names,) if isinstance(names, str) else tuple(names)
-    last: Optional[str] = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last = name
-    return (last,) if last else ()
-
-
-def _first_conv_weight(model: nn.Module) -> Optional[str]:
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return f"{name}.weight" if name else "weight"
-    return None
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return (linears[-1],) if linears and linears[-1] else ()
 
 
 def _adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
@@ -123,9 +113,7 @@ def _under(key: str, prefixes: Tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def load_pretrained(
-    model: nn.Module, source: Union[Mapping[str, Any], _PathLike]
-) -> PretrainedReport:
+def load_pretrained(model: nn.Module, source: Union[Mapping[str, Any], _PathLike]) -> PretrainedReport:
     """Load the weights in ``source`` into ``model`` for fine-tuning; return what was done.
 
     Args:
@@ -145,7 +133,8 @@ def load_pretrained(
     state = _source_state(raw)
     own = model.state_dict()
     head = _classifier_prefixes(model)
-    first_conv = _first_conv_weight(model)
+    convs = (f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    first_conv = next(convs, None)
     report = PretrainedReport(source=name)
     merged = dict(own)
     problems: List[str] = []
@@ -193,7 +182,9 @@ def to_official_state_dict(model_or_state_dict: nn.Module | Mapping[str, Any]) -
             "only SkipblockNet-M (width 1.0) has the authors' layout: "
             f"{len(missing)} keys missing ({key_examples(missing)}), {len(unknown)} extra ({key_examples(unknown)})"
         )
-    ref = _m_shapes(num_classes=sd["classifier.weight"].shape[0])
+    with torch.device("meta"):  # SkipblockNet-M's shapes: no memory, no init cost
+        reference = SkipblockNet(num_classes=sd["classifier.weight"].shape[0])
+    ref = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     wrong = [f"{k} {tuple(sd[k].shape)} (M: {ref[k]})" for k in ours_to_theirs if tuple(sd[k].shape) != ref[k]]
     if wrong:
         raise InputError(
@@ -206,16 +197,7 @@ def to_official_state_dict(model_or_state_dict: nn.Module | Mapping[str, Any]) -
     return out
 
 
-def _m_shapes(num_classes: int) -> dict[str, tuple]:
-    """Shapes of SkipblockNet-M's state dict (built on the meta device: no memory, no init cost)."""
-    with torch.device("meta"):
-        model = SkipblockNet(num_classes=num_classes)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def load_official_weights(
-    model: nn.Module, state_dict_or_path: Mapping[str, Any] | _PathLike
-) -> nn.Module:
+def load_official_weights(model: nn.Module, state_dict_or_path: Mapping[str, Any] | _PathLike) -> nn.Module:
     """Load the authors' SkipblockNet-M checkpoint into ``model`` (strictly) and return ``model``.
 
     ``model`` must have their layout: ``skipblocknet_m(num_classes=<the checkpoint's, 1000>)``,

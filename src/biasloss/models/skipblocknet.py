@@ -43,11 +43,6 @@ __all__ = [
 ]
 
 
-# ---------------------------------------------------------------------------------------------
-# Architecture tables
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class BlockDef:
     """One row of an architecture table.
@@ -145,11 +140,6 @@ SKIPBLOCKNET_VARIANTS: Dict[str, SkipblockNetCfg] = {
 _ACT_LAYERS: Dict[str, LayerFn] = {"relu": nn.ReLU, "hswish": nn.Hardswish}
 
 
-# ---------------------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------------------
-
-
 class SkipblockStage(nn.Module):
     """A run of inverted residuals, plus (optionally) a skip block added to its output.
 
@@ -157,9 +147,7 @@ class SkipblockStage(nn.Module):
     ``feats[skip_src]`` and pools it to this stage's output size.
     """
 
-    def __init__(
-        self, blocks: Sequence[nn.Module], skip: Optional[SkipBlock] = None, skip_src: int = -1
-    ) -> None:
+    def __init__(self, blocks: Sequence[nn.Module], skip: Optional[SkipBlock] = None, skip_src: int = -1) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*blocks)
         self.skip = skip
@@ -181,14 +169,8 @@ class _Stages:
     se_convs: List[nn.Module]  # squeeze-excite convolutions (Linear layers in the authors' code)
 
 
-def _build_stages(
-    cfg: SkipblockNetCfg,
-    in_chs: int,
-    reduction: int,
-    small_input: bool,
-    norm_act: NormActFn,
-    chs: Callable[[float], int],
-) -> _Stages:
+def _build_stages(cfg: SkipblockNetCfg, in_chs: int, reduction: int, small_input: bool, norm_act: NormActFn,
+                  chs: Callable[[float], int]) -> _Stages:
     """Turn the rows of ``cfg.stages`` into modules (see :class:`BlockDef`)."""
     out = _Stages([], [], [], [], [])
     std_reduction = 2
@@ -335,9 +317,7 @@ class SkipblockNet(nn.Module):
         self.head_fc = nn.Linear(self.num_features, self.head_hidden_size)
         self.head_act = nn.Hardswish()
         self.head_drop = nn.Dropout(drop_rate)
-        self.classifier = (
-            nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-        )
+        self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
         # feature taps: the last stage at each stride of the standard (224 px) layout, then the
         # head convolution; the same five taps with small_input, at its smaller reductions
@@ -349,8 +329,6 @@ class SkipblockNet(nn.Module):
         ] + [dict(num_chs=self.num_features, reduction=built.reductions[-1], module="bn2")]
 
         init_weights(self, linear_like=built.se_convs)
-
-    # -- timm contract ------------------------------------------------------------------------
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -468,12 +446,8 @@ class SkipblockNet(nn.Module):
             return intermediates
         return x, intermediates
 
-    def prune_intermediate_layers(
-        self,
-        indices: Union[int, List[int]] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> List[int]:
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
         """Drop the layers that the requested feature taps do not need (timm's features_only)."""
         num_taps = len(self._feature_stages) + 1
         taken, max_index = take_indices(num_taps, indices)
@@ -488,12 +462,6 @@ class SkipblockNet(nn.Module):
             self.head_hidden_size = self.num_features
             self.reset_classifier(0)
         return taken
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Builders and timm registration
-# ---------------------------------------------------------------------------------------------
 
 
 def _create_skipblocknet(variant: str, pretrained: bool = False, **kwargs: Any) -> SkipblockNet:
@@ -550,50 +518,28 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 default_cfgs = generate_default_cfgs({name: _cfg() for name in SKIPBLOCKNET_VARIANTS})
 
 
-def _entry(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> SkipblockNet:
-    return _create_skipblocknet(variant, pretrained, **kwargs)
+def _entry_point(variant: str, doc: str) -> Callable[..., SkipblockNet]:
+    """Register the timm entry point ``variant(pretrained=False, *, num_classes=1000, in_chans=3,
+    small_input=False, **kwargs)``: the keyword arguments of SkipblockNet (drop_rate, bn_momentum,
+    width, ...) or timm's (features_only, out_indices, pretrained_cfg_overlay, ...)."""
+
+    def entry(
+        pretrained: bool = False, *, num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+        **kwargs: Any,
+    ) -> SkipblockNet:
+        kwargs.update(num_classes=num_classes, in_chans=in_chans, small_input=small_input)
+        return _create_skipblocknet(variant, pretrained, **kwargs)
+
+    entry.__name__ = entry.__qualname__ = variant
+    entry.__doc__ = doc
+    return register_model(entry)
 
 
-# Each entry point: skipblocknet_*(num_classes=1000, in_chans=3, small_input=False, **kwargs), the
-# keyword arguments of SkipblockNet (drop_rate, bn_momentum, width, ...) or timm's (features_only,
-# out_indices, pretrained_cfg_overlay, ...).
-
-
-@register_model
-def skipblocknet_xs(
-    pretrained: bool = False, *, num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-    **kwargs: Any,
-) -> SkipblockNet:
-    """SkipblockNet-XS: width 0.5, classifier hidden 1024 (paper: 81M MACs, 2.3M params)."""
-    kwargs.update(num_classes=num_classes, in_chans=in_chans, small_input=small_input)
-    return _entry("skipblocknet_xs", pretrained, kwargs)
-
-
-@register_model
-def skipblocknet_s(
-    pretrained: bool = False, *, num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-    **kwargs: Any,
-) -> SkipblockNet:
-    """SkipblockNet-S: width 0.7 (paper: 152M MACs, 3.6M params)."""
-    kwargs.update(num_classes=num_classes, in_chans=in_chans, small_input=small_input)
-    return _entry("skipblocknet_s", pretrained, kwargs)
-
-
-@register_model
-def skipblocknet_m(
-    pretrained: bool = False, *, num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-    **kwargs: Any,
-) -> SkipblockNet:
-    """SkipblockNet-M: the authors' model, width 1.0 (paper: 246M MACs, 5.5M params)."""
-    kwargs.update(num_classes=num_classes, in_chans=in_chans, small_input=small_input)
-    return _entry("skipblocknet_m", pretrained, kwargs)
-
-
-@register_model
-def skipblocknet_l(
-    pretrained: bool = False, *, num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-    **kwargs: Any,
-) -> SkipblockNet:
-    """SkipblockNet-L: width 1.15 (paper: 364M MACs, 7.1M params)."""
-    kwargs.update(num_classes=num_classes, in_chans=in_chans, small_input=small_input)
-    return _entry("skipblocknet_l", pretrained, kwargs)
+skipblocknet_xs = _entry_point(
+    "skipblocknet_xs", "SkipblockNet-XS: width 0.5, classifier hidden 1024 (paper: 81M MACs, 2.3M params)."
+)
+skipblocknet_s = _entry_point("skipblocknet_s", "SkipblockNet-S: width 0.7 (paper: 152M MACs, 3.6M params).")
+skipblocknet_m = _entry_point(
+    "skipblocknet_m", "SkipblockNet-M: the authors' model, width 1.0 (paper: 246M MACs, 5.5M params)."
+)
+skipblocknet_l = _entry_point("skipblocknet_l", "SkipblockNet-L: width 1.15 (paper: 364M MACs, 7.1M params).")

@@ -59,8 +59,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(str(e).replace("cannot read ", "cannot read checkpoint ", 1)) from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
-    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
-        missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
         raise ForeignCheckpointError(f"{path} is not a biasloss training checkpoint (missing {', '.join(missing)})")
     if state.get("recipe") is not None and not isinstance(state["recipe"], dict):
         raise CheckpointError(f"{path}: its 'recipe' is a {type(state['recipe']).__name__}, not the mapping of "

@@ -1,9 +1,7 @@
 """One epoch of training and one pass of evaluation, whatever the model, the loss and the task.
 
-The step: ``loss = objective(net, inputs, target)``, backward, optimizer and schedule
-step, EMA update. For a classifier (:class:`ClassifierObjective`): ``features =
-forward_features(x)``, ``logits = forward_head(features)``, ``loss = criterion(logits, target,
-features)``; for a detector (:class:`DetectorObjective`) the sum of the losses the model returns.
+The step: ``loss = objective(net, inputs, target)`` (:class:`ClassifierObjective`,
+:class:`DetectorObjective`), backward, optimizer and schedule step, EMA update.
 """
 
 from __future__ import annotations
@@ -40,9 +38,7 @@ class ModelWithFeatures(nn.Module):
         self.with_features = with_features
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        if not self.with_features:
-            return self.model(x), None
-        return forward_with_features(self.model, x, self.tap)
+        return forward_with_features(self.model, x, self.tap) if self.with_features else (self.model(x), None)
 
 
 class Objective(nn.Module):
@@ -129,18 +125,11 @@ class _UntilBadData:
         self.loader = loader
         self.error: DatasetCorruptError | None = None
 
-    def __len__(self) -> int:
-        return len(self.loader)  # type: ignore[arg-type]
-
     def __iter__(self):
         try:
             yield from self.loader
         except DatasetCorruptError as e:
             self.error = e
-
-
-def _interactive() -> bool:
-    return sys.stderr.isatty()
 
 
 def _accumulate(totals: Tensor, loss: Tensor, logits: Tensor | None, target) -> int:
@@ -165,39 +154,18 @@ def _summarise(totals: Tensor, samples: int, elapsed: float, steps: int, interru
         dist.all_reduce(sums)
     values = sums.tolist()
     seen = max(values[3], 1.0)
-    return EpochResult(
-        totals=values,
-        loss=values[0] / seen,
-        top1=100 * values[1] / seen if scored else None,
-        top5=100 * values[2] / seen if scored else None,
-        samples=int(values[3]),
-        time_s=elapsed,
-        steps=steps,
-        interrupted=interrupted,
-    )
+    return EpochResult(totals=values, loss=values[0] / seen, top1=100 * values[1] / seen if scored else None,
+                       top5=100 * values[2] / seen if scored else None, samples=int(values[3]), time_s=elapsed,
+                       steps=steps, interrupted=interrupted)
 
 
-def train_one_epoch(
-    net: nn.Module,
-    objective: Objective,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loader: Iterable,
-    *,
-    epoch: int,
-    seed: int,
-    device: torch.device,
-    rank: int = 0,
-    amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    ema: nn.Module | None = None,
-    model: nn.Module | None = None,
-    start_step: int = 0,
-    start_totals: list[float] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    progress: bool | None = None,
-    check_every: int = 10,
-) -> EpochResult:
+def train_one_epoch(net: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, loader: Iterable, *, epoch: int, seed: int,
+                    device: torch.device, rank: int = 0, amp_dtype: torch.dtype | None = None,
+                    scaler: torch.amp.GradScaler | None = None, ema: nn.Module | None = None,
+                    model: nn.Module | None = None, start_step: int = 0, start_totals: list[float] | None = None,
+                    should_stop: Callable[[], bool] = lambda: False, progress: bool | None = None,
+                    check_every: int = 10) -> EpochResult:
     """Train ``net`` for one epoch of ``loader``, the loss being ``objective(net, inputs, target)``.
 
     ``start_step`` skips that many batches (a resumed, interrupted epoch: the loader's order and
@@ -215,15 +183,13 @@ def train_one_epoch(
     """
     net.train()
     objective.train()
-    progress = _interactive() if progress is None else progress
+    progress = sys.stderr.isatty() if progress is None else progress
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits
     samples = 0
     if start_totals is not None:
         totals += torch.tensor(start_totals[:3], dtype=torch.float64).to(device)
         samples = int(start_totals[3])
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     alone = not is_distributed()
     steps = len(loader)  # type: ignore[arg-type]
     start = time.perf_counter()
@@ -281,16 +247,9 @@ def _show(bar, totals: Tensor, samples: int, scored: bool, start: float) -> None
 
 
 @torch.no_grad()
-def evaluate(
-    net: nn.Module,
-    criterion: nn.Module | None,
-    loader: Iterable,
-    *,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-    progress: bool | None = None,
-    num_classes: int | None = None,
-) -> EpochResult:
+def evaluate(net: nn.Module, criterion: nn.Module | None, loader: Iterable, *, device: torch.device,
+             amp_dtype: torch.dtype | None = None, progress: bool | None = None,
+             num_classes: int | None = None) -> EpochResult:
     """Loss (``criterion``'s, the run's own), top-1 and top-5 (percent) of ``net`` over ``loader``,
     summed over all ranks, the plain cross-entropy (``cross_entropy``: comparable between runs of
     any loss) and the top-1 of each class (``class_top1``). Ranks may hold different numbers of batches (even none):
@@ -300,13 +259,11 @@ def evaluate(
     net.eval()
     if criterion is not None:
         criterion.eval()
-    progress = _interactive() if progress is None else progress
+    progress = sys.stderr.isatty() if progress is None else progress
     totals = torch.zeros(3, device=device, dtype=torch.float64)
     ce_sum = torch.zeros((), device=device, dtype=torch.float64)
     samples = 0
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     per_class: Tensor | None = None  # (2, K): top-1 hits and samples of each class
     if num_classes is not None:
         per_class = torch.zeros(2, num_classes, device=device, dtype=torch.float64)

@@ -34,19 +34,13 @@ from biasloss._io import atomic_write_text, remove_stale_temps, writable_dir
 from biasloss.data import DatasetCorruptError
 from biasloss.errors import InputError, TrainingInterrupted
 from biasloss.train.checkpoint import CheckpointError, save_checkpoint
-from biasloss.train.distributed import (
-    DistInfo,
-    any_rank,
-    barrier,
-    broadcast_buffers,
-    cleanup_distributed,
-    init_distributed,
-)
+from biasloss.train.distributed import (DistInfo, any_rank, barrier, broadcast_buffers, cleanup_distributed,
+                                        init_distributed)
 from biasloss.train.ema import ModelEma
 from biasloss.train.engine import Objective, train_one_epoch
 
-__all__ = ["RUN_FILES", "Run", "RunLock", "Start", "StopFlag", "autocast_dtype", "check_run_dir", "fit", "metric_problem",
-           "next_free_dir", "open_run_dir", "read_metrics", "resume", "train_task"]
+__all__ = ["RUN_FILES", "Run", "RunLock", "Start", "StopFlag", "autocast_dtype", "check_run_dir", "fit",
+           "metric_problem", "next_free_dir", "open_run_dir", "read_metrics", "resume", "train_task"]
 
 #: The files of a run directory: their presence means the directory holds a run.
 RUN_FILES = ("metrics.jsonl", "last.pt", "best.pt")
@@ -63,10 +57,8 @@ class StopFlag:
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not in the main thread
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -240,7 +232,6 @@ def read_metrics(path: str | os.PathLike, upto_epoch: int | None = None) -> list
             if problem:
                 raise InputError(f"{path} line {number}: {problem}; fix or remove the line (epoch "
                                  f"{record['epoch']}) and the run's numbers can be read")
-            records.pop(record["epoch"], None)
             records[record["epoch"]] = record
     return sorted(records.values(), key=lambda r: r["epoch"])
 

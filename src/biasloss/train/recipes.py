@@ -65,102 +65,33 @@ class Recipe:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-RECIPES: dict[str, Recipe] = {
-    r.name: r
-    for r in (
-        Recipe(
-            name="fashion-mnist",
-            description="default: SkipblockNet-XS, stride-8 stem, SGD one-cycle, 2 epochs "
-            "(7-10 min on a 2-core CPU)",
-            epochs=2,
-            batch_size=128,
-            lr=0.2,
-            momentum=0.9,
-            nesterov=True,
-            weight_decay=5e-5,
-            schedule="onecycle",
-            pct_start=0.25,
-            augment=AugmentConfig(crop_padding=2, hflip=True),
-            label_smoothing=0.0,
-            model="skipblocknet_xs",
-        ),
-        Recipe(
-            name="digits",
-            description="quick check on scikit-learn's digits",
-            epochs=5,
-            batch_size=64,
-            lr=0.1,
-            nesterov=True,
-            weight_decay=5e-5,
-            schedule="onecycle",
-            augment=AugmentConfig(crop_padding=2),
-            model="skipblocknet_xs",
-        ),
-        Recipe(
-            name="cifar100",
-            description="the paper (sec. 5.2): SGD 0.1, wd 5e-4, x0.2 at 60/120/160, 200 epochs, "
-            "flip + rotation 15",
-            epochs=200,
-            batch_size=128,
-            lr=0.1,
-            weight_decay=5e-4,
-            schedule="multistep",
-            milestones=(60, 120, 160),
-            lr_decay=0.2,
-            augment=AugmentConfig(hflip=True, rotation=15.0),
-            model="cifar_shufflenetv2",
-        ),
-        Recipe(
-            name="cifar100-authors",
-            description="the authors' code: SGD 0.1, wd 1e-4, x0.1 at 80/122, 160 epochs, "
-            "crop 32 pad 4 + flip, last short batch dropped",
-            epochs=160,
-            batch_size=128,
-            lr=0.1,
-            weight_decay=1e-4,
-            schedule="multistep",
-            milestones=(80, 122),
-            lr_decay=0.1,
-            augment=AugmentConfig(crop_padding=4, hflip=True),
-            drop_last=True,
-            model="cifar_shufflenetv2",
-        ),
-        Recipe(
-            name="imagenet",
-            description="the paper (sec. 5.1): RMSProp-TF, wd 1e-5, 1e-6 -> 0.032 over 3 epochs "
-            "then x0.97 every 2.4 epochs, batch 512, EMA 0.99995, BN momentum 0.01, Inception crop",
-            epochs=350,
-            batch_size=512,
-            lr=0.032,
-            optimizer="rmsproptf",
-            momentum=0.9,
-            weight_decay=1e-5,
-            schedule="step_warmup",
-            warmup_epochs=3.0,
-            warmup_lr=1e-6,
-            decay_every=2.4,
-            lr_decay=0.97,
-            augment=AugmentConfig(random_resized_crop=True, hflip=True),
-            ema_decay=0.99995,
-            bn_momentum=0.01,
-            model="skipblocknet_m",
-        ),
-        Recipe(
-            name="food101",
-            description="transfer (sec. 5.3): fine-tune every weight of an ImageNet-trained model "
-            "(--init), SGD 0.01 cosine, 30 epochs, Inception crop + flip",
-            epochs=30,
-            batch_size=128,
-            lr=0.01,
-            weight_decay=1e-5,
-            schedule="cosine",
-            warmup_epochs=1.0,
-            warmup_lr=1e-4,
-            augment=AugmentConfig(random_resized_crop=True, hflip=True),
-            model="skipblocknet_s",
-        ),
-    )
-}
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe(name="fashion-mnist", description="default: SkipblockNet-XS, stride-8 stem, SGD one-cycle, 2 epochs "
+           "(7-10 min on a 2-core CPU)",
+           epochs=2, batch_size=128, lr=0.2, nesterov=True, weight_decay=5e-5, schedule="onecycle",
+           augment=AugmentConfig(crop_padding=2, hflip=True), model="skipblocknet_xs"),
+    Recipe(name="digits", description="quick check on scikit-learn's digits",
+           epochs=5, batch_size=64, lr=0.1, nesterov=True, weight_decay=5e-5, schedule="onecycle",
+           augment=AugmentConfig(crop_padding=2), model="skipblocknet_xs"),
+    Recipe(name="cifar100", description="the paper (sec. 5.2): SGD 0.1, wd 5e-4, x0.2 at 60/120/160, 200 epochs, "
+           "flip + rotation 15",
+           epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4, milestones=(60, 120, 160), lr_decay=0.2,
+           augment=AugmentConfig(hflip=True, rotation=15.0), model="cifar_shufflenetv2"),
+    Recipe(name="cifar100-authors", description="the authors' code: SGD 0.1, wd 1e-4, x0.1 at 80/122, 160 epochs, "
+           "crop 32 pad 4 + flip, last short batch dropped",
+           epochs=160, batch_size=128, lr=0.1, weight_decay=1e-4, milestones=(80, 122),
+           augment=AugmentConfig(crop_padding=4, hflip=True), drop_last=True, model="cifar_shufflenetv2"),
+    Recipe(name="imagenet", description="the paper (sec. 5.1): RMSProp-TF, wd 1e-5, 1e-6 -> 0.032 over 3 epochs "
+           "then x0.97 every 2.4 epochs, batch 512, EMA 0.99995, BN momentum 0.01, Inception crop",
+           epochs=350, batch_size=512, lr=0.032, optimizer="rmsproptf", weight_decay=1e-5, schedule="step_warmup",
+           warmup_epochs=3.0, lr_decay=0.97, augment=AugmentConfig(random_resized_crop=True, hflip=True),
+           ema_decay=0.99995, bn_momentum=0.01),
+    Recipe(name="food101", description="transfer (sec. 5.3): fine-tune every weight of an ImageNet-trained model "
+           "(--init), SGD 0.01 cosine, 30 epochs, Inception crop + flip",
+           epochs=30, batch_size=128, lr=0.01, weight_decay=1e-5, schedule="cosine", warmup_epochs=1.0,
+           warmup_lr=1e-4, augment=AugmentConfig(random_resized_crop=True, hflip=True), model="skipblocknet_s"),
+)}
+
 
 def get_recipe(name: str) -> Recipe:
     """The recipe named ``name``; ``ValueError`` listing the known ones otherwise."""
@@ -182,27 +113,24 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
     groups = sorted(param_groups_weight_decay(model, recipe.weight_decay), key=lambda g: g["weight_decay"] == 0)
     if recipe.optimizer == "sgd":
-        return _fused_if_possible(torch.optim.SGD, groups, lr=recipe.lr, momentum=recipe.momentum,
-                                  nesterov=recipe.nesterov)
+        return _fastest(torch.optim.SGD, groups, {"fused": True}, lr=recipe.lr, momentum=recipe.momentum,
+                        nesterov=recipe.nesterov)
     if recipe.optimizer == "adamw":
-        return _fused_if_possible(torch.optim.AdamW, groups, lr=recipe.lr)
+        return _fastest(torch.optim.AdamW, groups, {"fused": True}, lr=recipe.lr)
     from timm.optim import RMSpropTF  # TF epsilon placement, as the paper's recipe
 
-    options = dict(lr=recipe.lr, alpha=0.9, eps=1e-3, momentum=recipe.momentum)
-    try:  # all tensors in a few multi-tensor kernels a step (timm >= 1.0.20), not one tensor at a time
-        return RMSpropTF(groups, foreach=True, **options)
-    except TypeError:  # an older timm: the per-tensor loop
-        return RMSpropTF(groups, **options)
+    return _fastest(RMSpropTF, groups, {"foreach": True}, lr=recipe.lr, alpha=0.9, eps=1e-3, momentum=recipe.momentum)
 
 
-def _fused_if_possible(cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]],
-                       **options: Any) -> torch.optim.Optimizer:
-    """``cls(groups, fused=True, **options)``: one kernel for all parameters, 4-5x faster a step than
-    the per-tensor loop on the CPU (benchmarks/bench_optimizer.py); the per-tensor form where this
-    torch or device has no fused kernel (CPU: torch >= 2.4 for AdamW)."""
+def _fastest(cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]], fast: dict[str, Any],
+             **options: Any) -> torch.optim.Optimizer:
+    """``cls(groups, **fast, **options)``: SGD's and AdamW's ``fused=True`` runs one kernel for all parameters,
+    4-5x faster a step than the per-tensor loop on the CPU (benchmarks/bench_optimizer.py); RMSpropTF's
+    ``foreach=True`` a few multi-tensor kernels a step (timm >= 1.0.20). The per-tensor form (``cls(groups,
+    **options)``) where this torch, timm or device has none (CPU: torch >= 2.4 for AdamW's fused kernel)."""
     try:
-        return cls(groups, fused=True, **options)
-    except (RuntimeError, TypeError):  # no fused kernel for these parameters' device or dtype
+        return cls(groups, **fast, **options)
+    except (RuntimeError, TypeError):  # no such kernel for these parameters' device or dtype, or no such option
         return cls(groups, **options)
 
 
@@ -234,9 +162,7 @@ def lr_multiplier(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float
         every = max(1, int(round(recipe.decay_every * steps_per_epoch)))
         return lambda step: warmed(step, lambda s: recipe.lr_decay ** (s // every))
     # cosine
-    return lambda step: warmed(
-        step, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total - warmup))))
-    )
+    return lambda step: warmed(step, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total - warmup)))))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> LambdaLR:

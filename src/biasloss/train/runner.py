@@ -1,11 +1,8 @@
-"""``biasloss train`` and ``biasloss eval``: the training run around the engine.
+"""``biasloss train`` and ``biasloss eval``: the classification run.
 
 In the manner of torchvision's reference scripts: a run is described by a :class:`TrainConfig`
-(the command's options), builds data, model, loss, optimizer, schedule and EMA from it, trains
-epoch by epoch, evaluates on the test split, appends one JSON line per epoch to ``metrics.jsonl``
-and writes ``last.pt`` and ``best.pt`` atomically. Everything random is a function of
-``(seed, epoch, step)``, so ``--resume`` continues exactly, even from a checkpoint written by
-Ctrl-C or SIGTERM in the middle of an epoch.
+(the command's options), builds data, model, loss, optimizer, schedule and EMA from it and is
+trained by :func:`biasloss.train.loop.fit` (epochs, evaluation on the test split, files, resume).
 """
 
 from __future__ import annotations
@@ -68,9 +65,8 @@ def _resolve(config: TrainConfig, ckpt: dict[str, Any] | None) -> TrainConfig:
             raise CheckpointError("cannot resume with --compile a run trained without it: a compiled run drops "
                                   "the last short batch of each epoch; resume without --compile")
         for field in dataclasses.fields(TrainConfig):
-            saved = ckpt["args"].get(field.name)
             if getattr(config, field.name) is None and field.name not in ("resume", "out", "stop_after"):
-                setattr(config, field.name, copy.deepcopy(saved))
+                setattr(config, field.name, copy.deepcopy(ckpt["args"].get(field.name)))
         if config.out is None:
             config.out = str(Path(config.resume).parent)
     if config.dataset is None:
@@ -115,25 +111,15 @@ def _jsonable(config: TrainConfig) -> dict[str, Any]:
     return {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in dataclasses.asdict(config).items()}
 
 
-def _default_out(config: TrainConfig) -> Path:
-    """``runs/<dataset>-<model>-<loss>-s<seed>``, numbered past directories holding a run."""
-    return next_free_dir(Path("runs") / f"{config.dataset}-{config.model}-{config.loss}-s{config.seed}")
-
-
-def _init_or_resume(init: str | None, resume: str | None) -> None:
-    """Refuse ``--init`` with ``--resume``: a resume takes its weights from the checkpoint, and
-    the ``--init`` weights would be silently ignored."""
-    if init and resume:
-        raise InputError(f"--init {init} and --resume {resume} cannot be given together: a resume continues "
-                         "with the checkpoint's weights (drop --init), a new run starts from --init's (drop --resume)")
-
-
 def _checked_start(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
     """``config`` resolved (:func:`_resolve`) and the checkpoint it resumes, once the files it
     names are checked."""
     if not isinstance(config, TrainConfig):
         raise InputTypeError(f"run_train takes a TrainConfig, got {type(config).__name__}")
-    _init_or_resume(config.init, config.resume)
+    if config.init and config.resume:  # --init's weights would be silently ignored
+        raise InputError(f"--init {config.init} and --resume {config.resume} cannot be given together: a resume "
+                         "continues with the checkpoint's weights (drop --init), a new run starts from --init's "
+                         "(drop --resume)")
     if config.init and not config.resume and not Path(config.init).exists():  # before any work
         raise InputFileNotFoundError(f"--init {config.init!r}: no such file", config.init)
     ckpt = load_checkpoint(config.resume) if config.resume else None
@@ -170,7 +156,8 @@ def _build_run(config: TrainConfig, info: DistInfo, device: torch.device, ckpt: 
     """The classification run a resolved ``config`` describes: data, model, loss, optimizer, schedule, EMA."""
     spec = get_dataset_spec(config.dataset)
     recipe = _recipe(config)
-    out = Path(config.out) if config.out else _default_out(config)
+    out = Path(config.out) if config.out else next_free_dir(
+        Path("runs") / f"{config.dataset}-{config.model}-{config.loss}-s{config.seed}")
     if info.is_main:
         open_run_dir(out, config.resume, cleanup)
     torch.manual_seed(config.seed)
@@ -222,14 +209,12 @@ def _build_run(config: TrainConfig, info: DistInfo, device: torch.device, ckpt: 
 
     def train_stats() -> dict[str, Any]:
         """The Bias Loss weights of the epoch's training batches, every rank's (:func:`weight_stats`)."""
-        stats = criterion.pop_weight_stats(gather=gather_columns) if isinstance(criterion, BiasLoss) else None
-        return stats or {}
+        return (criterion.pop_weight_stats(gather=gather_columns) if isinstance(criterion, BiasLoss) else None) or {}
 
     return Run(
         out=out, info=info, device=device, model=model, train_net=train_net,
         objective=ClassifierObjective(criterion, config.loss_scale), criterion=criterion, train_stats=train_stats,
-        optimizer=optimizer, scheduler=scheduler,
-        train_loader=train_loader, validate=validate,
+        optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, validate=validate,
         describe=lambda m: f"val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f} top5 {m['val_top5']:.2f}",
         score="val_top1", epochs=recipe.epochs, seed=config.seed, amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None, ema=ema,

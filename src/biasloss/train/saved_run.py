@@ -25,7 +25,7 @@ from biasloss.data import DatasetSpec, get_dataset_spec
 from biasloss.errors import InputError
 from biasloss.models import evaluated_weights
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
-from biasloss.train.settings import DEFAULTS, RECIPE_ARGS, TrainConfig, build_model
+from biasloss.train.settings import TrainConfig, build_model, trained_with
 
 __all__ = ["SavedRun", "load_run"]
 
@@ -92,17 +92,8 @@ def settings_of(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") ->
     """Every option a checkpoint's run trained with: as saved, else (for options left to the
     recipe) the saved recipe's, else :data:`~biasloss.train.settings.DEFAULTS`; ``None`` where none
     says (``limit``: all the data). :class:`CheckpointError` when it does not name its dataset and model."""
-    saved = training_args(ckpt, path)
-    recipe = ckpt.get("recipe") or {}
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(TrainConfig):
-        value = saved.get(field.name)
-        if value is None and field.name in RECIPE_ARGS:
-            value = recipe.get(field.name)
-        if value is None:
-            value = DEFAULTS.get(field.name)
-        values[field.name] = copy.deepcopy(list(value) if isinstance(value, tuple) else value)
-    return TrainConfig(**values)
+    training_args(ckpt, path)
+    return TrainConfig(**copy.deepcopy(trained_with(ckpt, [field.name for field in dataclasses.fields(TrainConfig)])))
 
 
 def load_run(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SavedRun:

@@ -26,8 +26,8 @@ from biasloss.models import create_model, list_models
 from biasloss.models.utils import BATCHNORMS
 from biasloss.train.recipes import Recipe
 
-__all__ = ["DEFAULTS", "DEVICE_HELP", "IDENTITY_ARGS", "RECIPE_ARGS", "TrainConfig", "add_options", "build_loss", "build_model", "format_config",
-           "read_config", "resume_conflict", "to_argv", "trained_with"]
+__all__ = ["DEFAULTS", "DEVICE_HELP", "IDENTITY_ARGS", "RECIPE_ARGS", "TrainConfig", "add_options", "build_loss",
+           "build_model", "format_config", "read_config", "resume_conflict", "to_argv", "trained_with"]
 
 _RECIPE = object()  # an option whose default is the recipe's
 #: ``--device``'s help, the same in every command that has one.
@@ -44,11 +44,6 @@ def _option(group: str, help: str = "", *, default: Any = None, flag: bool = Tru
     set it too (``("--no-clamp", {...})``)."""
     return dataclasses.field(default=None, metadata={"group": group, "help": help, "default": default, "flag": flag,
                                                      "extra": extra, "choices": choices, "alt": alt})
-
-
-def _loss_option(**kwargs: Any) -> Any:
-    """A loss's option: its help, choices and default are the loss's (:data:`~biasloss.losses.LOSSES`)."""
-    return _option("model and loss", **kwargs)
 
 
 @dataclasses.dataclass
@@ -72,14 +67,15 @@ class TrainConfig:
     lr: float | None = _option("optimisation", default=_RECIPE)
     weight_decay: float | None = _option("optimisation", default=_RECIPE)
     label_smoothing: float | None = _option("optimisation", default=_RECIPE)
-    alpha: float | None = _loss_option()
-    beta: float | None = _loss_option()
-    scaling: str | None = _loss_option()
-    clamp: list[float] | str | None = _loss_option(
-        extra={"nargs": 2, "type": float, "metavar": ("LOW", "HIGH")},
+    # a loss's options: their help, choices and defaults are the loss's (biasloss.losses.LOSSES)
+    alpha: float | None = _option("model and loss")
+    beta: float | None = _option("model and loss")
+    scaling: str | None = _option("model and loss")
+    clamp: list[float] | str | None = _option(
+        "model and loss", extra={"nargs": 2, "type": float, "metavar": ("LOW", "HIGH")},
         alt=(("--no-clamp", {"action": "store_const", "const": "none",
                              "help": "Bias Loss weights unclamped, as in the authors' code"}),))
-    gamma: float | None = _loss_option()
+    gamma: float | None = _option("model and loss")
     loss_scale: float | None = _option("model and loss", "multiply the training loss by C, any loss (the CE x c "
                                                          "control of docs/results.md)", default=1.0,
                                        extra={"metavar": "C"})
@@ -250,29 +246,29 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     import yaml
 
     path = Path(path)
+    where = f"--config {str(path)!r}"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputFileNotFoundError(f"--config {str(path)!r}: no such file", str(path)) from None
+        raise InputFileNotFoundError(f"{where}: no such file", str(path)) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"--config {str(path)!r}: cannot read it ({e.__class__.__name__}: {e})") from None
+        raise InputError(f"{where}: cannot read it ({e.__class__.__name__}: {e})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise InputError(f"--config {str(path)!r} is not YAML: {str(e).splitlines()[0]}") from None
+        raise InputError(f"{where} is not YAML: {str(e).splitlines()[0]}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise InputError(f"--config {str(path)!r}: expected a mapping of options to values, got "
-                         f"{type(data).__name__}")
+        raise InputError(f"{where}: expected a mapping of options to values, got {type(data).__name__}")
     options: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in _FIELDS:
             near = difflib.get_close_matches(name, _FIELDS, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(_FIELDS)}"
-            raise InputError(f"--config {str(path)!r}: unknown option {key!r}{hint}")
-        options[name] = _value(name, value, f"--config {str(path)!r}")
+            raise InputError(f"{where}: unknown option {key!r}{hint}")
+        options[name] = _value(name, value, where)
     return options
 
 
@@ -283,14 +279,14 @@ def format_config(config: TrainConfig) -> str:
     return "# biasloss train --config FILE (null: not given; flags on the command line win)\n" + "\n".join(lines) + "\n"
 
 
-def trained_with(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """What a training checkpoint trained: the value of each of :data:`IDENTITY_ARGS` and of
-    ``epochs`` (the schedule it was planned with) it ran with. An option left to the recipe has
-    the recipe's value, one the checkpoint predates its :data:`DEFAULTS` value; ``None`` where
-    neither says (``limit``: all the data)."""
+def trained_with(ckpt: Mapping[str, Any], names: Iterable[str] = (*IDENTITY_ARGS, "epochs")) -> dict[str, Any]:
+    """What a training checkpoint trained: the value of each option of ``names`` (default: of
+    :data:`IDENTITY_ARGS` and of ``epochs``, the schedule it was planned with) it ran with. An
+    option left to the recipe has the recipe's value, one the checkpoint predates its
+    :data:`DEFAULTS` value; ``None`` where neither says (``limit``: all the data)."""
     args, recipe = ckpt.get("args") or {}, ckpt.get("recipe") or {}
     have: dict[str, Any] = {}
-    for key in (*IDENTITY_ARGS, "epochs"):
+    for key in names:
         value = args.get(key)
         if value is None and key in RECIPE_ARGS:
             value = recipe.get(key)
@@ -304,9 +300,8 @@ def resume_conflict(have: Mapping[str, Any], wanted: Mapping[str, Any]) -> str |
     """The first setting of ``wanted`` that ``have`` (:func:`trained_with`) differs in, as
     ``"--lr 0.1, not 0.2"`` (the value trained with first); ``None`` when they agree."""
     for key, given in wanted.items():
-        value = have.get(key)
-        if value != given:
-            return f"--{key.replace('_', '-')} {value}, not {given}"
+        if have.get(key) != given:
+            return f"{_flag(key)} {have.get(key)}, not {given}"
     return None
 
 

@@ -168,18 +168,15 @@ def levels_info(taps: Sequence[tuple[str, int, int]]) -> list[dict[str, Any]]:
     return info
 
 
-def create_cifar_model(model_cls: type[CifarNet], variant: str, pretrained: bool = False, **kwargs: Any) -> CifarNet:
-    """timm's ``build_model_with_cfg``; ``features_only=True`` taps ``feature_info`` with hooks."""
+def create_cifar_model(
+    model_cls: type[CifarNet], variant: str, pretrained: bool = False, num_levels: int = 4, **kwargs: Any
+) -> CifarNet:
+    """timm's ``build_model_with_cfg``; ``features_only=True`` taps the first ``num_levels`` of ``feature_info``
+    with hooks."""
     if pretrained:
         raise InputError(f"{variant}: no pretrained CIFAR weights are published for this model")
-    levels = kwargs.pop("num_levels")
-    return build_model_with_cfg(
-        model_cls,
-        variant,
-        pretrained,
-        feature_cfg=dict(feature_cls="hook", no_rewrite=True, out_indices=tuple(range(levels))),
-        **kwargs,
-    )
+    feature_cfg = dict(feature_cls="hook", no_rewrite=True, out_indices=tuple(range(num_levels)))
+    return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 def cifar_cfg(pool_size: tuple[int, int] = (4, 4), **kwargs: Any) -> dict[str, Any]:

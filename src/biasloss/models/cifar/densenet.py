@@ -80,11 +80,10 @@ class CifarDenseNet(CifarNet):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
-        in_chans = self.in_chans
         if not 0.0 < compression <= 1.0:
             raise InputError(f"compression must be in (0, 1], got {compression!r}")
         # a bare convolution: every dense layer starts with BN-ReLU
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, stem_width, 3, padding=1, bias=False))
+        self.stem = nn.Sequential(nn.Conv2d(self.in_chans, stem_width, 3, padding=1, bias=False))
         stages, taps = [], [("stem", stem_width, 1)]
         chs, reduction = stem_width, 1
         for i, num_layers in enumerate(block_config):
@@ -106,11 +105,6 @@ class CifarDenseNet(CifarNet):
         self._init_head(chs, levels_info(taps))
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarDenseNet:
-    num_levels = len(kwargs["block_config"])
-    return create_cifar_model(CifarDenseNet, variant, pretrained, num_levels=num_levels, **kwargs)
-
-
 default_cfgs = generate_default_cfgs(
     {
         "cifar_densenet_k12": cifar_cfg(pool_size=(8, 8)),
@@ -122,15 +116,17 @@ default_cfgs = generate_default_cfgs(
 @register_model
 def cifar_densenet_k12(pretrained: bool = False, **kwargs: Any) -> CifarDenseNet:
     """DenseNet (k=12, L=100), basic (no bottleneck, no compression): 7,084,852 parameters at 100 classes."""
-    return _create(
-        "cifar_densenet_k12", pretrained, growth_rate=12, block_config=(32, 32, 32), stem_width=16, **kwargs
+    return create_cifar_model(
+        CifarDenseNet, "cifar_densenet_k12", pretrained, num_levels=3, growth_rate=12, block_config=(32, 32, 32),
+        stem_width=16, **kwargs,
     )
 
 
 @register_model
 def cifar_densenet121(pretrained: bool = False, **kwargs: Any) -> CifarDenseNet:
     """DenseNet-121 (k=32, BC), CIFAR stem: 7,048,548 parameters at 100 classes."""
-    return _create(
+    return create_cifar_model(
+        CifarDenseNet,
         "cifar_densenet121",
         pretrained,
         growth_rate=32,

@@ -53,13 +53,12 @@ class CifarMobileNetV2(CifarNet):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
-        in_chans = self.in_chans
         if width_mult <= 0:
             raise InputError(f"width_mult must be > 0, got {width_mult!r}")
         conv_bn_relu6 = partial(Conv2dNormActivation, activation_layer=nn.ReLU6)
         stem_chs = _make_divisible(_STEM_CHS * width_mult, round_nearest)
         head_chs = _make_divisible(_HEAD_CHS * max(1.0, width_mult), round_nearest)
-        self.stem = conv_bn_relu6(in_chans, stem_chs, 3)
+        self.stem = conv_bn_relu6(self.in_chans, stem_chs, 3)
         stages, taps = [], [("stem", stem_chs, 1)]
         in_chs, reduction = stem_chs, 1
         for i, (t, c, n, s) in enumerate(rows):
@@ -74,14 +73,10 @@ class CifarMobileNetV2(CifarNet):
         self._init_head(head_chs, levels_info(taps))
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarMobileNetV2:
-    return create_cifar_model(CifarMobileNetV2, variant, pretrained, num_levels=4, **kwargs)
-
-
 default_cfgs = generate_default_cfgs({"cifar_mobilenetv2_075": cifar_cfg()})
 
 
 @register_model
 def cifar_mobilenetv2_075(pretrained: bool = False, **kwargs: Any) -> CifarMobileNetV2:
     """MobileNetV2 0.75x, CIFAR form: 1,483,524 parameters at 100 classes."""
-    return _create("cifar_mobilenetv2_075", pretrained, width_mult=0.75, **kwargs)
+    return create_cifar_model(CifarMobileNetV2, "cifar_mobilenetv2_075", pretrained, width_mult=0.75, **kwargs)

@@ -81,12 +81,11 @@ class CifarNASNetA(CifarNet):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
-        in_chans = self.in_chans
         if num_cells < 1 or num_conv_filters < 1 or stem_multiplier < 1:
             raise InputError("num_cells, num_conv_filters and stem_multiplier must be >= 1")
         stem_chs = stem_multiplier * num_conv_filters
         bn_tf = partial(nn.BatchNorm2d, eps=1e-3)  # TF's epsilon, as in timm's cells
-        self.stem = Conv2dNormActivation(in_chans, stem_chs, 3, norm_layer=bn_tf, activation_layer=None)
+        self.stem = Conv2dNormActivation(self.in_chans, stem_chs, 3, norm_layer=bn_tf, activation_layer=None)
         self.layout = nasnet_cifar_layout(num_cells, num_reductions)
         # (channels, reduction) of the previous two cell outputs: the first cell sees the stem twice
         prev, cur = (stem_chs, 1), (stem_chs, 1)
@@ -133,17 +132,12 @@ class CifarNASNetA(CifarNet):
         return [*taps, ("final", self.final(x))]
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarNASNetA:
-    num_levels = kwargs.get("num_reductions", 2) + 1
-    return create_cifar_model(CifarNASNetA, variant, pretrained, num_levels=num_levels, **kwargs)
-
-
 default_cfgs = generate_default_cfgs({"cifar_nasnet_a": cifar_cfg(pool_size=(8, 8))})
 
 
 @register_model
 def cifar_nasnet_a(pretrained: bool = False, **kwargs: Any) -> CifarNASNetA:
     """NASNet-A (N=4) @ 1176 (F = 49): 5,313,170 parameters at 100 classes."""
-    model_kwargs: dict[str, Any] = dict(num_cells=4, num_conv_filters=49, stem_multiplier=3)
-    model_kwargs.update(kwargs)
-    return _create("cifar_nasnet_a", pretrained, **model_kwargs)
+    model_kwargs: dict[str, Any] = {"num_cells": 4, "num_conv_filters": 49, "stem_multiplier": 3, **kwargs}
+    num_levels = model_kwargs.get("num_reductions", 2) + 1
+    return create_cifar_model(CifarNASNetA, "cifar_nasnet_a", pretrained, num_levels=num_levels, **model_kwargs)

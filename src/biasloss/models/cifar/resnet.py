@@ -39,10 +39,9 @@ class CifarResNet(CifarNet):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
-        in_chans = self.in_chans
         if len(layers) != len(widths):
             raise InputError(f"layers {tuple(layers)} and widths {tuple(widths)} differ in length")
-        self.stem = Conv2dNormActivation(in_chans, stem_width, 3)
+        self.stem = Conv2dNormActivation(self.in_chans, stem_width, 3)
         stages, taps = [], [("stem", stem_width, 1)]
         in_chs, reduction = stem_width, 1
         for i, (depth, width) in enumerate(zip(layers, widths)):
@@ -61,14 +60,12 @@ class CifarResNet(CifarNet):
         self._init_head(in_chs, levels_info(taps))
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    return create_cifar_model(CifarResNet, variant, pretrained, num_levels=4, **kwargs)
-
-
 default_cfgs = generate_default_cfgs({"cifar_resnet18": cifar_cfg()})
 
 
 @register_model
 def cifar_resnet18(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-18, CIFAR form: 11,220,132 parameters at 100 classes (the authors' README model)."""
-    return _create("cifar_resnet18", pretrained, layers=(2, 2, 2, 2), block=BasicBlock, **kwargs)
+    return create_cifar_model(
+        CifarResNet, "cifar_resnet18", pretrained, layers=(2, 2, 2, 2), block=BasicBlock, **kwargs
+    )

@@ -47,14 +47,13 @@ class CifarShuffleNetV2(CifarNet):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
-        in_chans = self.in_chans
         if len(stage_widths) != len(stage_repeats) + 2:
             raise InputError(
                 f"stage_widths needs stem, one width per stage and conv5: {len(stage_repeats) + 2} values, "
                 f"got {tuple(stage_widths)}"
             )
         stem_chs, *widths, head_chs = stage_widths
-        self.stem = Conv2dNormActivation(in_chans, stem_chs, 3)
+        self.stem = Conv2dNormActivation(self.in_chans, stem_chs, 3)
         stages, taps = [], [("stem", stem_chs, 1)]
         in_chs, reduction = stem_chs, 1
         for i, (repeats, out_chs) in enumerate(zip(stage_repeats, widths)):
@@ -69,10 +68,6 @@ class CifarShuffleNetV2(CifarNet):
         self._init_head(head_chs, levels_info(taps))
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarShuffleNetV2:
-    return create_cifar_model(CifarShuffleNetV2, variant, pretrained, num_levels=4, **kwargs)
-
-
 default_cfgs = generate_default_cfgs(
     {
         "cifar_shufflenetv2": cifar_cfg(),
@@ -84,10 +79,12 @@ default_cfgs = generate_default_cfgs(
 @register_model
 def cifar_shufflenetv2(pretrained: bool = False, **kwargs: Any) -> CifarShuffleNetV2:
     """The authors' "ShuffleNetV2 0.5x" (Table 4), which has the 1.0x widths: 1,356,104 parameters at 100 classes."""
-    return _create("cifar_shufflenetv2", pretrained, stage_widths=_WIDTHS[1.0], **kwargs)
+    return create_cifar_model(CifarShuffleNetV2, "cifar_shufflenetv2", pretrained, stage_widths=_WIDTHS[1.0], **kwargs)
 
 
 @register_model
 def cifar_shufflenetv2_x0_5(pretrained: bool = False, **kwargs: Any) -> CifarShuffleNetV2:
     """ShuffleNetV2 with the paper's true 0.5x widths: 444,292 parameters at 100 classes."""
-    return _create("cifar_shufflenetv2_x0_5", pretrained, stage_widths=_WIDTHS[0.5], **kwargs)
+    return create_cifar_model(
+        CifarShuffleNetV2, "cifar_shufflenetv2_x0_5", pretrained, stage_widths=_WIDTHS[0.5], **kwargs
+    )

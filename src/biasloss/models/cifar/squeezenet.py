@@ -58,8 +58,7 @@ class CifarSqueezeNet(CifarNet):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)  # num_classes, in_chans, drop_rate, global_pool: see CifarNet
-        in_chans = self.in_chans
-        self.stem = Conv2dNormActivation(in_chans, stem_width, 3)
+        self.stem = Conv2dNormActivation(self.in_chans, stem_width, 3)
         stages, taps = [], [("stem", stem_width, 1)]
         in_chs, reduction = stem_width, 1
         for i, stage in enumerate(fires):
@@ -75,14 +74,10 @@ class CifarSqueezeNet(CifarNet):
         self._init_head(in_chs, levels_info(taps))
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarSqueezeNet:
-    return create_cifar_model(CifarSqueezeNet, variant, pretrained, num_levels=4, **kwargs)
-
-
 default_cfgs = generate_default_cfgs({"cifar_squeezenet": cifar_cfg()})
 
 
 @register_model
 def cifar_squeezenet(pretrained: bool = False, **kwargs: Any) -> CifarSqueezeNet:
     """SqueezeNet 1.0, CIFAR form with batch norm: 778,180 parameters at 100 classes."""
-    return _create("cifar_squeezenet", pretrained, **kwargs)
+    return create_cifar_model(CifarSqueezeNet, "cifar_squeezenet", pretrained, **kwargs)
