@@ -258,11 +258,25 @@ def _argv(command: str, home: Path) -> tuple[list[str], dict[str, str], str | No
 
 
 @pytest.mark.parametrize("command", RUN, ids=[c[:60] for c in RUN])
-def test_documented_command_runs(command, tmp_path):
+def test_documented_command_runs(command, tmp_path, monkeypatch, capsys):
+    """A ``biasloss`` command runs in this process, through the console script's ``main`` (torch is
+    imported once for all); any other program as a subprocess."""
     import contextlib
     import subprocess
 
+    from biasloss.cli import main
+
     argv, env, stdout = _argv(command, tmp_path)
+    if argv[1:3] == ["-m", "biasloss"]:
+        monkeypatch.chdir(tmp_path)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        code = main(argv[3:])
+        out, err = capsys.readouterr()
+        if stdout:
+            (tmp_path / stdout).write_text(out)
+        assert code == 0, f"{command}\nexit {code}\n{out[-2000:]}\n{err[-4000:]}"
+        return
     with open(tmp_path / stdout, "w") if stdout else contextlib.nullcontext(subprocess.PIPE) as out:
         done = subprocess.run(argv, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.PIPE, text=True, timeout=300,
                               check=False)
