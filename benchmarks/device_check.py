@@ -232,6 +232,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--limit", type=int, help="train/test images (dry runs)")
     p.add_argument("--skip-compile", action="store_true", help="no compile rows")
+    p.add_argument("--rows", nargs="+", metavar="ROW",
+                   help="only these rows (fp32 bf16 fp16 compile compile-ro; default: all that apply)")
     p.add_argument("--skip-data", action="store_true", help="skip the data benchmark")
     p.add_argument("--commit", help="the commit this tree is, for the record where it has no .git")
     return p.parse_args(argv)
@@ -278,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.device}{' (' + record['gpu'] + ')' if record['gpu'] else ''} | out {root}")
     save()
     for name, extra in variants(args.device, args.skip_compile).items():
+        if args.rows and name not in args.rows:
+            continue
         run = runs / name
         row: dict[str, Any] = {"run": name, "options": extra, "val_top1": None, "eval_top1": None,
                                "eval_minus_logged": None, "time_s": None, "train_img_s": None, "wall_s": None,
