@@ -60,7 +60,7 @@ class TrainConfig:
     model: str | None = _option("model and loss", "skipblocknet_xs/s/m/l, cifar_* zoo, any timm name, or "
                                                   "torchvision.<name>", default=_RECIPE)
     loss: str | None = _option("model and loss", "", default="bias", choices=lambda: tuple(LOSSES))
-    recipe: str | None = _option("optimisation", "the training recipe (default: the dataset's)")
+    recipe: str | None = _option("optimisation")  # help: the recipes by name (_flags)
     epochs: int | None = _option("optimisation", default=_RECIPE)
     batch_size: int | None = _option("optimisation", "per process", default=_RECIPE)
     eval_batch_size: int | None = _option("optimisation", "batch size of the evaluation (default: --batch-size)")
@@ -156,6 +156,10 @@ def _flags(name: str, help: Mapping[str, str]) -> list[tuple[str, dict[str, Any]
         from biasloss.data import DATASETS
 
         text = ", ".join(f"{d} (default)" if d == DEFAULTS["dataset"] else d for d in DATASETS)
+    elif name == "recipe":
+        from biasloss.train.recipes import RECIPES
+
+        text = f"{', '.join(RECIPES)} (default: the dataset's)"
     elif name in RECIPE_ARGS:
         text = f"{text} (default: the recipe's)" if text else "default: the recipe's"
     elif name in DEFAULTS and _kind(name) is not bool:
