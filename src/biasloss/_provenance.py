@@ -1,14 +1,8 @@
 """What produced a result: the code (git commit, dirty tree), the versions and the machine.
 
 One place for what every record stores (``reproduce``'s run records, the benchmarks' JSON files),
-so that a published number names the code that made it and can be re-run at that commit:
-
-- :func:`git_state`: the commit ``HEAD`` of the git checkout that holds the biasloss source in
-  use, and whether tracked files differ from it (``None`` for either when that is not known: an
-  installed wheel, no ``git`` on the machine);
-- :func:`cpu_name`: the CPU's model name (``/proc/cpuinfo``, else :func:`platform.processor`);
-- :func:`environment`: both with the versions (biasloss, torch, Python), the number of logical
-  CPUs, torch's intra-op threads and the CPU capability torch's kernels dispatch to.
+so that a published number names the code that made it and can be re-run at that commit: :func:`environment`
+(the versions, the machine and :func:`git_state`).
 
 Floating point results depend on all of that: the same command gives the same digits only with
 the same code, torch build, thread count and CPU family (its vector instructions).

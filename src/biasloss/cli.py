@@ -1,10 +1,6 @@
 """The ``biasloss`` command: the subcommands of :data:`COMMANDS`, each built by its own module.
 
-What the user can mend, a :class:`~biasloss.errors.BiaslossError` (unknown names, missing or
-corrupt data or checkpoints, bad sizes, an output that cannot be written), ends with a one-line
-``biasloss: error: ...`` message and exit status 2, never a traceback (set ``BIASLOSS_DEBUG=1`` to
-see one). A NaN loss exits with status 1; Ctrl-C with 130 and SIGTERM with 143, after writing a
-checkpoint to resume from. Any other exception is a bug: it keeps its traceback (exit status 1).
+Errors and exit statuses: see :func:`main` and :mod:`biasloss.errors`.
 """
 
 from __future__ import annotations

@@ -186,13 +186,12 @@ def to_executorch(model: nn.Module, example: torch.Tensor, path: str | os.PathLi
     on the XNNPACK backend at ``path`` (``.pte``): fp32, or with ``calibration`` batches int8
     (PT2E static quantization, XNNPACK's symmetric config: per-channel int8 weights, int8
     activations)."""
-    with quiet():  # importing them logs torch deprecation warnings
+    with quiet(), torch.no_grad():  # importing them logs torch deprecation warnings
         require("executorch", "ExecuTorch export")
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
-    example = _dense(example)
-    with quiet(), torch.no_grad():
+        example = _dense(example)
         program = torch.export.export(model, (example,))
         if calibration is not None:
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (

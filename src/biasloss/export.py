@@ -5,16 +5,11 @@ describes with the weights ``train`` evaluated (the EMA's when the recipe keeps 
 BatchNorm into its convolution (:func:`biasloss.models.fuse_bn`), exports it for the resolution it
 was trained at, and runs the exported file (ONNX Runtime, ExecuTorch or ``torch.jit.load``) on the
 same input as the PyTorch model to report the largest difference. The file is written atomically.
-``--device`` is where that PyTorch reference runs (default: CUDA where there is one, else the CPU);
-the file itself is always traced and exported from the model on the CPU, so a TorchScript file
-loads as a CPU model wherever it was made.
 The model expects images normalised with the dataset's mean and std, which the result lists (and
 the file carries as metadata: the ONNX model's ``metadata_props``, or ``model.pte.json`` beside an
 ExecuTorch program). The runtimes come from :mod:`biasloss.deploy`.
 
-``--int8`` (:func:`export_int8`) adds ``model.int8.onnx`` or ``model.int8.pte`` beside the fp32
-file, calibrated on the checkpoint's own training split and kept only when its top-1 on the test
-split, measured in the same runtime as the fp32 file's, is within ``--max-drop`` points of it.
+``--int8`` (:func:`export_int8`) adds ``model.int8.onnx`` or ``model.int8.pte`` beside the fp32 file.
 """
 
 from __future__ import annotations
@@ -92,17 +87,13 @@ _TYPES: dict[str, Callable[[str], Any]] = {
     "num_classes": int, "top1_fp32": float, "top1_int8": float}
 
 
-def _typed(values: dict[str, str]) -> dict[str, Any]:
-    """The metadata ``values`` (strings, as ONNX's ``metadata_props`` must hold them) with their
-    own JSON types: ``mean`` and ``std`` lists, ``input`` a list of ints (``"1x32x32"`` ->
-    ``[1, 32, 32]``), ``num_classes`` an int, the top-1s numbers; the rest stay strings."""
-    return {key: _TYPES.get(key, str)(value) for key, value in values.items()}
-
-
 def _write_sidecar(program: Path, values: dict[str, str]) -> None:
-    """The metadata of the ExecuTorch program ``program``, in :func:`metadata_path`: a JSON
-    object whose numbers are numbers and lists lists (:func:`_typed`)."""
-    atomic_write_text(metadata_path(program), json.dumps(_typed(values), indent=1) + "\n")
+    """The metadata ``values`` (strings, as ONNX's ``metadata_props`` must hold them) of the
+    ExecuTorch program ``program``, in :func:`metadata_path`, with their own JSON types: ``mean``
+    and ``std`` lists, ``input`` a list of ints (``"1x32x32"`` -> ``[1, 32, 32]``), ``num_classes``
+    an int, the top-1s numbers; the rest stay strings."""
+    typed = {key: _TYPES.get(key, str)(value) for key, value in values.items()}
+    atomic_write_text(metadata_path(program), json.dumps(typed, indent=1) + "\n")
 
 
 def _runner(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -159,7 +150,7 @@ def _export_to(model: nn.Module, which: str, spec, tmp: Path, fmt: str, image_si
                 with torch.no_grad():  # the inference graph (in-place ops where nothing needs gradients)
                     scripted, how = torch.jit.trace(model, x), "torchscript (trace)"
             scripted.save(str(tmp))
-    exported = None
+    diff = None
     if check:  # ONNX with a dynamic batch: run another batch size than the export's
         inputs = x if fmt != "onnx" or not dynamic_batch else torch.cat([x, x[:1]])
         expected = reference if inputs is x else torch.cat([reference, reference[:1]])
@@ -170,8 +161,7 @@ def _export_to(model: nn.Module, which: str, spec, tmp: Path, fmt: str, image_si
                 raise
         else:
             with torch.no_grad():
-                exported = run(inputs)
-    diff = None if exported is None else float((exported - expected).abs().max())
+                diff = float((run(inputs) - expected).abs().max())
     scale = float(reference.abs().max()) or 1.0
     if diff is not None and not diff <= _TOLERANCE * max(scale, 1.0):
         raise ValueError(f"the exported model differs from PyTorch by {diff:.3g} (logits up to {scale:.3g})")
@@ -203,7 +193,8 @@ def export_checkpoint(
         fuse: fold BatchNorm into the convolutions first.
         check: run the exported file and compare with PyTorch (ONNX needs ``onnxruntime``).
         device: where the checkpoint's model computes the PyTorch reference (default: CUDA where
-            there is one, else the CPU); the export itself is always made on the CPU.
+            there is one, else the CPU); the export itself is always made on the CPU, so a
+            TorchScript file loads as a CPU model wherever it was made.
 
     Raises:
         ValueError: unknown format, bad size, unreadable checkpoint (``CheckpointError``), or an

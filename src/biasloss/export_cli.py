@@ -52,9 +52,8 @@ def register(subparsers) -> None:
 
 
 class _Terminated(BaseException):
-    """SIGTERM arrived during an export: raised from the signal handler so that the temporary
-    files of :func:`biasloss._io.atomic_path` are removed on the way out, as on Ctrl-C (a
-    ``BaseException``, like ``KeyboardInterrupt``: no ``except Exception`` of a library swallows it)."""
+    """SIGTERM arrived during an export (a ``BaseException``, like ``KeyboardInterrupt``: no
+    ``except Exception`` of a library swallows it on its way out of :func:`biasloss._io.atomic_path`)."""
 
 
 def _raise_terminated(signum, frame) -> None:
@@ -62,7 +61,7 @@ def _raise_terminated(signum, frame) -> None:
 
 
 def _export(args) -> int:
-    """The export, where SIGTERM, like Ctrl-C, removes the half-written file: exit status 143."""
+    """The export, where SIGTERM, like Ctrl-C, removes the half-written files: exit status 143."""
     import signal
     import threading
 

@@ -53,7 +53,6 @@ __all__ = ["FeatureTap", "forward_with_features"]
 
 # Top-level attributes that hold a classifier head: never tapped by the automatic search.
 _HEAD_NAMES = ("classifier", "head", "fc", "last_linear")
-_PROBE_SIZE = 224
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -98,11 +97,6 @@ def _head_prefixes(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if n and any(m is h for h in heads)]
 
 
-def _default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    in_chans = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
-    return (in_chans, _PROBE_SIZE, _PROBE_SIZE)
-
-
 def _probe(model: nn.Module, input_size: Sequence[int]) -> list[tuple[str, Optional[tuple[int, ...]]]]:
     """Run one forward pass on zeros in eval mode without gradients; return ``(name, shape)`` of
     every submodule's output in the order the calls finish (shape ``None`` for non-tensors).
@@ -140,7 +134,9 @@ def _probe(model: nn.Module, input_size: Sequence[int]) -> list[tuple[str, Optio
 def _find_layer(model: nn.Module, input_size: Optional[Sequence[int]]) -> str:
     """Name of the module whose output is the last 4-D map with more than one spatial position,
     skipping adaptive pooling modules and the classifier head (see the module docstring)."""
-    input_size = tuple(int(s) for s in (_default_input_size(model) if input_size is None else input_size))
+    if input_size is None:  # C: the in_channels of the first Conv2d
+        input_size = (next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3), 224, 224)
+    input_size = tuple(int(s) for s in input_size)
     if len(input_size) != 3:
         raise InputError(f"input_size must be (C, H, W), got {input_size}")
     events = _probe(model, input_size)
@@ -157,14 +153,6 @@ def _find_layer(model: nn.Module, input_size: Optional[Sequence[int]]) -> str:
         if _is_adaptive_pool(modules[name]) or any(name == h or name.startswith(h + ".") for h in heads):
             continue
         chosen = name
-    if chosen is not None:
-        tokens = [(n, s) for n, s in events[last_call[chosen] + 1:]
-                  if s is not None and len(s) == 3 and not any(n == h or n.startswith(h + ".") for h in heads)]
-        if tokens:
-            raise InputError(f"FeatureTap: after the last 4-D map ({chosen!r}) the model computes 3-D outputs "
-                             f"(e.g. {tokens[0][0]!r}: {tokens[0][1]}), as a transformer on tokens does, so "
-                             f"there is no convolutional feature map before pooling to find automatically; "
-                             f"pass layer= (candidates: {_candidate_names(model)})")
     if chosen is None:
         ran = [f"{n}: {s if s is not None else 'not a tensor'}" for n, s in events]
         if len(ran) > 40:
@@ -174,6 +162,13 @@ def _find_layer(model: nn.Module, input_size: Optional[Sequence[int]]) -> str:
                          f"forward pass with input {(1, *input_size)}. If the last map is 1 x 1 at this "
                          f"size, pass a larger input_size; otherwise pass layer=. Modules run, with output "
                          f"shapes: {ran}")
+    tokens = [(n, s) for n, s in events[last_call[chosen] + 1:]
+              if s is not None and len(s) == 3 and not any(n == h or n.startswith(h + ".") for h in heads)]
+    if tokens:
+        raise InputError(f"FeatureTap: after the last 4-D map ({chosen!r}) the model computes 3-D outputs "
+                         f"(e.g. {tokens[0][0]!r}: {tokens[0][1]}), as a transformer on tokens does, so "
+                         f"there is no convolutional feature map before pooling to find automatically; "
+                         f"pass layer= (candidates: {_candidate_names(model)})")
     return chosen
 
 

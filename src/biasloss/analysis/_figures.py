@@ -28,8 +28,7 @@ def figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.4, 
                                      "(or pip install matplotlib)") from None
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, [ax for row in axes for ax in row]
+    return fig, list(fig.subplots(nrows, ncols, squeeze=False).flat)
 
 
 def check_out(out: str | Path, flag: str = "--out") -> Path:

@@ -13,9 +13,8 @@ Paper: "Bias Loss for Mobile Neural Networks", Abrahamyan et al., ICCV 2021.
   built in, the user's results beside it, SkipblockNet highlighted.
 - ``curves``: learning curves (``val_top1``, losses, ...) of several training runs overlaid.
 
-matplotlib is an optional dependency (``pip install -e '.[plots]'`` in the checkout), imported only here, and
-only the Agg canvas is used (no pyplot, no global backend change): safe in scripts, servers and
-notebooks alike. The output format follows the file suffix: ``.png``, ``.svg`` or ``.pdf``.
+matplotlib (optional) draws on the Agg canvas only, see :mod:`._figures`; the output format follows the file
+suffix: ``.png``, ``.svg`` or ``.pdf``.
 
 Results files for ``tradeoff`` (``--results``): JSON (one object or a list of objects) or JSON lines,
 each object with
@@ -100,8 +99,7 @@ def _draw_weights(ax, pairs: Sequence[tuple[float, float]], clamp, title: str) -
         label = _greek(a, b) + ("  (paper)" if paper else "")
         ax.plot(v, used, color=color, linewidth=2.6 if paper else 1.8, label=label, zorder=3 if paper else 2)
         if clamp is not None and not torch.equal(raw, used):
-            cut = raw.clone()
-            cut[raw == used] = float("nan")
+            cut = raw.masked_fill(raw == used, float("nan"))
             ax.plot(v, cut, color=color, linewidth=1.0, linestyle="--", alpha=0.8)
         highs.append(float(used.max()))
     lo = min(0.4, min(1 - b for _, b in pairs) - 0.05)
@@ -382,21 +380,17 @@ def _annotate(ax, text: str, xy: tuple[float, float], offset: tuple[float, float
                        if leader else None, **text_style)
 
 
-def _text_box(ann, renderer):
-    """The display box of a label's text alone (an annotation's own extent includes its leader line)."""
-    from matplotlib.text import Text
-
-    ann.update_positions(renderer)
-    return Text.get_window_extent(ann, renderer)
-
-
 def _separate(anns: Sequence, renderer, dpi: float, gap: float = 2.0, rounds: int = 1000) -> None:
     """Nudge labels apart until no two text boxes overlap: each overlapping pair moves apart, half
     each, along the axis where the overlap is smaller, to ``gap`` pixels; repeated, as one move can
     push a label into a third. The boxes move in pixels; the labels' offsets (points) follow once."""
     import numpy as np
+    from matplotlib.text import Text
 
-    boxes = np.array([_text_box(a, renderer).extents for a in anns], dtype=float).reshape(-1, 4)  # x0 y0 x1 y1
+    for a in anns:
+        a.update_positions(renderer)
+    # x0 y0 x1 y1 of the texts alone (an annotation's own extent includes its leader line)
+    boxes = np.array([Text.get_window_extent(a, renderer).extents for a in anns], dtype=float).reshape(-1, 4)
     start, n = boxes.copy(), len(boxes)
     pairs = np.triu(np.ones((n, n), dtype=bool), 1)
     for _ in range(rounds):
@@ -436,13 +430,12 @@ def _place_labels(ax, labels: Sequence[tuple]) -> None:
     # marker area is in pt^2; a margin keeps a label nearer its own point than any other
     radii = [math.sqrt(size) / 2 * fig.dpi / 72 + 2 for *_, size in labels]
     obstacles = [Bbox.from_extents(px - r, py - r, px + r, py + r) for (px, py), r in zip(points, radii)]
-    line_px = []
+    t = np.linspace(0, 1, 40)[:, None, None]  # 40 points along every segment of every line
+    line_px = [np.zeros((0, 2))]
     for line in ax.get_lines():
         xy = to_px.transform(np.asarray(line.get_xydata(), dtype=float))
-        for (x0, y0), (x1, y1) in zip(xy[:-1], xy[1:]):
-            t = np.linspace(0, 1, 40)[:, None]
-            line_px.append(np.hstack([x0 + t * (x1 - x0), y0 + t * (y1 - y0)]))
-    line_px = np.vstack(line_px) if line_px else np.zeros((0, 2))
+        line_px.append((xy[:-1] + t * (xy[1:] - xy[:-1])).reshape(-1, 2))
+    line_px = np.vstack(line_px)
     legend = ax.get_legend()
     placed = [legend.get_window_extent(renderer)] if legend is not None else []
     chosen = []  # per label: its annotation, spot (offset, points), alignment and whether it has a leader line
@@ -457,10 +450,9 @@ def _place_labels(ax, labels: Sequence[tuple]) -> None:
             cost = (sum(_overlap(box, o) for o in placed) * 10 + outside * 10
                     + sum(_overlap(box, o) for j, o in enumerate(obstacles) if j != i) * 3
                     + (40.0 if far else 0.0))
-            if len(line_px):
-                inside = ((line_px[:, 0] > box.x0) & (line_px[:, 0] < box.x1)
-                          & (line_px[:, 1] > box.y0) & (line_px[:, 1] < box.y1))
-                cost += 4.0 * float(inside.sum())
+            inside = ((line_px[:, 0] > box.x0) & (line_px[:, 0] < box.x1)
+                      & (line_px[:, 1] > box.y0) & (line_px[:, 1] < box.y1))
+            cost += 4.0 * float(inside.sum())
             if best is None or cost < best[0]:
                 if best is not None:
                     best[1].remove()
@@ -587,12 +579,11 @@ def _run_labels(paths: Sequence[Path]) -> list[str]:
     """Run directory names, with more of the path where two would read alike."""
     resolved = [p.resolve() for p in paths]
     parts = [(p.parent if p.name == "metrics.jsonl" else p.with_suffix("")).parts for p in resolved]
-    depth = 1
-    while True:
+    for depth in range(1, max(len(ps) for ps in parts) + 1):
         labels = ["/".join(ps[-depth:]) for ps in parts]
-        if len(set(labels)) == len(labels) or depth >= max(len(ps) for ps in parts):
-            return labels
-        depth += 1
+        if len(set(labels)) == len(labels):
+            break
+    return labels
 
 
 def plot_curves(
@@ -647,8 +638,7 @@ def plot_curves(
                 ax.plot(xs, ys, color=cmap(i % 10), linestyle="--" if dashed else "-", linewidth=1.8,
                         marker="o" if len(xs) <= 30 else None, markersize=3.5,
                         label=None if dashed else label)
-        ylabel = ("Bias Loss weight z" if m == "weights" else " / ".join(_METRIC_NAMES.get(k, k) for k in keys)
-                  if m in _PAIRS else _METRIC_NAMES.get(m, m))
+        ylabel = "Bias Loss weight z" if m == "weights" else " / ".join(_METRIC_NAMES.get(k, k) for k in keys)
         style(ax, "epoch", ylabel)
         if m == "lr":
             ax.set_yscale("log")

@@ -4,17 +4,10 @@ Paper: "Bias Loss for Mobile Neural Networks", Abrahamyan et al., ICCV 2021, Tab
 parameters at 224 px, 1000 classes; the paper writes "FLOPs" for multiply-accumulates) and Table 2
 (latency on one phone core at batch 1).
 
-How each figure is obtained:
-
-- parameters: every parameter tensor's size, counted once (:func:`count_params`);
-- MACs: PyTorch's own ``torch.utils.flop_counter.FlopCounterMode``, total FLOPs / 2
-  (:func:`count_macs`): convolutions and matrix multiplies only (batch norm, pooling, activations,
-  squeeze-excite scaling and residual additions are free), so fewer than counters that charge for
-  those (fvcore, the paper's);
-- latency: batch 1 on one CPU thread, channels-last memory format unless ``--no-channels-last`` (the
-  faster one on CPU, as in training), interleaved across models (:func:`measure_latency`);
-- throughput: images per second at a larger batch with all threads, from the median time of a
-  batch (:func:`measure_throughput`).
+Each figure is what one function gives, as its docstring says: :func:`count_params`, :func:`count_macs`
+(PyTorch's own ``FlopCounterMode``: convolutions and matrix multiplies only, so fewer than counters that also
+charge for batch norm and pooling, fvcore's and the paper's), :func:`measure_latency` (batch 1, one thread,
+interleaved across models) and :func:`measure_throughput` (a larger batch, all threads).
 
 The paper's latencies come from PyTorch 1.6 Mobile on Pixel phones: compare our models with each
 other on one machine, not with those milliseconds.
@@ -34,7 +27,7 @@ import math
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -72,8 +65,7 @@ def paper_figures(model_name: str) -> PaperFigures | None:
     entry = next((e for e in PAPER_TABLE1 if e.name == paper_name), PaperFigures(paper_name))
     if paper_name in PAPER_TABLE2:
         top1, pixel4, pixel3 = PAPER_TABLE2[paper_name]
-        entry = PaperFigures(entry.name, entry.macs, entry.params, entry.top1 or top1, entry.top5,
-                             pixel4, pixel3)
+        entry = replace(entry, top1=entry.top1 or top1, pixel4_ms=pixel4, pixel3_ms=pixel3)
     return entry
 
 
@@ -190,7 +182,7 @@ def _timed_rounds(
     _check_count("reps", reps, 1)
     _check_count("warmup", warmup, 0)
     names = list(models)
-    syncs = {n: (torch.cuda.synchronize if per_model[n].device.type == "cuda" else None) for n in names}
+    syncs = {n: torch.cuda.synchronize if per_model[n].device.type == "cuda" else (lambda: None) for n in names}
     samples: dict[str, list[float]] = {n: [] for n in names}
     gc_was_enabled = gc.isenabled()
     with eval_mode(*models.values()), torch.inference_mode():
@@ -203,13 +195,10 @@ def _timed_rounds(
             for r in range(reps):
                 k = r % len(names)
                 for n in names[k:] + names[:k]:  # rotate: no model always runs first
-                    sync = syncs[n]
-                    if sync is not None:
-                        sync()
+                    syncs[n]()
                     t0 = time.perf_counter()
                     models[n](per_model[n])
-                    if sync is not None:
-                        sync()
+                    syncs[n]()
                     samples[n].append(time.perf_counter() - t0)
         finally:
             if gc_was_enabled:
@@ -342,8 +331,7 @@ def profile_models(
     if latency:
         x = torch.randn(shape, generator=generator).to(device=dev, memory_format=memory_format)
         for name, stats in measure_latency(models, x, reps=reps, warmup=warmup, threads=threads).items():
-            results[name]["latency"] = stats
-            results[name]["latency_ms"] = stats["median"]
+            results[name].update(latency=stats, latency_ms=stats["median"])
     if latency and throughput:
         try:
             xb = torch.randn((batch, *shape[1:]), generator=generator).to(device=dev, memory_format=memory_format)
@@ -354,8 +342,7 @@ def profile_models(
             raise InputError(f"--batch {batch} at --input-size {input_size} does not fit in memory; "
                              "give a smaller --batch or --no-throughput") from None
         for name, stats in tp.items():
-            results[name]["throughput"] = stats
-            results[name]["throughput_img_s"] = stats["img_per_s"]
+            results[name].update(throughput=stats, throughput_img_s=stats["img_per_s"])
 
     setup = {
         "mac_counter": MAC_COUNTER,
@@ -389,17 +376,6 @@ def _count(n: int | None, digits: int = 2) -> str:
 
 def _paper_count(n: int | None, digits: int) -> str:
     return "—" if n is None else f"{n / 1e6:.{digits}f}M"
-
-
-def _latency_text(stats: Mapping[str, Any] | None) -> str:
-    if not stats:
-        return "—"
-    return (f"{stats['median']:.2f} ({stats['min']:.2f}–{stats['max']:.2f}, IQR {stats['iqr']:.2f})")
-
-
-def _throughput_text(result: Mapping[str, Any]) -> str:
-    value = result.get("throughput_img_s")
-    return "—" if value is None else f"{value:.1f}"
 
 
 def _notes(results: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -437,9 +413,11 @@ def format_compare_table(results: Sequence[Mapping[str, Any]]) -> str:
         phones = ("—" if paper.get("pixel4_ms") is None
                   else f"{paper['pixel4_ms']:g} / {paper['pixel3_ms']:g}")
         top1 = "—" if paper.get("top1") is None else f"{paper['top1']:.1f}"
+        lat, img_s = r.get("latency"), r.get("throughput_img_s")
+        latency = "—" if not lat else f"{lat['median']:.2f} ({lat['min']:.2f}–{lat['max']:.2f}, IQR {lat['iqr']:.2f})"
         rows.append(
             f"| {name} | {_count(r['params'])} | {_paper_count(paper.get('params'), 1)} | {_count(r['macs'], 1)} "
-            f"| {_paper_count(paper.get('macs'), 0)} | {_latency_text(r.get('latency'))} | {_throughput_text(r)} "
+            f"| {_paper_count(paper.get('macs'), 0)} | {latency} | {'—' if img_s is None else f'{img_s:.1f}'} "
             f"| {top1} | {phones} |"
         )
     return "\n".join(rows + [""] + _notes(results))

@@ -182,17 +182,14 @@ def check_record(path: str | Path, *, workdir: str | Path | None = None, epochs:
     threads = (record.get("machine") or {}).get("threads")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         threads = torch.get_num_threads()
-    before = torch.get_num_threads()
     with contextlib.ExitStack() as stack:
         root = Path(workdir) if workdir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory(
             prefix="biasloss-recheck-")))
         config.out, config.resume = str(root / str(record.get("name") or path.stem)), None
         config.stop_after = upto if upto < last else None  # on the record's schedule
+        stack.callback(torch.set_num_threads, torch.get_num_threads())  # restored on the way out
         torch.set_num_threads(threads)
-        try:
-            run_train(config)
-        finally:
-            torch.set_num_threads(before)
+        run_train(config)
         measured = read_metrics(Path(config.out) / "metrics.jsonl", upto)
     diffs = compare_metrics([m for m in recorded if m["epoch"] <= upto], measured)
     git = record.get("git") if isinstance(record.get("git"), dict) else None

@@ -112,20 +112,16 @@ def plot_samples(result: SampleWeights, out: str | Path, hist: str | Path | None
     out_path = check_out(out)
     hist_path = check_out(hist, "--hist") if hist is not None else None
     count = max(len(result.lowest), len(result.highest))
-    fig, flat = figure(2, count, size=(1.6, 2.1))
-    axes = [flat[:count], flat[count:]]
-    for row, (title, items) in enumerate((("lowest weight", result.lowest), ("highest weight", result.highest))):
-        for col in range(count):
-            ax = axes[row][col]
+    fig, axes = figure(2, count, size=(1.6, 2.1))
+    for row, title, items in zip((axes[:count], axes[count:]), ("lowest weight", "highest weight"),
+                                 (result.lowest, result.highest)):
+        for ax in row:
             ax.axis("off")
-            if col >= len(items):
-                continue
-            image, label, v, w = items[col]
+        for ax, (image, label, v, w) in zip(row, items):
             shown = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
             ax.imshow(shown.numpy(), cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1)
             ax.set_title(f"v={v:.5g}\nz={w:.3f} (y={label})", fontsize=7)
-        axes[row][0].text(-0.15, 0.5, title, transform=axes[row][0].transAxes, rotation=90,
-                          va="center", ha="right", fontsize=9)
+        row[0].text(-0.15, 0.5, title, transform=row[0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
     fig.suptitle(f"Bias Loss weights of training images: {result.label}", fontsize=9)
     written = [save(fig, out_path)]
     if hist_path is not None:

@@ -47,6 +47,7 @@ import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,6 @@ DEFAULT_LAYERS: tuple[int | str, ...] = (5, 20, "last")
 
 
 def _images(batch: Any) -> Tensor:
-    """The images of a loader item: a tensor, or the first element of a (images, labels) pair."""
     if isinstance(batch, Tensor):
         return batch
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
@@ -103,12 +103,11 @@ def conv_layers(model: nn.Module, example: Tensor) -> list[str]:
         raise InputTypeError(f"example must be a tensor, got {type(example).__name__}")
     order: dict[str, None] = {}  # in the order of first execution
 
-    def hook(name: str):
-        def record(module, inputs, output) -> None:
-            order.setdefault(name)
-        return record
+    def record(name: str, module, inputs, output) -> None:
+        order.setdefault(name)
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(partial(record, n)) for n, m in model.named_modules()
+               if isinstance(m, nn.Conv2d)]
     try:
         with eval_mode(model), torch.no_grad():
             model(example[:1])
@@ -164,13 +163,12 @@ def resolve_layers(model: nn.Module, layers: Sequence[int | str], conv_order: Se
             if not 1 <= token <= n:
                 raise InputError(f"layer index {token} out of range: {type(model).__name__} runs {n} conv "
                                  f"layers (give 1..{n} or 'last')")
-            name = conv_order[token - 1]
-            layer = LayerStats(name, token, f"{_ordinal(token)} conv" + (" (last)" if token == n else ""),
-                                _describe(modules[name]))
+            name, index = conv_order[token - 1], token
+            label = f"{_ordinal(token)} conv" + (" (last)" if token == n else "")
         elif token == "last":
             if n == 0:
                 raise InputError(f"{type(model).__name__} runs no nn.Conv2d layer; name a module instead of 'last'")
-            layer = LayerStats(conv_order[-1], n, f"last conv ({_ordinal(n)})", _describe(modules[conv_order[-1]]))
+            name, index, label = conv_order[-1], n, f"last conv ({_ordinal(n)})"
         else:
             if token not in modules or token == "":
                 close = difflib.get_close_matches(token, [k for k in modules if k], n=3)
@@ -178,10 +176,9 @@ def resolve_layers(model: nn.Module, layers: Sequence[int | str], conv_order: Se
                 raise InputError(f"unknown layer {token!r}: no module of that name in "
                                  f"{type(model).__name__}{hint}")
             index = conv_order.index(token) + 1 if token in conv_order else None
-            layer = LayerStats(token, index, token if index is None else f"{token} ({_ordinal(index)} conv)",
-                                _describe(modules[token]))
-        if all(r.name != layer.name for r in resolved):
-            resolved.append(layer)
+            name, label = token, token if index is None else f"{token} ({_ordinal(index)} conv)"
+        if all(r.name != name for r in resolved):
+            resolved.append(LayerStats(name, index, label, _describe(modules[name])))
     return resolved
 
 
@@ -277,22 +274,20 @@ def collect_variance(
     weight_values: list[Tensor] = []
     feature_shape: tuple[int, ...] | None = None
 
-    def hook(s: LayerStats):
-        def measure(module, inputs, output) -> None:
-            if s.name in done:  # a module run twice per pass: only its first call is measured
-                return
-            done.add(s.name)
-            if not isinstance(output, Tensor) or output.dim() < 2 or math.prod(output.shape[1:]) < 2:
-                shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-                raise InputError(f"layer {s.name!r} returns {shape}; need a (B, ...) tensor with at least "
-                                 f"2 values per sample")
-            v = feature_variance(output)
-            s.update(v)
-            if s.name == kept:
-                kept_values.append(v.cpu())
-        return measure
+    def measure(s: LayerStats, module, inputs, output) -> None:
+        if s.name in done:  # a module run twice per pass: only its first call is measured
+            return
+        done.add(s.name)
+        if not isinstance(output, Tensor) or output.dim() < 2 or math.prod(output.shape[1:]) < 2:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise InputError(f"layer {s.name!r} returns {shape}; need a (B, ...) tensor with at least "
+                             f"2 values per sample")
+        v = feature_variance(output)
+        s.update(v)
+        if s.name == kept:
+            kept_values.append(v.cpu())
 
-    handles = [modules[s.name].register_forward_hook(hook(s)) for s in stats]
+    handles = [modules[s.name].register_forward_hook(partial(measure, s)) for s in stats]
     tap: FeatureTap | None = None
     if weights and not (callable(getattr(model, "forward_features", None))
                         and callable(getattr(model, "forward_head", None))):
@@ -321,7 +316,7 @@ def collect_variance(
     return VarianceResult(
         layers=stats, samples=samples, batches=batches, num_convs=len(order), kept_layer=kept,
         per_sample=torch.cat(kept_values) if kept_values else torch.empty(0),
-        weights=torch.cat(weight_values) if weights and weight_values else None,
+        weights=torch.cat(weight_values) if weight_values else None,
         feature_shape=feature_shape,
     )
 
@@ -329,12 +324,8 @@ def collect_variance(
 def layer_variance_stats(
     model: nn.Module, loader: Iterable[Any], layers: Sequence[int | str] = DEFAULT_LAYERS
 ) -> dict[str, dict[str, float]]:
-    """``{module name: {"avg", "max", "min"}}`` of the per-sample output variance over ``loader``.
-
-    ``layers``: 1-based indices of ``nn.Conv2d`` modules in forward execution order, ``"last"``
-    (the last conv to run) and/or dotted module names; default the paper's 5th, 20th and last.
-    The model runs in eval mode without gradients on its own device; see :func:`collect_variance`.
-    """
+    """``{module name: {"avg", "max", "min"}}`` of the per-sample output variance over ``loader``;
+    ``layers`` (default: the paper's 5th, 20th and last conv) and the rest as in :func:`collect_variance`."""
     return collect_variance(model, loader, layers, keep=None).stats()
 
 
@@ -395,14 +386,12 @@ def plot_histograms(
         raise InputError("no per-sample variances were kept: measure with keep='last'")
     from matplotlib.ticker import MaxNLocator
 
-    panels = 2 if result.weights is not None else 1
-    fig, axes = figure(1, panels, size=(5.6, 4.2))
+    fig, axes = figure(1, 2 if result.weights is not None else 1, size=(5.6, 4.2))
     for ax in axes:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    v = result.per_sample.double().numpy()
     stats = next(s for s in result.layers if s.name == result.kept_layer)
     ax = axes[0]
-    ax.hist(v, bins=bins, color="#1f77b4", alpha=0.85)
+    ax.hist(result.per_sample.double().numpy(), bins=bins, color="#1f77b4", alpha=0.85)
     ax.axvline(stats.avg, color="#d62728", linewidth=1.2, label=f"avg {_num(stats.avg)}")
     ax.legend(fontsize=9)
     ax.ticklabel_format(axis="x", useOffset=False)
@@ -410,8 +399,7 @@ def plot_histograms(
            f"{stats.name}: {result.samples} samples")
     if result.weights is not None:
         ax = axes[1]
-        w = result.weights.double().numpy()
-        ax.hist(w, bins=bins, color="#2ca02c", alpha=0.85)
+        ax.hist(result.weights.double().numpy(), bins=bins, color="#2ca02c", alpha=0.85)
         # the range batch scaling can reach: z(0) for the batch's lowest variance, z(1) for its highest
         ends = weight_function(torch.tensor([0.0, 1.0], dtype=torch.float64), alpha, beta, clamp).tolist()
         for e, name, dx, ha in zip(ends, ("z(0)", "z(1)"), (3, -3), ("left", "right")):
@@ -450,11 +438,10 @@ def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         dataset, data_dir=data_dir, batch_size=batch, eval_batch_size=batch, device=device,
         augment=AugmentConfig(), seed=seed, workers=args.workers or 4, limit=limit,
     )
+    loader = val_loader
     if args.split == "train":
         train_loader.set_epoch(0)
         loader = train_loader
-    else:
-        loader = val_loader
     if run is not None:
         model, settings = run.model().to(memory_format=run.memory_format()), run.settings
         ema = ", EMA" if run.weights == "ema" else ""

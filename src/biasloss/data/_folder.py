@@ -25,11 +25,6 @@ from ._specs import AugmentConfig, DatasetCorruptError
 __all__ = ["DetectionLoader", "FolderLoader", "eval_transform", "train_transform"]
 
 
-def eval_resize(image_size: int) -> int:
-    """Resize the shorter side to ``image_size * 256 / 224`` before the centre crop (256 for 224)."""
-    return int(round(image_size * 256 / 224))
-
-
 def train_transform(image_size: int, augment: AugmentConfig) -> Callable:
     """PIL -> uint8 ``(C, H, W)``: random-resized crop (or the eval resize + centre crop), then padding crop, flip, rotation."""
     from torchvision import transforms as T
@@ -37,8 +32,8 @@ def train_transform(image_size: int, augment: AugmentConfig) -> Callable:
     ops: list[Callable] = []
     if augment.random_resized_crop:
         ops.append(T.RandomResizedCrop(image_size, interpolation=T.InterpolationMode.BILINEAR, antialias=True))
-    else:
-        ops += [T.Resize(eval_resize(image_size), antialias=True), T.CenterCrop(image_size)]
+    else:  # the evaluation's: the shorter side to image_size * 256 / 224 (256 for 224), centre crop
+        ops += [T.Resize(int(round(image_size * 256 / 224)), antialias=True), T.CenterCrop(image_size)]
     if augment.crop_padding > 0:
         ops.append(T.RandomCrop(image_size, padding=augment.crop_padding))
     if augment.hflip:
@@ -51,9 +46,7 @@ def train_transform(image_size: int, augment: AugmentConfig) -> Callable:
 
 def eval_transform(image_size: int) -> Callable:
     """PIL -> uint8 ``(C, H, W)``: resize to ``image_size * 256 / 224``, centre crop ``image_size``."""
-    from torchvision import transforms as T
-
-    return T.Compose([T.Resize(eval_resize(image_size), antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
+    return train_transform(image_size, AugmentConfig())
 
 
 class _SeededDataset(Dataset):

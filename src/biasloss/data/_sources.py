@@ -68,11 +68,17 @@ def _tried(paths: list[Path]) -> str:
     return ", ".join(str(p) for p in paths) if paths else "(nowhere)"
 
 
-def _download_failed(name: str, candidates: list[Path], root: Path, e: Exception,
-                     hint: str = "") -> DatasetNotFoundError:
-    return DatasetNotFoundError(
-        f"{name}: not found in {_tried(candidates)} and the download to {root} failed "
-        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}){hint}")
+def _download(name: str, candidates: list[Path], root: Path, tv_name: str, hint: str = "", **tv_kwargs: Any) -> None:
+    """torchvision's dataset class ``tv_name`` downloads ``name`` into ``root``; any network or disk
+    failure becomes one :class:`DatasetNotFoundError` line."""
+    try:
+        import torchvision.datasets
+
+        getattr(torchvision.datasets, tv_name)(str(root), download=True, **tv_kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise DatasetNotFoundError(
+            f"{name}: not found in {_tried(candidates)} and the download to {root} failed "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}){hint}") from None
 
 
 def _locate(name: str, data_dir: str | os.PathLike | None, folder_name: str, complete: Callable[[Path], bool],
@@ -84,12 +90,7 @@ def _locate(name: str, data_dir: str | os.PathLike | None, folder_name: str, com
     candidates = [root, root / folder_name] if root.name == folder_name else [root / folder_name]
     folder = next((c for c in candidates if complete(c)), None)
     if folder is None and download:
-        try:
-            import torchvision.datasets
-
-            getattr(torchvision.datasets, tv_name)(str(root), download=True, **tv_kwargs)
-        except Exception as e:  # noqa: BLE001 - any network or disk failure becomes one line
-            raise _download_failed(name, candidates, root, e) from None
+        _download(name, candidates, root, tv_name, **tv_kwargs)
         folder = root / folder_name
     return folder, candidates
 
@@ -126,13 +127,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 def _fashion_files(folder: Path) -> dict[str, Path] | None:
     """The four IDX files in ``folder`` (each plain or ``.gz``), or None when one is missing."""
-    files = {}
-    for key, stem in _FASHION_FILES.items():
-        found = next((folder / n for n in (stem, stem + ".gz") if (folder / n).is_file()), None)
-        if found is None:
-            return None
-        files[key] = found
-    return files
+    files = {key: next((folder / n for n in (stem, stem + ".gz") if (folder / n).is_file()), None)
+             for key, stem in _FASHION_FILES.items()}
+    return files if all(files.values()) else None
 
 
 def _fashion_candidates(data_dir: str | os.PathLike | None) -> list[Path]:
@@ -161,13 +158,8 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, download: b
     files = find_fashion_mnist(data_dir)
     if files is None and download:
         root = Path(data_dir).expanduser() if data_dir is not None else default_root()
-        try:
-            from torchvision.datasets import FashionMNIST
-
-            FashionMNIST(str(root), train=True, download=True)
-        except Exception as e:  # noqa: BLE001 - any network or disk failure becomes one line
-            raise _download_failed("fashion-mnist", candidates, root, e,
-                                   "; install it with `apt-get install dataset-fashion-mnist`") from None
+        _download("fashion-mnist", candidates, root, "FashionMNIST",
+                  "; install it with `apt-get install dataset-fashion-mnist`", train=True)
         files = _fashion_files(root / "FashionMNIST" / "raw")
     if files is None:
         raise DatasetNotFoundError(
@@ -263,7 +255,7 @@ def _integer_labels(raw: Any, path: Path, label_key: str) -> np.ndarray:
     if labels.size == 0:  # np.asarray([]) is float64: no label, nothing to refuse (an empty split is, later)
         return labels.astype(np.int64)
     if labels.dtype.kind not in "iu":  # b (bool), f, U/S (strings), O (mixed objects), ...
-        raise refuse(labels.flat[0] if labels.size else labels.dtype)
+        raise refuse(labels.flat[0])
     return labels
 
 

@@ -180,8 +180,7 @@ def render_scene(data: ArrayData, split: str, index: int, *, size: int = 128, se
         under = canvas[box[1]:box[3], box[0]:box[2]].reshape(-1, 3).mean(0)
         tints = rng.uniform(0, 255, (4, 3)).astype(np.float32)
         tint = tints[np.argmax(((tints - under) ** 2).sum(1))]  # the candidate farthest from what lies below
-        region = canvas[y:y + side, x:x + side]
-        region += alpha[..., None] * (tint * (0.45 + 0.55 * value)[..., None] - region)
+        _blend(canvas, x, y, alpha, tint * (0.45 + 0.55 * value)[..., None])
         mask = np.zeros((size, size), dtype=bool)
         mask[y:y + side, x:x + side] = alpha > 0
         boxes.append(box)
@@ -297,12 +296,10 @@ def make_scenes(
                              f"{old.get('params')}); choose another --out or delete it")
         if any(out.iterdir()):
             raise InputError(f"{out} is not empty and holds no scenes dataset; choose a new or empty directory")
+    tmp = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as e:
-        raise OutputError(e.errno, f"cannot write {out}: {e.strerror or e}") from None
-    try:
         base = tmp / "VOCdevkit" / f"VOC{_YEAR}"
         for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
             (base / sub).mkdir(parents=True)
@@ -328,7 +325,8 @@ def make_scenes(
             out.rmdir()  # empty, checked above
         tmp.rename(out)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and e.errno is not None:  # the file system's answer: full, read-only, ...
             raise OutputError(e.errno, f"cannot write {out}: {e.strerror or e}") from None
         raise

@@ -1,7 +1,5 @@
-"""What a ``biasloss detect train`` run trains, as data: :class:`DetectConfig`, one typed field per
-option of the command. A checkpoint keeps the options that define and run the training
-(:meth:`DetectConfig.to_checkpoint`: a plain dict, as every version wrote it); older checkpoints
-load with the defaults of the settings they did not record (:meth:`DetectConfig.from_checkpoint`).
+"""What a ``biasloss detect train`` run trains, as data: :class:`DetectConfig`. A checkpoint keeps it
+as a plain dict, as every version wrote it (:meth:`DetectConfig.to_checkpoint`, :meth:`~DetectConfig.from_checkpoint`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""``biasloss detect show``: a picture of a detector's predictions next to the true boxes.
-
-A mAP says how good a detector is on average; a picture says what it does. :func:`draw_detections`
-draws a few test scenes, scaled up so the labels are readable, with their true and predicted boxes
-in one grid image; :func:`run_detect_show` does it for a ``biasloss detect train`` checkpoint on its
-test split, adds a legend below the grid (:func:`add_legend`) and writes the image.
+"""``biasloss detect show``: a picture of a detector's predictions next to the true boxes
+(:func:`draw_detections`, :func:`add_legend`, :func:`run_detect_show`). A mAP says how good a
+detector is on average; a picture says what it does.
 """
 
 from __future__ import annotations

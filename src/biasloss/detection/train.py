@@ -8,10 +8,6 @@ the run with the last good checkpoint kept, exact resume (:class:`~biasloss.data
 seeds every sample's augmentation), and ``metrics.jsonl`` with one ``{"epoch", "train_loss",
 "map", "lr", "time_s", "train_s", "train_img_s"}`` line per epoch (``time_s`` with the
 evaluation, ``train_s`` without). The recipes are :data:`DATASETS`' own.
-
-VOC (section 5.4): VOC 2012 trainval for training, VOC 2007 test for mAP, 300 x 300 input, SGD
-with learning rate 0.01 and cosine annealing, batch 42, 200 epochs; momentum 0.9 and weight decay
-4e-5 (not stated in the paper) are those of torchvision's SSDLite recipe.
 """
 
 from __future__ import annotations
@@ -117,7 +113,7 @@ def _resolve(args: Any, ckpt: dict[str, Any] | None) -> DetectConfig:
         if key in given and key in saved and given[key] != saved[key]:
             raise CheckpointError(f"cannot resume: the checkpoint was trained with {flag(key)} "
                                   f"{saved[key]}, not {given[key]}")
-    values = {"dataset": "voc", "seed": 0, "workers": _WORKERS, "init": None, "limit": None} | saved | given
+    values = {"dataset": "voc", "workers": _WORKERS} | saved | given  # DetectConfig's defaults for the rest
     if values["dataset"] not in DATASETS:
         raise InputError(f"--dataset must be one of {', '.join(DATASETS)}, got {values['dataset']!r}")
     if not values.get("data_dir"):

@@ -1,11 +1,5 @@
 """Argument checks and helpers shared by the classification losses (cross-entropy, focal, bias).
 
-Every loss in :mod:`biasloss.losses` takes ``(logits, target)`` with
-
-- ``logits``: ``(B, K)`` floating point class scores;
-- ``target``: ``(B,)`` integer class indices, or ``(B, K)`` floating point class probabilities
-  (mixup, cutmix, or any soft labels).
-
 Bad input raises ``TypeError`` (wrong kind of tensor) or ``ValueError`` (wrong shape or value)
 with a message that says what was expected, instead of broadcasting silently or returning NaN.
 The checks look at shapes and dtypes only: they never read tensor values, so they never force a

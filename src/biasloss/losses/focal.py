@@ -13,10 +13,6 @@ distribution ``q`` over ``K`` classes and ``p = softmax(logits)``::
 With class indices ``q`` is one-hot and this is the paper's ``-alpha_t (1 - p_t) ** gamma log p_t``;
 ``(B, K)`` probabilities (mixup, cutmix) are used as given. ``gamma = 0`` without ``alpha`` is
 exactly :func:`torch.nn.functional.cross_entropy`, label smoothing included.
-
-All losses here share one call signature, ``criterion(logits, target, features)``, so that a
-trainer can swap cross-entropy, focal and Bias Loss without knowing which one it runs; the
-losses that do not need the feature map ignore it.
 """
 
 from __future__ import annotations
@@ -166,12 +162,9 @@ class FocalLoss(nn.Module):
         alpha = _check_alpha(alpha)
         self.reduction = check_reduction(reduction)
         self.label_smoothing = check_label_smoothing(label_smoothing)
-        self.alpha_scalar: Optional[float] = None
-        if isinstance(alpha, Tensor):
-            self.register_buffer("alpha_weight", alpha.detach().clone().float(), persistent=False)
-        else:
-            self.register_buffer("alpha_weight", None, persistent=False)
-            self.alpha_scalar = alpha
+        weight = alpha.detach().clone().float() if isinstance(alpha, Tensor) else None
+        self.register_buffer("alpha_weight", weight, persistent=False)
+        self.alpha_scalar: Optional[float] = None if isinstance(alpha, Tensor) else alpha
 
     @property
     def alpha(self) -> Union[float, Tensor, None]:

@@ -26,8 +26,6 @@ from .skipblocknet import (
     skipblocknet_xs,
 )
 
-# Further model families (e.g. ``from . import cifar``, the CIFAR-100 zoo of Table 4) go here.
-
 __all__ = [
     "SkipblockNet",
     "SkipblockNetCfg",

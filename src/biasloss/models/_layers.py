@@ -8,22 +8,13 @@ can take the models apart: hooks, ``torch.fx`` (and what is built on it: torchvi
 exactly the tensor its module returned, with or without gradients.
 Inference speed comes from :func:`fuse_bn`, export and compilation, not from a second forward.
 
-* every layer is a named attribute (state-dict keys read ``conv_pw``/``bn1``/``conv_dw``/... as in
-  timm's MobileNetV3);
-* a BatchNorm and the activation after it are one module, :class:`BatchNormAct2d` (timm's
-  layout, the state-dict keys of ``nn.BatchNorm2d``), whose activation runs in place on the
-  BatchNorm's fresh result, a tensor no module has returned: in-place speed without letting a
-  hook see a tensor change (separate out-of-place activations made SkipblockNet-M 15-20 % slower
-  at batch 1 on the CPU);
-* the squeeze-excite works on a ``(B, C, 1, 1)`` mean with 1x1 convolutions (no reshapes, in
-  PyTorch or in an exported ONNX graph);
-* the skip block pools with a plain integer-kernel average pool whenever the sizes divide (what
-  adaptive pooling computes in that case, at a fraction of its cost).
+Every layer is a named attribute (state-dict keys read ``conv_pw``/``bn1``/``conv_dw``/... as in
+timm's MobileNetV3).
 """
 
 import copy
 import math
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.fx
@@ -59,7 +50,8 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
     The activation (``self.act``, a module that can be hooked) works in place on the BatchNorm's
     result, a tensor that exists only inside this forward, so no hook sees a tensor change after
-    its module returned it. Written here rather than taken from ``timm.layers.BatchNormAct2d``
+    its module returned it (separate out-of-place activations made SkipblockNet-M 15-20 % slower at
+    batch 1 on the CPU). Written here rather than taken from ``timm.layers.BatchNormAct2d``
     (same keys, same numbers, same speed in ``benchmarks/bench_latency.py``) because timm's runs
     the activation on the output of a pass-through ``drop`` module, whose hooks would see that
     output change. Running statistics are always tracked with an exponential average.
@@ -204,14 +196,15 @@ class SkipBlock(InvertedResidual):
         return self.forward_block(pool_to(x, ref))
 
 
-def init_weights(module: nn.Module, linear_like: Iterable[nn.Module] = ()) -> None:
+def init_weights(module: nn.Module) -> None:
     """The authors' initialisation (that of MobileNetV3's reference code).
 
     Convolutions: N(0, sqrt(2 / (k_h * k_w * out_channels))); BatchNorm: weight 1, bias 0;
-    Linear layers N(0, 0.01), bias 0. ``linear_like`` are modules that the authors implement as
-    ``nn.Linear`` (the squeeze-excite 1x1 convolutions) and that are initialised as such.
+    Linear layers N(0, 0.01), bias 0, and so are the squeeze-excite 1x1 convolutions (``nn.Linear``
+    layers in the authors' code).
     """
-    linear_ids = {id(m) for m in linear_like}
+    se_convs = [(se.conv_reduce, se.conv_expand) for se in module.modules() if isinstance(se, SqueezeExcite)]
+    linear_ids = {id(conv) for pair in se_convs for conv in pair}
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             if id(m) in linear_ids:

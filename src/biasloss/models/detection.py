@@ -45,8 +45,7 @@ HEADS = ("ssd", "ssdlite")
 MIN_SIZE = 32
 
 
-def _extra_block(in_chs: int, out_chs: int) -> nn.Sequential:
-    """MobileNetV2-SSDLite's extra layer: 1x1 to out/2, depthwise 3x3 stride 2, 1x1 to out."""
+def _extra_block(in_chs: int, out_chs: int) -> nn.Sequential:  # MobileNetV2-SSDLite's (the module doc)
     mid = out_chs // 2
     return nn.Sequential(
         nn.Conv2d(in_chs, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(inplace=True),

@@ -20,11 +20,15 @@ from torch import nn
 
 from biasloss.errors import InputError
 
+from . import skipblocknet
+
 __all__ = ["create_model", "is_model", "list_models", "register", "unknown_model_error"]
 
 TORCHVISION_PREFIX = "torchvision."
 
-_BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
+_BUILDERS: Dict[str, Callable[..., nn.Module]] = {
+    name: getattr(skipblocknet, name) for name in skipblocknet.SKIPBLOCKNET_VARIANTS
+}
 
 
 def register(name: str, builder: Callable[..., nn.Module]) -> None:
@@ -37,16 +41,6 @@ def register(name: str, builder: Callable[..., nn.Module]) -> None:
 def list_models() -> List[str]:
     """Names of this package's models (timm's and torchvision's are listed by those libraries)."""
     return sorted(_BUILDERS)
-
-
-def _register_defaults() -> None:
-    from . import skipblocknet
-
-    for name in ("skipblocknet_xs", "skipblocknet_s", "skipblocknet_m", "skipblocknet_l"):
-        register(name, getattr(skipblocknet, name))
-
-
-_register_defaults()
 
 
 def _torchvision_names() -> List[str]:

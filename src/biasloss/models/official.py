@@ -14,8 +14,7 @@ no 6), 7 (skip blocks: 6) 1x1 project, 8 (7) BN.
 
 from __future__ import annotations
 
-import re
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 from torch import nn
@@ -40,77 +39,40 @@ _THEIR_SE = (
     (True, True),  # blocks.2: stage 4
     (True, True, True),  # blocks.3: stage 5
 )
-_THEIR_GROUPS = tuple(len(group) for group in _THEIR_SE)
 _OUR_STAGES = (2, 3, 4, 2, 3)  # stages 1..5; stage 0 is the base block
-_OUR_BLOCKS = [f"stages.{stage}.blocks.{i}" for stage, n in enumerate(_OUR_STAGES, start=1) for i in range(n)]
-
-_IR_LAYERS = {"0": "conv_pw", "1": "bn1", "3": "conv_dw", "4": "bn2", "7": "conv_pwl", "8": "bn3"}
-_SKIP_LAYERS = {"0": "conv_pw", "1": "bn1", "3": "conv_dw", "4": "bn2", "6": "conv_pwl", "7": "bn3"}
-_SE_LAYERS = {"0": "conv_reduce", "2": "conv_expand"}
 _SKIP_STAGES = {"skip1": 2, "skip2": 3}
-_BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-_IR_RE = re.compile(r"^(?:base_block|blocks\.(\d+)\.(\d+))\.conv\.(\d+)\.(.+)$")
-_SKIP_RE = re.compile(r"^(skip[12])\.core_block\.(\d+)\.(.+)$")
-
-
-def _our_block(group: int, idx: int) -> str:
-    if not (0 <= group < len(_THEIR_GROUPS) and 0 <= idx < _THEIR_GROUPS[group]):
-        raise KeyError
-    return _OUR_BLOCKS[sum(_THEIR_GROUPS[:group]) + idx]
+_CONV = ("weight",)
+_LINEAR = ("weight", "bias")
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-def _rename(key: str) -> str:
-    """One of the authors' keys -> ours; KeyError if it is not one of theirs."""
-    head = {"first_layer.0.": "conv_stem.", "first_layer.1.": "bn1.", "conv.0.": "conv_head.",
-            "conv.1.": "bn2.", "classifier.0.": "head_fc.", "classifier.3.": "classifier."}
-    for theirs, ours in head.items():
-        if key.startswith(theirs):
-            return ours + key[len(theirs):]
-    m = _IR_RE.match(key)
-    if m:
-        group, idx, layer, rest = m.groups()
-        block = "stages.0.blocks.0" if group is None else _our_block(int(group), int(idx))
-        if layer == "6":
-            se = re.fullmatch(r"fc\.(\d)\.(weight|bias)", rest)
-            if se is None or se.group(1) not in _SE_LAYERS:
-                raise KeyError(key)
-            return f"{block}.se.{_SE_LAYERS[se.group(1)]}.{se.group(2)}"
-        return f"{block}.{_IR_LAYERS[layer]}.{rest}"
-    m = _SKIP_RE.match(key)
-    if m:
-        skip, layer, rest = m.groups()
-        return f"stages.{_SKIP_STAGES[skip]}.skip.{_SKIP_LAYERS[layer]}.{rest}"
-    raise KeyError(key)
+def _pairs(theirs: str, ours: str, layers: List[Tuple[str, str, Tuple[str, ...]]]) -> List[Tuple[str, str]]:
+    """``(their key, our key)`` of each ``(their layer, our layer, parameter names)`` under the prefixes."""
+    return [(f"{theirs}{t}.{p}", f"{ours}{o}.{p}") for t, o, params in layers for p in params]
 
 
-def _official_keys() -> List[str]:
-    """Every key of the authors' SkipblockNet-M state dict, in their order."""
-
-    def conv_bn(prefix: str, conv: str, bn: str) -> List[str]:
-        return [f"{prefix}.{conv}.weight"] + [f"{prefix}.{bn}.{s}" for s in _BN_SUFFIXES]
-
-    def block(prefix: str, se: bool) -> List[str]:
-        keys = conv_bn(prefix, "0", "1") + conv_bn(prefix, "3", "4")
-        if se:
-            keys += [f"{prefix}.6.fc.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
-        return keys + conv_bn(prefix, "7", "8")
-
-    keys = conv_bn("first_layer", "0", "1") + block("base_block.conv", se=False)
-    for group, se_flags in enumerate(_THEIR_SE):
-        for idx, se in enumerate(se_flags):
-            keys += block(f"blocks.{group}.{idx}.conv", se=se)
-    for skip in _SKIP_STAGES:
-        keys += conv_bn(f"{skip}.core_block", "0", "1") + conv_bn(f"{skip}.core_block", "3", "4")
-        keys += conv_bn(f"{skip}.core_block", "6", "7")
-    keys += conv_bn("conv", "0", "1")
-    keys += [f"classifier.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")]
-    return keys
+def _block(theirs: str, ours: str, se: bool, project: int = 7) -> List[Tuple[str, str]]:
+    """An inverted residual (``project=6``: a skip block, which has no squeeze-excite slot)."""
+    layers = [("0", "conv_pw", _CONV), ("1", "bn1", _BN), ("3", "conv_dw", _CONV), ("4", "bn2", _BN)]
+    if se:
+        layers += [("6.fc.0", "se.conv_reduce", _LINEAR), ("6.fc.2", "se.conv_expand", _LINEAR)]
+    layers += [(str(project), "conv_pwl", _CONV), (str(project + 1), "bn3", _BN)]
+    return _pairs(theirs, ours, layers)
 
 
 def official_key_map() -> Dict[str, str]:
-    """``{their key: our key}`` for every key of the authors' SkipblockNet-M checkpoint."""
-    return {k: _rename(k) for k in _official_keys()}
+    """``{their key: our key}`` for every key of the authors' SkipblockNet-M checkpoint, in their order."""
+    pairs = _pairs("first_layer.", "", [("0", "conv_stem", _CONV), ("1", "bn1", _BN)])
+    pairs += _block("base_block.conv.", "stages.0.blocks.0.", se=False)
+    ours = iter(f"stages.{stage}.blocks.{i}." for stage, n in enumerate(_OUR_STAGES, start=1) for i in range(n))
+    for group, se_flags in enumerate(_THEIR_SE):
+        for idx, se in enumerate(se_flags):
+            pairs += _block(f"blocks.{group}.{idx}.conv.", next(ours), se)
+    for skip, stage in _SKIP_STAGES.items():
+        pairs += _block(f"{skip}.core_block.", f"stages.{stage}.skip.", se=False, project=6)
+    pairs += _pairs("", "", [("conv.0", "conv_head", _CONV), ("conv.1", "bn2", _BN),
+                             ("classifier.0", "head_fc", _LINEAR), ("classifier.3", "classifier", _LINEAR)])
+    return dict(pairs)
 
 
 def is_se_weight(our_key: str) -> bool:
@@ -173,8 +135,8 @@ def convert_official_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, torc
     return out
 
 
-def official_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """timm ``pretrained_filter_fn``: convert the authors' keys, pass our own checkpoints through.
+def official_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None = None) -> Dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: the (unwrapped) state dict, the authors' keys converted.
 
     Lets ``timm.create_model("skipblocknet_m", pretrained=True,
     pretrained_cfg_overlay=dict(file="skipblocknet-m.pth"))`` load their file.

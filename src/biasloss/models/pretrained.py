@@ -36,6 +36,7 @@ from .official import (
     convert_official_state_dict,
     is_se_weight,
     key_examples,
+    official_filter_fn,
     official_key_map,
     unwrap_state_dict,
 )
@@ -82,10 +83,7 @@ def _source_state(raw: Any) -> Dict[str, torch.Tensor]:
         if which == "ema":
             return weights
         raw = weights
-    state = unwrap_state_dict(raw)
-    if "first_layer.0.weight" in state:  # the authors' SkipblockNet-M
-        return convert_official_state_dict(state)
-    return state
+    return official_filter_fn(raw)
 
 
 def _classifier_prefixes(model: nn.Module) -> Tuple[str, ...]:

@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from biasloss.errors import InputError
 
-from ._layers import InvertedResidual, LayerFn, NormActFn, SkipBlock, SqueezeExcite, init_weights, norm_act_from
+from ._layers import InvertedResidual, LayerFn, NormActFn, SkipBlock, init_weights, norm_act_from
 from .official import official_filter_fn
 from .utils import take_indices
 
@@ -160,19 +160,14 @@ class SkipblockStage(nn.Module):
         return x
 
 
-@dataclass
-class _Stages:
-    stages: List[nn.Module]
-    chs: List[int]  # output channels per stage
-    reductions: List[int]  # output stride per stage, as built
-    std_reductions: List[int]  # output stride per stage in the standard (224 px) layout
-    se_convs: List[nn.Module]  # squeeze-excite convolutions (Linear layers in the authors' code)
-
-
 def _build_stages(cfg: SkipblockNetCfg, in_chs: int, reduction: int, small_input: bool, norm_act: NormActFn,
-                  chs: Callable[[float], int]) -> _Stages:
-    """Turn the rows of ``cfg.stages`` into modules (see :class:`BlockDef`)."""
-    out = _Stages([], [], [], [], [])
+                  chs: Callable[[float], int]) -> Tuple[List[nn.Module], List[int], List[int], List[int]]:
+    """Turn the rows of ``cfg.stages`` into modules (see :class:`BlockDef`); per stage also its output
+    channels, and its output stride as built and in the standard (224 px) layout."""
+    stages: List[nn.Module] = []
+    stage_chs: List[int] = []
+    reductions: List[int] = []
+    std_reductions: List[int] = []
     std_reduction = 2
     first_s2_pending = small_input  # small_input: the first stride-2 row runs at stride 1
     for stage_idx, rows in enumerate(cfg.stages):
@@ -196,12 +191,9 @@ def _build_stages(cfg: SkipblockNetCfg, in_chs: int, reduction: int, small_input
                 out_chs = chs(row.out_chs)
                 mid_chs = int(make_divisible(in_chs * row.expand, 8))
                 se_chs = int(make_divisible(mid_chs / 4, 8)) if row.se else 0
-                block = InvertedResidual(
+                blocks.append(InvertedResidual(
                     in_chs, mid_chs, out_chs, row.kernel_size, stride, se_chs, _ACT_LAYERS[row.act], norm_act
-                )
-                if isinstance(block.se, SqueezeExcite):
-                    out.se_convs += [block.se.conv_reduce, block.se.conv_expand]
-                blocks.append(block)
+                ))
                 in_chs, reduction = out_chs, reduction * stride
             elif row.kind == "skip":
                 if row_idx == 0:
@@ -210,17 +202,17 @@ def _build_stages(cfg: SkipblockNetCfg, in_chs: int, reduction: int, small_input
                     raise InputError(f"stage {stage_idx}: only one skip row per stage")
                 if not 0 <= row.src < stage_idx:
                     raise InputError(f"stage {stage_idx}: skip source must be an earlier stage, got {row.src}")
-                src_chs = out.chs[row.src]
+                src_chs = stage_chs[row.src]
                 mid_chs = int(make_divisible(src_chs * row.expand, 8))
                 skip = SkipBlock(src_chs, mid_chs, in_chs, row.kernel_size, _ACT_LAYERS[row.act], norm_act)
                 skip_src = row.src
             else:
                 raise InputError(f"unknown row kind {row.kind!r} (stage {stage_idx})")
-        out.stages.append(SkipblockStage(blocks, skip, skip_src))
-        out.chs.append(in_chs)
-        out.reductions.append(reduction)
-        out.std_reductions.append(std_reduction)
-    return out
+        stages.append(SkipblockStage(blocks, skip, skip_src))
+        stage_chs.append(in_chs)
+        reductions.append(reduction)
+        std_reductions.append(std_reduction)
+    return stages, stage_chs, reductions, std_reductions
 
 
 _POOL_TYPES = ("", "avg", "max", "avgmax")
@@ -302,9 +294,9 @@ class SkipblockNet(nn.Module):
         self.bn1 = norm_act(stem_chs, nn.Hardswish)
 
         # stages, from the table
-        built = _build_stages(cfg, stem_chs, stem_stride, small_input, norm_act, chs)
-        self.stages = nn.ModuleList(built.stages)
-        in_chs = built.chs[-1]
+        stages, stage_chs, reductions, std = _build_stages(cfg, stem_chs, stem_stride, small_input, norm_act, chs)
+        self.stages = nn.ModuleList(stages)
+        in_chs = stage_chs[-1]
 
         # pre-pool head: the features of the Bias Loss
         self.num_features = int(make_divisible(in_chs * cfg.head_expand, 8))
@@ -321,14 +313,13 @@ class SkipblockNet(nn.Module):
 
         # feature taps: the last stage at each stride of the standard (224 px) layout, then the
         # head convolution; the same five taps with small_input, at its smaller reductions
-        std = built.std_reductions
         taps = [i for i in range(len(std) - 1) if std[i + 1] != std[i]]
         self._feature_stages: List[int] = taps
         self.feature_info = [
-            dict(num_chs=built.chs[i], reduction=built.reductions[i], module=f"stages.{i}") for i in taps
-        ] + [dict(num_chs=self.num_features, reduction=built.reductions[-1], module="bn2")]
+            dict(num_chs=stage_chs[i], reduction=reductions[i], module=f"stages.{i}") for i in taps
+        ] + [dict(num_chs=self.num_features, reduction=reductions[-1], module="bn2")]
 
-        init_weights(self, linear_like=built.se_convs)
+        init_weights(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -358,8 +349,7 @@ class SkipblockNet(nn.Module):
         device = self.head_fc.weight.device if isinstance(self.head_fc, nn.Linear) else None
         if num_classes > 0:
             self.classifier = nn.Linear(self.head_hidden_size, num_classes, device=device)
-            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
-            nn.init.zeros_(self.classifier.bias)
+            init_weights(self.classifier)
         else:
             self.classifier = nn.Identity()
 
@@ -428,9 +418,7 @@ class SkipblockNet(nn.Module):
         intermediates: List[torch.Tensor] = []
         x = self.bn1(self.conv_stem(x))
         feats: List[torch.Tensor] = []
-        for i, stage in enumerate(self.stages):
-            if i > last_stage:
-                break
+        for i, stage in enumerate(self.stages[:last_stage + 1]):
             x = stage(x, feats)
             feats.append(x)
             if i in take_stages:
@@ -464,25 +452,6 @@ class SkipblockNet(nn.Module):
         return taken
 
 
-def _create_skipblocknet(variant: str, pretrained: bool = False, **kwargs: Any) -> SkipblockNet:
-    # the cfg describes the model as built: its channels, and for small_input a CIFAR-size
-    # default input (32 px, pooled from 4x4) instead of ImageNet's 224 px (pooled from 7x7)
-    size, pool = (32, 4) if kwargs.get("small_input") else (224, 7)
-    chans = kwargs.get("in_chans", 3)
-    overlay = dict(input_size=(chans, size, size), pool_size=(pool, pool), **_normalisation(chans))
-    overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
-    return build_model_with_cfg(
-        SkipblockNet,
-        variant,
-        pretrained,
-        model_cfg=SKIPBLOCKNET_VARIANTS[variant],
-        feature_cfg=dict(feature_cls="getter"),
-        pretrained_filter_fn=official_filter_fn,  # the authors' checkpoint, by file
-        pretrained_cfg_overlay=overlay,
-        **kwargs,
-    )
-
-
 def _normalisation(chans: int) -> dict[str, tuple[float, ...]]:
     """ImageNet's mean and std for ``chans`` input channels, so that timm's ``create_transform``
     normalises what the model takes: one channel gets the mean of the three (a grey image), other
@@ -493,7 +462,7 @@ def _normalisation(chans: int) -> dict[str, tuple[float, ...]]:
     return {"mean": tuple(mean[i % 3] for i in range(chans)), "std": tuple(std[i % 3] for i in range(chans))}
 
 
-def _cfg(**kwargs: Any) -> Dict[str, Any]:
+def _cfg() -> Dict[str, Any]:
     return {
         "url": "",
         "num_classes": 1000,
@@ -508,7 +477,6 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
         "paper_ids": "arXiv:2107.11170",
         "paper_name": "Bias Loss for Mobile Neural Networks",
         "license": "apache-2.0",
-        **kwargs,
     }
 
 
@@ -527,8 +495,22 @@ def _entry_point(variant: str, doc: str) -> Callable[..., SkipblockNet]:
         pretrained: bool = False, *, num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
         **kwargs: Any,
     ) -> SkipblockNet:
+        # the cfg describes the model as built: its channels, and for small_input a CIFAR-size
+        # default input (32 px, pooled from 4x4) instead of ImageNet's 224 px (pooled from 7x7)
+        size, pool = (32, 4) if small_input else (224, 7)
+        overlay = dict(input_size=(in_chans, size, size), pool_size=(pool, pool), **_normalisation(in_chans))
+        overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
         kwargs.update(num_classes=num_classes, in_chans=in_chans, small_input=small_input)
-        return _create_skipblocknet(variant, pretrained, **kwargs)
+        return build_model_with_cfg(
+            SkipblockNet,
+            variant,
+            pretrained,
+            model_cfg=SKIPBLOCKNET_VARIANTS[variant],
+            feature_cfg=dict(feature_cls="getter"),
+            pretrained_filter_fn=official_filter_fn,  # the authors' checkpoint, by file
+            pretrained_cfg_overlay=overlay,
+            **kwargs,
+        )
 
     entry.__name__ = entry.__qualname__ = variant
     entry.__doc__ = doc

@@ -46,9 +46,6 @@ class Objective(nn.Module):
     (loss, logits or None)``; ``logits`` (classifiers only) are scored for top-1 and top-5.
     A module, so that the loss's own state (``train()``/``eval()``, buffers) goes with it."""
 
-    def forward(self, net: nn.Module, inputs, target) -> tuple[Tensor, Tensor | None]:
-        raise NotImplementedError
-
 
 class ClassifierObjective(Objective):
     """``criterion(logits, target, features)`` of ``net(images) -> (logits, features)``
@@ -101,14 +98,6 @@ def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 100_003 + step + rank * 1_000_000_007) % (2**63 - 1)
 
 
-def _correct(logits: Tensor, target: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    if target.dim() == 2:  # soft targets: score against the most likely class
-        target = target.argmax(1)
-    topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    hits = topk.eq(target.unsqueeze(1))
-    return hits[:, 0].sum(), hits.any(1).sum()
-
-
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
@@ -140,7 +129,9 @@ def _accumulate(totals: Tensor, loss: Tensor, logits: Tensor | None, target) -> 
     if logits is None:
         totals[0] += loss.detach().double() * n
     else:
-        top1, top5 = _correct(logits, target, 5)
+        labels = target.argmax(1) if target.dim() == 2 else target  # soft targets: the most likely class
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels.unsqueeze(1))
+        top1, top5 = hits[:, 0].sum(), hits.any(1).sum()
         totals += torch.stack((loss.detach().double() * n, top1.double(), top5.double()))
     return n
 
@@ -264,9 +255,7 @@ def evaluate(net: nn.Module, criterion: nn.Module | None, loader: Iterable, *, d
     ce_sum = torch.zeros((), device=device, dtype=torch.float64)
     samples = 0
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    per_class: Tensor | None = None  # (2, K): top-1 hits and samples of each class
-    if num_classes is not None:
-        per_class = torch.zeros(2, num_classes, device=device, dtype=torch.float64)
+    per_class = None if num_classes is None else torch.zeros(2, num_classes, device=device, dtype=torch.float64)
     start = time.perf_counter()
     for images, target in _progress(loader, len(loader), "eval", progress):  # type: ignore[arg-type]
         with autocast:

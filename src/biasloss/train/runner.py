@@ -95,7 +95,6 @@ def _recipe(config: TrainConfig) -> Recipe:
 
 
 def _compiled(config: TrainConfig) -> bool:
-    """Whether the run compiles its training step (``--compile``, or a ``--compile-mode``)."""
     return bool(config.compile or config.compile_mode)
 
 
@@ -133,9 +132,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     the checkpoint resumed fill in, given (``train --print-config``); checks it as a run does."""
     config, _ = _checked_start(config)
     recipe = _recipe(config)
-    for key in RECIPE_ARGS:
-        setattr(config, key, getattr(recipe, key))
-    return config
+    return dataclasses.replace(config, **{key: getattr(recipe, key) for key in RECIPE_ARGS})
 
 
 def run_train(config: TrainConfig) -> dict[str, Any]:
@@ -238,7 +235,7 @@ def run_eval(args) -> dict[str, Any]:
             dataset, data_dir=args.data_dir or options["data_dir"], batch_size=options["batch_size"],
             eval_batch_size=args.batch_size or run.settings.eval_batch_size, device=device, seed=options["seed"],
             workers=args.workers or 4, rank=info.rank, world_size=info.world_size,
-            limit=options["limit"] if getattr(args, "limit", None) is None else args.limit,  # eval --limit N
+            limit=options["limit"] if args.limit is None else args.limit,  # eval --limit N
         )
         model = run.model().to(device=device, memory_format=run.memory_format())
         # the precision train's validation ran in, so that the top-1 is the one it logged

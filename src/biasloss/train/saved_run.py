@@ -89,9 +89,8 @@ class SavedRun:
 
 
 def settings_of(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> TrainConfig:
-    """Every option a checkpoint's run trained with: as saved, else (for options left to the
-    recipe) the saved recipe's, else :data:`~biasloss.train.settings.DEFAULTS`; ``None`` where none
-    says (``limit``: all the data). :class:`CheckpointError` when it does not name its dataset and model."""
+    """Every option a checkpoint's run trained with (:func:`~biasloss.train.settings.trained_with`);
+    :class:`CheckpointError` when it does not name its dataset and model."""
     training_args(ckpt, path)
     return TrainConfig(**copy.deepcopy(trained_with(ckpt, [field.name for field in dataclasses.fields(TrainConfig)])))
 

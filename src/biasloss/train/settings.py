@@ -20,11 +20,12 @@ from typing import Any
 
 from torch import nn
 
+from biasloss.data import DATASETS
 from biasloss.errors import InputError, InputFileNotFoundError
 from biasloss.losses import LOSSES, BiasLoss, clamp_option, create_loss
 from biasloss.models import create_model, list_models
 from biasloss.models.utils import BATCHNORMS
-from biasloss.train.recipes import Recipe
+from biasloss.train.recipes import RECIPES, Recipe
 
 __all__ = ["DEFAULTS", "DEVICE_HELP", "IDENTITY_ARGS", "RECIPE_ARGS", "TrainConfig", "add_options", "build_loss",
            "build_model", "format_config", "read_config", "resume_conflict", "to_argv", "trained_with"]
@@ -153,12 +154,8 @@ def _flags(name: str, help: Mapping[str, str]) -> list[tuple[str, dict[str, Any]
     spec = _LOSS_SPEC_OF.get(name)
     text = spec.help[name] if spec else meta["help"]
     if name == "dataset":
-        from biasloss.data import DATASETS
-
         text = ", ".join(f"{d} (default)" if d == DEFAULTS["dataset"] else d for d in DATASETS)
     elif name == "recipe":
-        from biasloss.train.recipes import RECIPES
-
         text = f"{', '.join(RECIPES)} (default: the dataset's)"
     elif name in RECIPE_ARGS:
         text = f"{text} (default: the recipe's)" if text else "default: the recipe's"

@@ -1,9 +1,6 @@
 """``biasloss reproduce``: the loss comparisons of "Bias Loss for Mobile Neural Networks" (Abrahamyan et al.,
-ICCV 2021; Tables 3 and 4) as grids of training runs. The modules, one job each:
-:mod:`~.stats` (mean, standard deviation, paired differences and their t intervals), :mod:`~.runs` (the
-grid's runs, their status and records), :mod:`~.report` (aggregation and ``results.md``), :mod:`~.grid`
-(training a grid, the ablations, the feature variance) and :mod:`~.cli` (the command); this package
-gathers the names the command line and the tests use.
+ICCV 2021; Tables 3 and 4) as grids of training runs, one job per module (:mod:`~.stats`, :mod:`~.runs`,
+:mod:`~.report`, :mod:`~.grid`, :mod:`~.cli`); this package gathers the names the command line and the tests use.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 
 from biasloss.analysis.reproduce.runs import GRID_LOSSES, LOSS_OPTIONS, VARIANCE_LOSSES, GridRun, GridSettings
 from biasloss.analysis.reproduce.stats import mean_std, paired_difference
-from biasloss.paper import PAPER_TOP1, PaperRow, bias_gain_range
+from biasloss.paper import PAPER_TOP1, bias_gain_range
 
 __all__ = ["LOSS_NAMES", "METRIC", "WEIGHT_STATS", "aggregate", "format_ablation", "format_markdown",
            "format_variance"]
@@ -30,10 +30,6 @@ METRIC = ("val_top1 (top-1 % on the test split, the trainer's evaluation weights
 WEIGHT_STATS = ("z_mean", "z_std", "z_p01", "z_p10", "z_p50", "z_p90", "z_p99", "z_near_min", "z_at_low", "z_at_high")
 
 
-def _paper_row(dataset: str, model: str) -> PaperRow | None:
-    return PAPER_TOP1.get(dataset, {}).get(model)
-
-
 def _diff_losses(losses: Sequence[str]) -> list[str]:
     """The losses compared with cross-entropy (none without it)."""
     return [loss for loss in losses if loss != "ce" and "ce" in losses]
@@ -43,7 +39,7 @@ def aggregate(runs: Sequence[GridRun], settings: GridSettings) -> dict[str, Any]
     """Cells (mean, std, n per model and loss) and paired differences against ``ce``."""
     cells, differences = [], []
     for model in settings.models:
-        paper = _paper_row(settings.dataset, model)
+        paper = PAPER_TOP1.get(settings.dataset, {}).get(model)
         by_loss: dict[str, dict[int, float]] = {}
         for loss in settings.losses:
             done = [r for r in runs if r.model == model and r.loss == loss and r.final_top1 is not None]
@@ -62,7 +58,6 @@ def aggregate(runs: Sequence[GridRun], settings: GridSettings) -> dict[str, Any]
 
 
 def _fmt(x: float | None, signed: bool = False, spec: str = ".2f") -> str:
-    """``x`` in the format ``spec`` (with its sign if ``signed``), "–" for ``None``."""
     return "–" if x is None else format(x, ("+" if signed else "") + spec)
 
 
@@ -101,7 +96,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     cells = {(c["model"], c["loss"]): c for c in results["cells"]}
     diffs = {(d["model"], d["loss"]): d for d in results["differences"]}
     diff_losses = _diff_losses(losses)
-    rows = {m: _paper_row(s["dataset"], m) for m in models}
+    rows = {m: PAPER_TOP1.get(s["dataset"], {}).get(m) for m in models}
     with_paper = any(rows.values())
     title = {"table4": "Table 4 (CIFAR-100, loss comparison)", "table3": "Table 3 (ImageNet ablation)",
              "grid": "loss comparison grid"}[s["command"]]

@@ -156,11 +156,6 @@ class GridSettings(TrainConfig):
                            out=str(run.dir), resume=str(run.dir / "last.pt") if run.status == "resume" else None)
 
 
-def _command(config: TrainConfig) -> str:
-    """``biasloss train ...``: the command that trains ``config``, its options in a grid's order."""
-    return "biasloss " + " ".join(shlex.quote(a) for a in ["train", *to_argv(config, _COMMAND_ORDER)])
-
-
 def read_run(run_dir: Path, planned_epochs: int) -> dict[str, Any] | None:
     """The final numbers of a finished run from its ``metrics.jsonl``: the line of the planned
     last epoch (``final_top1``/``final_top5``) and the best ``val_top1`` up to it; ``None`` if the
@@ -282,7 +277,7 @@ def _write_record(run: GridRun, settings: GridSettings, out: Path) -> None:
     fresh = GridRun(run.model, run.loss, run.seed, run_dir)
     record = {
         "name": run.name,
-        "command": _command(settings.train_config(fresh)),
+        "command": shlex.join(["biasloss", "train", *to_argv(settings.train_config(fresh), _COMMAND_ORDER)]),
         "identity": _identity(run, settings),
         "seed": run.seed,
         "final_top1": run.final_top1,

@@ -30,7 +30,7 @@ class CifarNet(nn.Module):
     """Base class: argument checks, the timm contract and weight init shared by the zoo.
 
     Subclasses call ``super().__init__(...)``, build ``stem``, ``stages`` and ``final``, then call
-    ``self._init_head(num_features, feature_info)``.
+    ``self._init_head(num_features, taps)``.
     """
 
     def __init__(
@@ -53,9 +53,13 @@ class CifarNet(nn.Module):
         self.global_pool = global_pool
         self.grad_checkpointing = False
 
-    def _init_head(self, num_features: int, feature_info: list[dict[str, Any]]) -> None:
+    def _init_head(self, num_features: int, taps: Sequence[tuple[str, int, int]]) -> None:
+        """Head and weight init; ``feature_info`` from the ``(module, num_chs, reduction)`` taps in forward
+        order, the last tap at each reduction: one entry per resolution, the last the map ``forward_features``
+        returns."""
         self.num_features = self.head_hidden_size = num_features
-        self.feature_info = feature_info
+        by_reduction = {red: dict(num_chs=chs, reduction=red, module=module) for module, chs, red in taps}
+        self.feature_info = list(by_reduction.values())
         self.head = ClassifierHead(
             num_features, self.num_classes, pool_type=self.global_pool, drop_rate=self.drop_rate
         )
@@ -152,22 +156,6 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def levels_info(taps: Sequence[tuple[str, int, int]]) -> list[dict[str, Any]]:
-    """timm ``feature_info`` from ``(module, num_chs, reduction)`` taps in forward order.
-
-    Keeps the last tap at each reduction, so there is one entry per resolution and the last entry is
-    the map ``forward_features`` returns.
-    """
-    info: list[dict[str, Any]] = []
-    for module, num_chs, reduction in taps:
-        entry = dict(num_chs=num_chs, reduction=reduction, module=module)
-        if info and info[-1]["reduction"] == reduction:
-            info[-1] = entry
-        else:
-            info.append(entry)
-    return info
-
-
 def create_cifar_model(
     model_cls: type[CifarNet], variant: str, pretrained: bool = False, num_levels: int = 4, **kwargs: Any
 ) -> CifarNet:
@@ -179,7 +167,7 @@ def create_cifar_model(
     return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
-def cifar_cfg(pool_size: tuple[int, int] = (4, 4), **kwargs: Any) -> dict[str, Any]:
+def cifar_cfg(pool_size: tuple[int, int] = (4, 4)) -> dict[str, Any]:
     """A pretrained_cfg without weights: CIFAR-100 input size, normalisation and classes."""
     return {
         "url": "",
@@ -192,5 +180,4 @@ def cifar_cfg(pool_size: tuple[int, int] = (4, 4), **kwargs: Any) -> dict[str, A
         "std": CIFAR100_STD,
         "first_conv": "stem.0",
         "classifier": "head.fc",
-        **kwargs,
     }

@@ -24,7 +24,7 @@ from torchvision.models.densenet import _DenseBlock, _Transition
 
 from biasloss.errors import InputError
 
-from ._base import CifarNet, cifar_cfg, create_cifar_model, levels_info
+from ._base import CifarNet, cifar_cfg, create_cifar_model
 
 __all__ = ["CifarDenseNet"]
 
@@ -102,7 +102,7 @@ class CifarDenseNet(CifarNet):
         self.stages = nn.Sequential(*stages)
         self.final = nn.Sequential(OrderedDict(norm=nn.BatchNorm2d(chs), act=nn.ReLU(inplace=True)))
         taps.append(("final", chs, reduction))
-        self._init_head(chs, levels_info(taps))
+        self._init_head(chs, taps)
 
 
 default_cfgs = generate_default_cfgs(

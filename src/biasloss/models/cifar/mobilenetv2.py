@@ -21,7 +21,7 @@ from torchvision.ops import Conv2dNormActivation
 
 from biasloss.errors import InputError
 
-from ._base import CifarNet, cifar_cfg, create_cifar_model, levels_info
+from ._base import CifarNet, cifar_cfg, create_cifar_model
 
 __all__ = ["CifarMobileNetV2"]
 
@@ -70,7 +70,7 @@ class CifarMobileNetV2(CifarNet):
         self.stages = nn.Sequential(*stages)
         self.final = conv_bn_relu6(in_chs, head_chs, 1)
         taps.append(("final", head_chs, reduction))
-        self._init_head(head_chs, levels_info(taps))
+        self._init_head(head_chs, taps)
 
 
 default_cfgs = generate_default_cfgs({"cifar_mobilenetv2_075": cifar_cfg()})

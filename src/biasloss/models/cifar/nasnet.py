@@ -48,7 +48,7 @@ from torchvision.ops import Conv2dNormActivation
 
 from biasloss.errors import InputError
 
-from ._base import CifarNet, cifar_cfg, create_cifar_model, levels_info
+from ._base import CifarNet, cifar_cfg, create_cifar_model
 
 __all__ = ["CifarNASNetA", "nasnet_cifar_layout"]
 
@@ -109,7 +109,7 @@ class CifarNASNetA(CifarNet):
         self.cells = nn.ModuleList(cells)
         self.final = nn.ReLU()
         taps.append(("final", *cur))
-        self._init_head(cur[0], levels_info(taps))
+        self._init_head(cur[0], taps)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

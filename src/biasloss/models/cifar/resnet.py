@@ -16,7 +16,7 @@ from torchvision.ops import Conv2dNormActivation
 
 from biasloss.errors import InputError
 
-from ._base import CifarNet, cifar_cfg, create_cifar_model, levels_info
+from ._base import CifarNet, cifar_cfg, create_cifar_model
 
 __all__ = ["CifarResNet"]
 
@@ -57,7 +57,7 @@ class CifarResNet(CifarNet):
             taps.append((f"stages.{i}", out_chs, reduction))
         self.stages = nn.Sequential(*stages)
         self.final = nn.Identity()
-        self._init_head(in_chs, levels_info(taps))
+        self._init_head(in_chs, taps)
 
 
 default_cfgs = generate_default_cfgs({"cifar_resnet18": cifar_cfg()})

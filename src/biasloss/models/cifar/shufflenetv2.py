@@ -20,7 +20,7 @@ from torchvision.ops import Conv2dNormActivation
 
 from biasloss.errors import InputError
 
-from ._base import CifarNet, cifar_cfg, create_cifar_model, levels_info
+from ._base import CifarNet, cifar_cfg, create_cifar_model
 
 __all__ = ["CifarShuffleNetV2"]
 
@@ -65,7 +65,7 @@ class CifarShuffleNetV2(CifarNet):
         self.stages = nn.Sequential(*stages)
         self.final = Conv2dNormActivation(in_chs, head_chs, 1)
         taps.append(("final", head_chs, reduction))
-        self._init_head(head_chs, levels_info(taps))
+        self._init_head(head_chs, taps)
 
 
 default_cfgs = generate_default_cfgs(

@@ -24,7 +24,7 @@ from torch import nn
 from torchvision.models.squeezenet import Fire
 from torchvision.ops import Conv2dNormActivation
 
-from ._base import CifarNet, cifar_cfg, create_cifar_model, levels_info
+from ._base import CifarNet, cifar_cfg, create_cifar_model
 
 __all__ = ["CifarSqueezeNet"]
 
@@ -71,7 +71,7 @@ class CifarSqueezeNet(CifarNet):
             taps.append((f"stages.{i}", in_chs, reduction))
         self.stages = nn.Sequential(*stages)
         self.final = nn.Identity()
-        self._init_head(in_chs, levels_info(taps))
+        self._init_head(in_chs, taps)
 
 
 default_cfgs = generate_default_cfgs({"cifar_squeezenet": cifar_cfg()})
