@@ -137,6 +137,10 @@ def test_detect_trains_and_evaluates_on_the_scenes(tmp_path, capsys):
     assert main(["detect", "eval", "--checkpoint", str(run / "last.pt"), "--workers", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["map"] == line["map"] and result["images"] == 4 and result["test_set"] == "test"
+    # eval reads the test split alone: a folder without the training split's list is enough
+    (data / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "train.txt").unlink()
+    assert main(["detect", "eval", "--checkpoint", str(run / "last.pt"), "--workers", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["map"] == line["map"]
     # the val scenes, for choosing settings without the test scenes
     assert main(["detect", "eval", "--checkpoint", str(run / "last.pt"), "--workers", "1", "--test-set", "val"]) == 0
     out = capsys.readouterr().out

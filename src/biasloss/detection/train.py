@@ -140,18 +140,19 @@ def _resolve(args: Any, ckpt: dict[str, Any] | None) -> DetectConfig:
     return cfg
 
 
-def _datasets(cfg: DetectConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+def _split(cfg: DetectConfig, train: bool) -> torch.utils.data.Dataset:
+    """The training or the test split of the run's data, cut to ``--limit``; ``detect eval`` reads the
+    test split alone (a VOC 2007 test folder without 2012's trainval is enough)."""
     data = DATASETS[cfg.dataset]
-    train = VOCBoxes(cfg.data_dir, cfg.year, cfg.train_set, train=True, classes=data["classes"],
-                     augment=data["augment"])
-    test = VOCBoxes(cfg.data_dir, cfg.test_year, cfg.test_set, train=False, classes=data["classes"])
-    if len(test) == 0:  # a mAP over nothing would read 0.0
-        raise InputError(f"--data-dir {cfg.data_dir}: the test split (VOC{cfg.test_year} "
-                         f"ImageSets/Main/{cfg.test_set}.txt) lists no images")
-    if cfg.limit:
-        train = torch.utils.data.Subset(train, range(min(cfg.limit, len(train))))
-        test = torch.utils.data.Subset(test, range(min(cfg.limit, len(test))))
-    return train, test
+    if train:
+        split = VOCBoxes(cfg.data_dir, cfg.year, cfg.train_set, train=True, classes=data["classes"],
+                         augment=data["augment"])
+    else:
+        split = VOCBoxes(cfg.data_dir, cfg.test_year, cfg.test_set, train=False, classes=data["classes"])
+        if len(split) == 0:  # a mAP over nothing would read 0.0
+            raise InputError(f"--data-dir {cfg.data_dir}: the test split (VOC{cfg.test_year} "
+                             f"ImageSets/Main/{cfg.test_set}.txt) lists no images")
+    return torch.utils.data.Subset(split, range(min(cfg.limit, len(split)))) if cfg.limit else split
 
 
 def _build_run(cfg: DetectConfig, info: DistInfo, device: torch.device, ckpt: dict[str, Any] | None,
@@ -163,7 +164,7 @@ def _build_run(cfg: DetectConfig, info: DistInfo, device: torch.device, ckpt: di
     recipe = DATASETS[cfg.dataset]["recipe"].override(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, model=cfg.model)
     torch.manual_seed(cfg.seed)
-    train, test = _datasets(cfg)
+    train, test = _split(cfg, train=True), _split(cfg, train=False)
     if len(train) < recipe.batch_size * info.world_size:
         raise InputError(f"{len(train)} training images are fewer than one batch of {recipe.batch_size}"
                          + (f" x {info.world_size} ranks" if info.enabled else ""))
@@ -257,7 +258,7 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
         cfg, data_dir=args.data_dir or cfg.data_dir, test_set=args.test_set or cfg.test_set,
         limit=cfg.limit if args.limit is None else positive("--limit", args.limit),
         workers=args.workers or cfg.workers)
-    loader = DetectionLoader(_datasets(cfg)[1], batch_size=cfg.batch_size, device=device, train=False,
+    loader = DetectionLoader(_split(cfg, train=False), batch_size=cfg.batch_size, device=device, train=False,
                              workers=cfg.workers)
     classes = DATASETS[cfg.dataset]["classes"]
     try:
