@@ -117,6 +117,9 @@ def test_what_is_not_a_run(tmp_path):
         load_run(tmp_path / "state_dict.pt")
     with pytest.raises(CheckpointError, match="not found"):
         load_run(tmp_path / "missing.pt")
+    detector = json.loads((FIXTURES.parent / "detect" / "scenes-ssdlite.json").read_text())
+    with pytest.raises(ForeignCheckpointError, match="a detector's checkpoint .* 'biasloss detect eval'"):
+        load_run(_write(detector, tmp_path / "detector.pt"))  # was: unknown dataset 'scenes'
 
 
 def test_a_run_refuses_data_of_other_classes(tmp_path):

@@ -29,7 +29,11 @@ TRAINING_KEYS = ("dataset", "model")
 def training_args(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> dict[str, Any]:
     """The ``biasloss train`` arguments a checkpoint was written with, as saved (an older
     version's lack some: :func:`biasloss.train.saved_run.settings_of` fills them);
-    :class:`ForeignCheckpointError` when they do not name the dataset and the model."""
+    :class:`ForeignCheckpointError` when they do not name the dataset and the model, or when the
+    checkpoint is a detector's."""
+    if "best_map" in ckpt:  # what 'biasloss detect train' writes beside the classifier's keys
+        raise ForeignCheckpointError(f"{os.fspath(path)} is a detector's checkpoint ('biasloss detect train'): "
+                                     "evaluate it with 'biasloss detect eval', draw it with 'biasloss detect show'")
     saved = ckpt.get("args")
     if not isinstance(saved, dict) or any(not isinstance(saved.get(k), str) for k in TRAINING_KEYS):
         raise ForeignCheckpointError(f"{os.fspath(path)} holds no training arguments naming its "

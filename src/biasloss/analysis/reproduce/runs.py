@@ -30,10 +30,10 @@ from biasloss._io import atomic_write_text
 from biasloss._provenance import environment
 from biasloss.errors import InputError
 from biasloss.losses import LOSSES
-from biasloss.train.checkpoint import load_checkpoint
+from biasloss.train.saved_run import load_run
 from biasloss.train.loop import metric_problem, read_metrics
 from biasloss.train.recipes import get_recipe
-from biasloss.train.runner import DEFAULTS, TrainConfig, resume_conflict, trained_with
+from biasloss.train.runner import DEFAULTS, TrainConfig, resume_conflict
 from biasloss.train.settings import to_argv
 
 __all__ = ["ABLATIONS", "BEYOND_PAPER", "GRIDS", "GRID_LOSSES", "GRID_TRAIN_OPTIONS", "LOSS_OPTIONS", "VARIANCE_LOSSES",
@@ -181,7 +181,7 @@ def _identity(run: GridRun, settings: GridSettings) -> dict[str, Any]:
 
 def _check_identity(where: Path, have: Mapping[str, Any], run: GridRun, settings: GridSettings) -> None:
     """Refuse a run directory or record trained with other settings than the grid's: ``have`` is
-    what it was trained with (:func:`~biasloss.train.runner.trained_with`, a record's identity)."""
+    what it was trained with (a run's settings, or a record's identity)."""
     have = {"loss_scale": DEFAULTS["loss_scale"], **have}  # records from before --loss-scale
     conflict = resume_conflict(have, _identity(run, settings))
     if conflict:
@@ -200,8 +200,9 @@ def inspect_run(run: GridRun, settings: GridSettings, out: Path) -> None:
         _check_identity(record_file, numbers["identity"], run, settings)
         run.epochs_done = settings.epochs
     else:
-        ckpt = load_checkpoint(last)
-        _check_identity(run.dir, trained_with(ckpt), run, settings)
+        saved = load_run(last)
+        ckpt = saved.checkpoint
+        _check_identity(run.dir, asdict(saved.settings), run, settings)
         epoch = run.epochs_done = int(ckpt["epoch"])
         if int(ckpt.get("step") or 0) or epoch < settings.epochs:
             run.status = "resume"
