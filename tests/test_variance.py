@@ -200,6 +200,22 @@ def test_cli_json_and_histogram(checkpoint, tmp_path, capsys):
     assert "wrote" in captured.err
 
 
+def test_cli_histogram_weighs_as_the_run_did(checkpoint, tmp_path, monkeypatch):
+    """The run's own alpha, beta and clamp: a clamp of [0.8, 1.0] bounds every weight drawn."""
+    from biasloss.analysis import variance
+
+    state = torch.load(checkpoint, weights_only=False)
+    state["args"].update(alpha=0.5, beta=0.3, clamp=[0.8, 1.0])
+    torch.save(state, tmp_path / "clamped.pt")
+    drawn = {}
+    monkeypatch.setattr(variance, "plot_histograms", lambda result, out, **kw: drawn.update(kw, result=result) or out)
+    assert main(["variance", "--checkpoint", str(tmp_path / "clamped.pt"), "--device", "cpu", "--limit", "40",
+                 "--hist", str(tmp_path / "h.png")]) == 0
+    assert (drawn["alpha"], drawn["beta"], drawn["clamp"]) == (0.5, 0.3, (0.8, 1.0))
+    weights = drawn["result"].weights
+    assert weights.min() >= 0.8 and weights.max() <= 1.0 and (weights == 0.8).any()  # was: down to 0.7
+
+
 def test_cli_random_model(tmp_path, capsys):
     pytest.importorskip("sklearn")
     assert main(["variance", "--model", "skipblocknet_xs", "--dataset", "digits", "--limit", "16",

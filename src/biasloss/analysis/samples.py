@@ -19,7 +19,7 @@ from torch import Tensor
 
 from biasloss._checks import positive
 from biasloss.errors import InputError
-from biasloss.losses import bias_weights, clamp_option, feature_variance
+from biasloss.losses import bias_weights, feature_variance
 
 __all__ = ["SampleWeights", "plot_samples", "sample_weights"]
 
@@ -78,8 +78,7 @@ def sample_weights(
         device=device, augment=AugmentConfig(), seed=options["seed"], workers=2, limit=limit or options["limit"],
     )
     model = run.model().to(device)
-    alpha, beta = float(saved.alpha), float(saved.beta)
-    clamp = clamp_option(saved.clamp)
+    alpha, beta, clamp = run.bias_weighting()
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
     variances, weights, lowest, highest = [], [], [], []

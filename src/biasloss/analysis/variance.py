@@ -20,7 +20,7 @@ What is measured, precisely:
   without gradients, over the whole split; avg / max / min are running values (no map is kept;
   only the per-sample variances of one layer are kept, for the histogram).
 - the Bias Loss weights of the histogram (second panel): ``bias_weights`` semantics (batch min-max
-  scaling, ``z = exp(alpha * v) - beta`` clamped to ``[0.5, 1.5]``) computed, as training does,
+  scaling, ``z = exp(alpha * v) - beta`` clamped as the run was, ``[0.5, 1.5]`` by default) computed, as training does,
   on the feature map the loss reads (``forward_features``, or a :class:`biasloss.FeatureTap` for
   models without it; for the biasloss models that is the head conv's output after batch norm and
   activation, not the raw conv output of the first panel) and scaled *per evaluation batch*. A
@@ -28,7 +28,7 @@ What is measured, precisely:
   its stored order (or the training split in the epoch-0 shuffled order, unaugmented) at the
   checkpoint's training batch size unless ``--batch-size`` says otherwise; the training batches
   were shuffled and augmented, so this is the distribution training sees, not the very weights
-  it used. ``alpha``/``beta`` come from the checkpoint when it was trained with the Bias Loss;
+  it used. ``alpha``, ``beta`` and the clamp come from the checkpoint when it was trained with the Bias Loss;
   a run trained with ``--scaling running_min`` used the authors' running minimum instead of the
   batch minimum, which this does not replay.
 
@@ -446,15 +446,14 @@ def _setup(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         model, settings = run.model().to(memory_format=run.memory_format()), run.settings
         ema = ", EMA" if run.weights == "ema" else ""
         label = f"ours: {settings.model} ({settings.loss}, epoch {run.epoch}{ema})"
-        alpha, beta = (settings.alpha, settings.beta) if settings.loss == "bias" else (None, None)
-        model_name = settings.model
+        weighting, model_name = run.bias_weighting(), settings.model
     else:
         torch.manual_seed(args.seed)
         model = build_model(TrainConfig(model=args.model), spec).to(memory_format=torch.channels_last)
-        label, alpha, beta, model_name = f"ours: {args.model} (random init, seed {args.seed})", None, None, args.model
+        label, model_name = f"ours: {args.model} (random init, seed {args.seed})", args.model
+        weighting = (0.3, 0.3, DEFAULT_CLAMP)  # the paper's
     return {"model": model.to(device), "loader": loader, "dataset": dataset, "label": label, "batch": batch,
-            "alpha": 0.3 if alpha is None else alpha, "beta": 0.3 if beta is None else beta,
-            "model_name": model_name}
+            "weighting": dict(zip(("alpha", "beta", "clamp"), weighting)), "model_name": model_name}
 
 
 def checkpoint_variance(
@@ -489,7 +488,7 @@ def _run(args: argparse.Namespace) -> int:
     layers = args.layers or list(DEFAULT_LAYERS)
     setup = _setup(args, resolve_device(args.device))
     result = collect_variance(setup["model"], setup["loader"], layers, keep="last" if args.hist else None,
-                              weights=bool(args.hist), alpha=setup["alpha"], beta=setup["beta"])
+                              weights=bool(args.hist), **setup["weighting"])
     if args.json:
         print(json.dumps(result.stats()))
     else:
@@ -499,7 +498,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.hist:
         path = plot_histograms(result, args.hist, title=f"{setup['model_name']} on {setup['dataset']} "
                                f"({args.split}, {result.samples} images)",
-                               alpha=setup["alpha"], beta=setup["beta"], batch_size=setup["batch"])
+                               **setup["weighting"], batch_size=setup["batch"])
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 

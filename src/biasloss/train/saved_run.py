@@ -23,9 +23,10 @@ from torch import nn
 
 from biasloss.data import DatasetSpec, get_dataset_spec
 from biasloss.errors import InputError
+from biasloss.losses import clamp_option
 from biasloss.models import evaluated_weights
 from biasloss.train.checkpoint import CheckpointError, load_checkpoint, training_args
-from biasloss.train.settings import TrainConfig, build_model, trained_with
+from biasloss.train.settings import DEFAULTS, TrainConfig, build_model, trained_with
 
 __all__ = ["SavedRun", "load_run"]
 
@@ -63,6 +64,13 @@ class SavedRun:
     def memory_format(self) -> torch.memory_format:
         """The memory format the run trained (and validated) in."""
         return torch.channels_last if self.settings.channels_last else torch.contiguous_format
+
+    def bias_weighting(self) -> tuple[float, float, tuple[float, float] | None]:
+        """``(alpha, beta, clamp)`` of the Bias Loss weights: the run's own where it trained with the
+        Bias Loss, else the defaults (the paper's 0.3, 0.3 and [0.5, 1.5])."""
+        own = self.settings.loss == "bias"
+        alpha, beta, clamp = (getattr(self.settings, k) if own else DEFAULTS[k] for k in ("alpha", "beta", "clamp"))
+        return float(alpha), float(beta), clamp_option(clamp)
 
     def spec_for(self, dataset: str | None) -> DatasetSpec:
         """The spec of ``dataset`` (default: the run's own) to evaluate the run on; a ``ValueError``
