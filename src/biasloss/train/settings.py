@@ -23,8 +23,6 @@ from torch import nn
 from biasloss.data import DATASETS
 from biasloss.errors import InputError, InputFileNotFoundError
 from biasloss.losses import LOSSES, BiasLoss, clamp_option, create_loss
-from biasloss.models import create_model, list_models
-from biasloss.models.utils import BATCHNORMS
 from biasloss.train.recipes import RECIPES, Recipe
 
 __all__ = ["DEFAULTS", "DEVICE_HELP", "IDENTITY_ARGS", "RECIPE_ARGS", "TrainConfig", "add_options", "build_loss",
@@ -308,6 +306,9 @@ def resume_conflict(have: Mapping[str, Any], wanted: Mapping[str, Any]) -> str |
 
 def build_model(args, spec, recipe: Recipe | None = None) -> nn.Module:
     """``args.model`` for data set ``spec`` (classes, channels, the stride-8 stem where it has one)."""
+    from biasloss.models import create_model, list_models  # timm: imported when a model is built, not for --help
+    from biasloss.models.utils import BATCHNORMS
+
     # Only our SkipblockNets have a stride-8 layout; the CIFAR zoo is built for 32 px already.
     small_input = spec.small_input and args.model in list_models()
     model = create_model(args.model, num_classes=spec.num_classes, in_chans=spec.in_chans,
