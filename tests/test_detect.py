@@ -11,6 +11,7 @@ from conftest import write_voc
 
 from biasloss.cli import main
 from biasloss.detection import VOCBoxes, average_precision, voc_map
+from biasloss.data import DetectionLoader
 from biasloss.train.checkpoint import load_checkpoint
 
 
@@ -119,7 +120,7 @@ def test_detect_train_eval_resume(tmp_path, capsys):
     assert [m["epoch"] for m in lines] == [1, 2, 3]
 
 
-def test_detect_trains_and_evaluates_on_the_scenes(tmp_path, capsys):
+def test_detect_trains_and_evaluates_on_the_scenes(tmp_path, capsys, monkeypatch):
     from biasloss.detection import SCENE_CLASSES, make_scenes
 
     data = make_scenes(tmp_path / "scenes", train=8, val=3, test=4, size=64)
@@ -137,10 +138,16 @@ def test_detect_trains_and_evaluates_on_the_scenes(tmp_path, capsys):
     assert main(["detect", "eval", "--checkpoint", str(run / "last.pt"), "--workers", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["map"] == line["map"] and result["images"] == 4 and result["test_set"] == "test"
-    # eval reads the test split alone: a folder without the training split's list is enough
+    # eval reads the test split alone: a folder without the training split's list is enough;
+    # --workers 0 means no worker process (it was taken for "the default")
     (data / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "train.txt").unlink()
-    assert main(["detect", "eval", "--checkpoint", str(run / "last.pt"), "--workers", "1", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["map"] == line["map"]
+    from biasloss.detection import train as detection_train
+
+    loaders = []
+    monkeypatch.setattr(detection_train, "DetectionLoader",
+                        lambda *a, **kw: loaders.append(kw) or DetectionLoader(*a, **kw))
+    assert main(["detect", "eval", "--checkpoint", str(run / "last.pt"), "--workers", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["map"] == line["map"] and loaders[0]["workers"] == 0
     # the val scenes, for choosing settings without the test scenes
     assert main(["detect", "eval", "--checkpoint", str(run / "last.pt"), "--workers", "1", "--test-set", "val"]) == 0
     out = capsys.readouterr().out

@@ -5,6 +5,7 @@ detector is on average; a picture says what it does.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -173,8 +174,7 @@ def run_detect_show(args: Any) -> Path:
     checkpoint's test split with its predictions; write the image ``args.out`` atomically, in the
     format its suffix names (:data:`FORMATS`: PNG, JPEG, PDF, TIFF, WebP; another suffix is an
     :class:`~biasloss.errors.InputError` naming ``--out``, before any work)."""
-    from biasloss.detection.train import DATASETS, detector_from_checkpoint
-    from biasloss.detection.voc import VOCBoxes
+    from biasloss.detection.train import dataset_split, detector_from_checkpoint
     from biasloss.train.distributed import resolve_device
 
     images = positive("--images", 8 if getattr(args, "images", None) is None else args.images)
@@ -188,8 +188,8 @@ def run_detect_show(args: Any) -> Path:
     out = writable_file(args.out)
     device = resolve_device(getattr(args, "device", None))
     model, cfg = detector_from_checkpoint(args.checkpoint, device)
-    test = VOCBoxes(getattr(args, "data_dir", None) or cfg.data_dir, cfg.test_year, cfg.test_set,
-                    train=False, classes=DATASETS[cfg.dataset]["classes"])
+    cfg = dataclasses.replace(cfg, data_dir=getattr(args, "data_dir", None) or cfg.data_dir, limit=None)
+    test = dataset_split(cfg, train=False)
     indices = list(args.indices) if getattr(args, "indices", None) else list(range(min(images, len(test))))
     grid, n_true, n_pred = _draw_all(model, test, indices, score_thresh, None)
     image = Image.fromarray(add_legend(grid, score_thresh).permute(1, 2, 0).numpy())

@@ -140,7 +140,7 @@ def _resolve(args: Any, ckpt: dict[str, Any] | None) -> DetectConfig:
     return cfg
 
 
-def _split(cfg: DetectConfig, train: bool) -> torch.utils.data.Dataset:
+def dataset_split(cfg: DetectConfig, train: bool) -> torch.utils.data.Dataset:
     """The training or the test split of the run's data, cut to ``--limit``; ``detect eval`` reads the
     test split alone (a VOC 2007 test folder without 2012's trainval is enough)."""
     data = DATASETS[cfg.dataset]
@@ -164,7 +164,7 @@ def _build_run(cfg: DetectConfig, info: DistInfo, device: torch.device, ckpt: di
     recipe = DATASETS[cfg.dataset]["recipe"].override(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, model=cfg.model)
     torch.manual_seed(cfg.seed)
-    train, test = _split(cfg, train=True), _split(cfg, train=False)
+    train, test = dataset_split(cfg, train=True), dataset_split(cfg, train=False)
     if len(train) < recipe.batch_size * info.world_size:
         raise InputError(f"{len(train)} training images are fewer than one batch of {recipe.batch_size}"
                          + (f" x {info.world_size} ranks" if info.enabled else ""))
@@ -257,8 +257,8 @@ def run_detect_eval(args: Any) -> dict[str, Any]:
     cfg = dataclasses.replace(
         cfg, data_dir=args.data_dir or cfg.data_dir, test_set=args.test_set or cfg.test_set,
         limit=cfg.limit if args.limit is None else positive("--limit", args.limit),
-        workers=args.workers or cfg.workers)
-    loader = DetectionLoader(_split(cfg, train=False), batch_size=cfg.batch_size, device=device, train=False,
+        workers=cfg.workers if args.workers is None else args.workers)  # --workers 0: none
+    loader = DetectionLoader(dataset_split(cfg, train=False), batch_size=cfg.batch_size, device=device, train=False,
                              workers=cfg.workers)
     classes = DATASETS[cfg.dataset]["classes"]
     try:
