@@ -381,9 +381,10 @@ def _annotate(ax, text: str, xy: tuple[float, float], offset: tuple[float, float
 
 
 def _separate(anns: Sequence, renderer, dpi: float, gap: float = 2.0, rounds: int = 1000) -> None:
-    """Nudge labels apart until no two text boxes overlap: each overlapping pair moves apart, half
-    each, along the axis where the overlap is smaller, to ``gap`` pixels; repeated, as one move can
-    push a label into a third. The boxes move in pixels; the labels' offsets (points) follow once."""
+    """Nudge labels apart until no two text boxes overlap, ``rounds`` times at most: each overlapping
+    pair moves apart, half each, along the axis where the overlap is smaller, to ``gap`` pixels;
+    repeated, as one move can push a label into a third. The boxes move in pixels; the labels'
+    offsets (points) follow once."""
     import numpy as np
     from matplotlib.text import Text
 

@@ -246,7 +246,8 @@ def _load_detector(path: str, device: torch.device | str) -> tuple[nn.Module, De
 def detector_from_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, DetectConfig]:
     """The SSD a ``biasloss detect train`` checkpoint holds, in eval mode on ``device``, and the
     run's settings (:class:`DetectConfig`: ``dataset``, ``model``, ``size``, ``data_dir``, the
-    splits, ...; a checkpoint of an older version gets the defaults of the settings it lacks)."""
+    splits, ...; a checkpoint of an older version gets the defaults of the settings with one, such as
+    ``head``, that it lacks)."""
     return _load_detector(path, device)[:2]
 
 

@@ -1,15 +1,16 @@
 """What a classification run trains, as data: :class:`TrainConfig`, one field per option of
 ``biasloss train``, each with its flag's help, group and default. The command's flags
 (:func:`add_options`, also ``reproduce``'s), the command line of a config (:func:`to_argv`), a run
-file (:func:`read_config`, :func:`format_config`), the defaults of options left unset and which
-options define the run are all generated from it; a loss's options take their help, choices and
-defaults from :data:`biasloss.losses.LOSSES`."""
+file (:func:`read_config`, :func:`format_config`) and the defaults of options left unset are all
+generated from it (the options that define a run are listed in :data:`IDENTITY_ARGS`); a loss's
+options take their help, choices and defaults from :data:`biasloss.losses.LOSSES`."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import os
@@ -139,6 +140,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+@functools.cache
 def _kind(name: str) -> type:
     """The type of a field's values: int, float, str or bool (``clamp``: list)."""
     hint = typing.get_type_hints(TrainConfig)[name]
@@ -273,7 +275,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def format_config(config: TrainConfig) -> str:
     """``config`` as a run file that :func:`read_config` reads back: every option, one a line in
-    the order of ``--help``, its value in JSON (which is YAML too), ``null`` where not given."""
+    the order of its fields, its value in JSON (which is YAML too), ``null`` where not given."""
     lines = [f"{name}: {json.dumps(value)}" for name, value in dataclasses.asdict(config).items()]
     return "# biasloss train --config FILE (null: not given; flags on the command line win)\n" + "\n".join(lines) + "\n"
 
